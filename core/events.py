@@ -1,0 +1,83 @@
+"""``events.jsonl``: one writer appends, any number of readers follow.
+
+Every event is one JSON object on one line with ``ts`` (unix seconds) and
+``type``, plus ``step`` where it means something. The writer flushes each
+event. Readers keep their byte offset, leave a partial last line for later,
+skip lines that are not JSON, and yield each event exactly once; attaching to
+a run is reading from offset 0 and then following.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+EVENTS_FILE = "events.jsonl"
+TERMINAL = {"run_finished": "finished", "run_failed": "failed", "stopped": "stopped"}
+
+
+class EventWriter:
+    """Appends events to a run's ``events.jsonl``; the worker's main process is the only writer."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / EVENTS_FILE
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def emit(self, type_: str, **fields: Any) -> dict:
+        event = {"ts": round(time.time(), 3), "type": type_, **fields}
+        self._file.write(json.dumps(event, default=str) + "\n")
+        self._file.flush()
+        return event
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class EventReader:
+    """Reads new complete events from a byte offset; call :meth:`poll` again to follow."""
+
+    def __init__(self, run_dir: Path, offset: int = 0):
+        self.path = Path(run_dir) / EVENTS_FILE
+        self.offset = offset
+
+    def poll(self, max_bytes: int | None = None) -> list[dict]:
+        """Events appended since the last call (only complete lines)."""
+        try:
+            size = os.path.getsize(self.path)
+        except OSError:
+            return []
+        if size < self.offset:  # the file was replaced: start over
+            self.offset = 0
+        if size == self.offset:
+            return []
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset)
+            chunk = handle.read(max_bytes) if max_bytes else handle.read()
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            return []
+        self.offset += end + 1
+        return list(_parse(chunk[: end + 1]))
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self.poll())
+
+
+def _parse(data: bytes) -> Iterator[dict]:
+    for line in data.splitlines():
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and isinstance(event.get("type"), str):
+            yield event
+
+
+def read_all(run_dir: Path) -> list[dict]:
+    """Every complete event of a run, in order."""
+    return EventReader(run_dir).poll()

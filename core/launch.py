@@ -1,0 +1,55 @@
+"""Starting a worker detached from the terminal, and sending it requests.
+
+The worker runs in its own session (``start_new_session=True``), so closing
+the terminal, the TUI or the SSH connection never stops it. The launcher
+takes the run's lock first and hands the locked descriptor to the worker,
+so the run is never without an owner between launch and start.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from . import rundir
+from .errors import InputError
+
+
+def start_worker(run_dir: Path, resume: bool = False) -> subprocess.Popen:
+    """Spawn ``python -m finetty.core.worker`` for ``run_dir``; raises RunBusyError if one is live."""
+    fd = rundir.acquire_lock(run_dir)
+    try:
+        cmd = [sys.executable, "-m", "finetty.core.worker", str(run_dir), "--lock-fd", str(fd)]
+        if resume:
+            cmd.append("--resume")
+        with open(run_dir / rundir.LOG_FILE, "ab") as log:
+            return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, pass_fds=(fd,), close_fds=True,
+                                    cwd=str(run_dir))
+    finally:
+        os.close(fd)
+
+
+def _signal(run_dir: Path, signum: int) -> int:
+    if not rundir.is_live(run_dir):
+        raise InputError(None, f"run {run_dir.name}", "has no live worker",
+                         f"resume it with `finetty train --resume {run_dir.name}`")
+    pid = rundir.lock_holder(run_dir)
+    if not pid:
+        raise InputError(None, f"run {run_dir.name}", "is starting; its worker has not said its pid yet",
+                         "try again in a moment")
+    os.kill(pid, signum)
+    return pid
+
+
+def request_stop(run_dir: Path) -> int:
+    """Ask the worker to checkpoint and stop (SIGTERM); returns its pid."""
+    return _signal(run_dir, signal.SIGTERM)
+
+
+def request_checkpoint(run_dir: Path) -> int:
+    """Ask the worker to save a checkpoint now and go on (SIGUSR1); returns its pid."""
+    return _signal(run_dir, signal.SIGUSR1)

@@ -1,0 +1,62 @@
+"""Following a run in the terminal: a rich progress bar fed by ``events.jsonl``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .events import TERMINAL, EventReader
+from .rundir import is_live
+
+
+def follow(run_dir: Path, console: Console, poll_interval: float = 0.2, on_wait=None) -> dict | None:
+    """Show progress until the run ends; returns the terminal event (None if the worker vanished)."""
+    reader = EventReader(run_dir)
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]}"),
+                        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
+                        transient=False)
+    task = progress.add_task("starting", total=None, loss="-", rate="")
+    seen_start = False
+    quiet_since = time.monotonic()
+    with progress:
+        while True:
+            events = reader.poll()
+            for event in events:
+                kind = event["type"]
+                if kind == "run_started":
+                    seen_start = True
+                    progress.update(task, description="training", total=event.get("total_steps"),
+                                    completed=event.get("step", 0))
+                elif kind == "step":
+                    progress.update(task, completed=event["step"], loss=f"{event['loss']:.4f}",
+                                    rate=f"{event.get('tokens_per_second', 0):.0f} tok/s")
+                elif kind == "eval":
+                    progress.console.print(f"  eval at step {event.get('step')}: loss {event.get('loss')}")
+                elif kind == "checkpoint":
+                    progress.console.print(f"  checkpoint {event['path']}")
+                elif kind == "warning":
+                    progress.console.print(f"  [yellow]warning:[/] {event['message']}")
+                elif kind == "data":
+                    how = "detected" if event.get("detected") else "given"
+                    progress.console.print(f"  data: {event['dataset']}: {event['records']} records, "
+                                           f"format {event['format']} ({how}), {event['train_records']} train / "
+                                           f"{event['eval_records']} eval")
+                elif kind in TERMINAL:
+                    if kind == "run_finished":
+                        progress.update(task, description="finished", completed=event.get("step"))
+                    return event
+            if events:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > 2.0 and not is_live(run_dir):
+                # one last read: the final event may have landed just before the worker exited
+                last = [e for e in reader.poll() if e["type"] in TERMINAL]
+                return last[-1] if last else None
+            if on_wait is not None:
+                on_wait()
+            time.sleep(poll_interval)
+            if not seen_start:
+                progress.update(task, description="loading")

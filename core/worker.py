@@ -1,0 +1,267 @@
+"""The training worker: one process per run, started detached, talking only through the run directory.
+
+``python -m finetty.core.worker RUN_DIR [--resume] [--lock-fd N]`` reads the
+resolved ``recipe.yaml``, trains, and writes ``events.jsonl``, complete
+checkpoints and ``final/``. SIGTERM (or SIGINT) asks it to checkpoint and stop;
+SIGUSR1 asks for a checkpoint now. It holds the run's lock (inherited from
+the launcher as ``--lock-fd``) for as long as it lives.
+
+The flow reads top to bottom: set up the model, the data and the trainer,
+train, save the result, clean up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import data as data_mod
+from . import demo, models, rundir
+from . import recipe as recipe_mod
+from .events import EventWriter
+from .plugin_api import MethodContext, TrainerContext
+from .registry import load_plugins
+from .train_args import FINETTY_TRAIN_OPTIONS
+
+FINETTY_TRAIN_KEYS = {o.name for o in FINETTY_TRAIN_OPTIONS}
+
+
+@dataclass
+class Requests:
+    """What a UI asked of the worker, set from signal handlers."""
+
+    stop: bool = False
+    checkpoint: bool = False
+    signal_name: str | None = None
+
+
+class PluginFailure(Exception):
+    """A plugin raised; the reason names it."""
+
+
+def _install_signal_handlers(requests: Requests) -> None:
+    def stop(signum, frame):
+        requests.stop = True
+        requests.signal_name = signal.Signals(signum).name
+
+    def checkpoint(signum, frame):
+        requests.checkpoint = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, checkpoint)
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": sys.version.split()[0]}
+    for name in ("finetty", "torch", "transformers", "peft", "accelerate", "datasets", "trl", "bitsandbytes"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def _device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda ({torch.cuda.device_count()}x {torch.cuda.get_device_name(0)})"
+    return "cpu"
+
+
+def _plugin_call(kind: str, name: str, fn, *args):
+    """Call a plugin function; an exception becomes a failure naming the plugin."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        traceback.print_exc()
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise PluginFailure(f"{kind} plugin {name!r} failed: {type(exc).__name__}: {first}") from exc
+
+
+def _split(examples: list, val_size, seed: int) -> tuple[list, list | None]:
+    if not val_size:
+        return examples, None
+    count = int(round(len(examples) * val_size)) if isinstance(val_size, float) else int(val_size)
+    count = max(1, min(count, len(examples) - 1))
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:count])
+    return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
+
+
+def _setup_model(recipe, registry, events):
+    model_dir = demo.ensure_demo() if recipe.model == demo.NAME else models.resolve(recipe.model, Path.cwd())
+    tokenizer = models.load_tokenizer(model_dir, recipe.trust_remote_code)
+    dtype = models.compute_dtype(recipe.train)
+    quantization = None
+    if recipe.quantizer != "none":
+        quantizer = registry.quantizers[recipe.quantizer]
+        quantization = _plugin_call("quantizer", quantizer.name, quantizer.config, recipe.quantizer_options, dtype)
+    model = models.load_model(model_dir, "float32" if quantization is None and dtype == "float32" else dtype,
+                              quantization, recipe.trust_remote_code)
+    method = registry.methods[recipe.method]
+    context = MethodContext(quantizer=recipe.quantizer,
+                            gradient_checkpointing=bool(recipe.train.get("gradient_checkpointing")),
+                            model_type=model.config.model_type)
+    model = _plugin_call("method", method.name, method.apply, model, recipe.method_options, context)
+    return model_dir, tokenizer, model, method
+
+
+def _setup_data(recipe, registry, events):
+    source = data_mod.resolve_source(recipe.dataset, Path.cwd())
+    examples, data_format = data_mod.load_records(source, recipe.format, registry.data_formats,
+                                                  recipe.dataset_options)
+    train, evaluation = _split(examples, recipe.train.get("val_size"), recipe.train.get("seed", 42))
+    events.emit("data", dataset=source.describe(), format=data_format.name, detected=recipe.format == "auto",
+                records=len(examples), train_records=len(train), eval_records=len(evaluation or []))
+    return train, evaluation
+
+
+def _training_arguments(recipe, run_dir: Path, has_eval: bool):
+    from transformers import TrainingArguments
+
+    settings = {k: v for k, v in recipe.train.items() if k not in FINETTY_TRAIN_KEYS}
+    settings.pop("save_total_limit", None)  # finetty rotates its own complete checkpoints
+    settings.setdefault("logging_first_step", True)
+    if has_eval:
+        settings.setdefault("eval_strategy", "steps")
+    return TrainingArguments(output_dir=str(run_dir / rundir.CHECKPOINTS / ".staging"), save_strategy="steps",
+                             disable_tqdm=True, **settings)
+
+
+def _count_parameters(model) -> tuple[int, int]:
+    trainable = total = 0
+    for parameter in model.parameters():
+        count = parameter.numel()
+        if hasattr(parameter, "quant_state") or parameter.__class__.__name__ == "Params4bit":
+            count *= 2  # 4-bit parameters pack two weights in a byte
+        total += count
+        trainable += count if parameter.requires_grad else 0
+    return trainable, total
+
+
+def train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool) -> int:
+    from .callbacks import CheckpointCallback, EventsCallback, RequestsCallback, TokenCounter
+
+    recipe = recipe_mod.from_run(run_dir)
+    registry = load_plugins()
+    for kind, name in (("method", recipe.method), ("objective", recipe.objective)):
+        if registry.get(kind, name) is None:
+            broken = registry.failure_for(kind, name)
+            raise PluginFailure(f"{kind} {name!r} is not available"
+                                + (f": plugin {broken.name!r} failed to load: {broken.error}" if broken else ""))
+    tokens = TokenCounter()
+    checkpoints = CheckpointCallback(run_dir, events, recipe.train.get("save_total_limit"), tokens)
+    removed = checkpoints.cleanup_incomplete()
+    if removed:
+        events.emit("warning", message=f"removed incomplete checkpoint data left by a killed worker: "
+                                       f"{', '.join(removed)}")
+    resume_from = rundir.latest_checkpoint(run_dir) if resume else None
+    if resume and resume_from is None:
+        events.emit("warning", message="no complete checkpoint yet: starting from step 0")
+
+    import transformers
+
+    transformers.set_seed(recipe.train.get("seed", 42))
+    model_dir, tokenizer, model, method = _setup_model(recipe, registry, events)
+    train_records, eval_records = _setup_data(recipe, registry, events)
+    args = _training_arguments(recipe, run_dir, bool(eval_records))
+    trainable, total = _count_parameters(model)
+    started = dict(recipe=recipe.to_dict(), versions=_versions(), device=_device(), world_size=args.world_size,
+                   trainable_parameters=trainable, total_parameters=total, model_dir=str(model_dir), pid=os.getpid(),
+                   resumed_from=str(resume_from.relative_to(run_dir)) if resume_from else None)
+    callbacks = [EventsCallback(events, tokens, started), checkpoints, RequestsCallback(requests)]
+    objective = registry.objectives[recipe.objective]
+    context = TrainerContext(model=model, tokenizer=tokenizer, train_records=train_records,
+                             eval_records=eval_records, args=args, callbacks=callbacks,
+                             options=recipe.objective_options, method=method,
+                             max_length=recipe.train["max_length"], truncation=recipe.train["truncation"],
+                             report=lambda message: events.emit("warning", message=message))
+    trainer = _plugin_call("objective", objective.name, objective.build_trainer, context)
+    trainer.data_collator = tokens.wrap(trainer.data_collator)
+    if resume_from is not None:
+        tokens.total = _tokens_at(resume_from)
+
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    step = trainer.state.global_step
+    if requests.stop:
+        latest = rundir.latest_checkpoint(run_dir)
+        events.emit("stopped", step=step, checkpoint=str(latest.relative_to(run_dir)) if latest else None,
+                    reason=f"stop requested ({requests.signal_name})")
+        return 0
+    _save_final(trainer, method, tokenizer, run_dir)
+    events.emit("run_finished", step=step, final=rundir.FINAL, train_loss=result.training_loss,
+                runtime=result.metrics.get("train_runtime"), tokens=tokens.total)
+    return 0
+
+
+def _tokens_at(checkpoint: Path) -> int:
+    import json
+
+    try:
+        return int(json.loads((checkpoint / rundir.COMPLETE_MARKER).read_text()).get("tokens", 0))
+    except (OSError, ValueError):
+        return 0
+
+
+def _save_final(trainer, method, tokenizer, run_dir: Path) -> None:
+    target = run_dir / rundir.FINAL
+    partial = run_dir / (rundir.FINAL + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    trainer.save_model(str(partial))
+    tokenizer.save_pretrained(str(partial))
+    (partial / "training_args.bin").unlink(missing_ok=True)  # a pickle; the recipe is in recipe.yaml
+    if target.exists():
+        shutil.rmtree(target)
+    os.rename(partial, target)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return text if isinstance(exc, PluginFailure) else f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="finetty-worker")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--lock-fd", type=int, default=None)
+    args = parser.parse_args(argv)
+    run_dir = args.run_dir.resolve()
+    lock_fd = args.lock_fd if args.lock_fd is not None else rundir.acquire_lock(run_dir)
+    rundir.record_holder(lock_fd)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    requests = Requests()
+    _install_signal_handlers(requests)
+    events = EventWriter(run_dir)
+    events.emit("worker_started", pid=os.getpid(), resume=args.resume)
+    try:
+        return train(run_dir, events, requests, args.resume)
+    except BaseException as exc:
+        if not isinstance(exc, PluginFailure):
+            traceback.print_exc()
+        step = None
+        events.emit("run_failed", reason=_one_line(exc), step=step)
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        events.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
