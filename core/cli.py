@@ -32,13 +32,6 @@ def _log_exception() -> Path:
     return log
 
 
-def _fmt_time(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 # -- train -----------------------------------------------------------------------------------------
 
 def cmd_train(args) -> int:
@@ -123,7 +116,7 @@ def cmd_runs(args) -> int:
     if not runs:
         console.print(f"no runs in {paths.runs_dir(args.runs_dir)}")
         return 0
-    table = Table("id", "status", "model", "method", "step", "loss", "started", "elapsed", box=None,
+    table = Table("id", "status", "model", "method", "step", "loss", "started", box=None,
                   pad_edge=False, padding=(0, 1))
     table.columns[0].no_wrap = True
     styles = {"running": "green", "finished": "cyan", "failed": "red", "lost": "red", "stopped": "yellow"}
@@ -135,7 +128,7 @@ def cmd_runs(args) -> int:
             started = time.strftime("%H:%M" if today else "%m-%d", time.localtime(run.started))
         table.add_row(run.id, f"[{styles.get(run.status, '')}]{run.status}[/]", Path(run.model).name,
                       run.method, f"{run.step}{total}", f"{run.loss:.4f}" if run.loss is not None else "-",
-                      started, _fmt_time(run.elapsed))
+                      started)
     console.print(table)
     for run in runs:
         if run.status in ("lost", "failed") and run.reason:
@@ -183,13 +176,17 @@ def cmd_plugins(args) -> int:
     from .registry import load_plugins
 
     registry = load_plugins()
-    table = Table("plugin", "kind", "provides", "distribution", "version", "status", box=None)
+    table = Table("plugin", "kind", "provides", "distribution", "version", "status", box=None,
+                  pad_edge=False, padding=(0, 1))
     for plugin in registry.plugins:
         kinds = sorted({kind for kind, _ in plugin.provides}) or ["-"]
         names = ", ".join(name for _, name in plugin.provides) or "-"
-        status = "[green]ok[/]" if plugin.error is None else f"[red]failed:[/] {plugin.error}"
+        status = "[green]ok[/]" if plugin.error is None else "[red]failed[/]"
         table.add_row(plugin.name, ", ".join(kinds), names, plugin.distribution, plugin.version, status)
     console.print(table)
+    for plugin in registry.failed:
+        console.print(f"[red]{escape(plugin.name)}[/] ({escape(plugin.distribution)}): {escape(plugin.error)}",
+                      soft_wrap=True)
     if args.options:
         for kind, components in registry.components.items():
             for name, component in components.items():

@@ -161,8 +161,7 @@ def discover(extra: Iterable[tuple[str, ModuleType | Any]] = ()) -> Registry:
     by_plugin = {id(module): info for info, module in modules}
     for kind, (hook_name, _) in KINDS.items():
         caller = getattr(pm.hook, hook_name)
-        # pluggy calls implementations last-registered first; keep discovery order instead
-        for impl in reversed(caller.get_hookimpls()):
+        for impl in caller.get_hookimpls():  # registration order: finetty's own first
             info = by_plugin[id(impl.plugin)]
             found: list[Any] = []
             try:

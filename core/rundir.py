@@ -30,7 +30,7 @@ COMPLETE_MARKER = "finetty-checkpoint.json"
 
 
 def new_run_id(method: str) -> str:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = time.strftime("%y%m%d-%H%M%S")
     return f"{stamp}-{method}-{secrets.token_hex(2)}"
 
 

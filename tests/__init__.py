@@ -1,0 +1,1 @@
+"""finetty's test suite."""

@@ -1,0 +1,84 @@
+"""Shared fixtures: an isolated FINETTY_HOME, only finetty's own plugins, helpers to run the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPES = REPO / "recipes"
+
+
+def own_plugin_names() -> str:
+    return ",".join(ep.name for ep in entry_points(group="finetty") if ep.dist and ep.dist.name == "finetty")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def finetty_env(tmp_path_factory):
+    """Every test sees a private FINETTY_HOME, no network, and only finetty's own plugins."""
+    home = tmp_path_factory.mktemp("finetty-home")
+    patch = {"FINETTY_HOME": str(home), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+             "FINETTY_LOAD_PLUGINS": own_plugin_names(), "TOKENIZERS_PARALLELISM": "false",
+             "HF_HOME": str(home / "hf")}
+    old = {k: os.environ.get(k) for k in patch}
+    os.environ.update(patch)
+    from finetty.core import registry
+
+    registry.load_plugins(refresh=True)
+    yield home
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def demo_model(finetty_env) -> Path:
+    """The built-in tiny demo model folder, built once per session."""
+    from finetty.core import demo
+
+    return demo.ensure_demo()
+
+
+@pytest.fixture
+def runs_dir(tmp_path) -> Path:
+    return tmp_path / "runs"
+
+
+def finetty(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None,
+            check: bool = False) -> subprocess.CompletedProcess:
+    """Run the ``finetty`` command in a subprocess, as a person would."""
+    result = subprocess.run([sys.executable, "-m", "finetty.core.cli", *args], capture_output=True, text=True,
+                            timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd or REPO)
+    if check and result.returncode != 0:
+        raise AssertionError(f"finetty {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """``{step: loss}`` from a run's step events (the last one wins after a resume)."""
+    return {e["step"]: e["loss"] for e in events(run_dir) if e["type"] == "step"}
+
+
+def only_run(runs: Path) -> Path:
+    found = [p for p in runs.iterdir() if (p / "recipe.yaml").exists()]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def write_recipe(folder: Path, text: str, name: str = "recipe.yaml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(text)
+    return path

@@ -1,0 +1,59 @@
+"""Every recipe in recipes/ validates, and the parser resolves what it should."""
+
+from pathlib import Path
+
+import pytest
+
+from finetty.core import recipe as recipe_mod
+from finetty.core.errors import InputError
+from finetty.core.registry import load_plugins
+
+from .conftest import RECIPES
+
+ALL = sorted(RECIPES.glob("*.yaml"))
+
+
+def test_there_are_recipes():
+    assert any(p.name == "demo-lora.yaml" for p in ALL)
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
+def test_recipe_validates(path: Path):
+    first_line = path.read_text().splitlines()[0]
+    assert first_line.startswith("# finetty train recipes/"), "a recipe opens with the command that runs it"
+    registry = load_plugins()
+    needs_cache = not any(s in path.name for s in ("demo",))
+    try:
+        recipe = recipe_mod.load(path, [], registry)
+    except InputError as exc:
+        if needs_cache and "local cache" in str(exc):
+            pytest.skip(f"{path.name} names a hub model that is not in this machine's cache")
+        raise
+    assert recipe.method in registry.methods
+
+
+def test_overrides_and_defaults(tmp_path):
+    registry = load_plugins()
+    recipe = recipe_mod.load(RECIPES / "demo-lora.yaml", ["train.max_steps=7", "method_options.r=4",
+                                                           "train.learning_rate=1e-4"], registry)
+    assert recipe.train["max_steps"] == 7
+    assert recipe.train["learning_rate"] == pytest.approx(1e-4)
+    assert recipe.method_options["r"] == 4
+    assert recipe.method_options["lora_dropout"] == 0.0  # filled from the plugin's description
+    assert recipe.train["val_size"] == 0 and recipe.train["truncation"] == "truncate"
+
+
+def test_relative_dataset_path_resolves_against_recipe_folder(tmp_path):
+    folder = tmp_path / "job"
+    folder.mkdir()
+    (folder / "data.jsonl").write_text('{"instruction": "hi", "output": "hello"}\n')
+    (folder / "r.yaml").write_text("dataset: data.jsonl\n")
+    recipe = recipe_mod.load(folder / "r.yaml", [], load_plugins())
+    assert recipe.dataset == str((folder / "data.jsonl").resolve())
+
+
+def test_misspelt_key_names_the_nearest(tmp_path):
+    (tmp_path / "r.yaml").write_text("model: tiny-demo\nmethd: lora\n")
+    with pytest.raises(InputError) as info:
+        recipe_mod.load(tmp_path / "r.yaml", [], load_plugins())
+    assert "line 2" in str(info.value) and "'method'" in str(info.value)

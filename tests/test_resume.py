@@ -1,0 +1,69 @@
+"""Kill the worker with SIGKILL halfway; resuming logs the same losses as a run left alone."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from finetty.core import rundir
+
+from .conftest import RECIPES, events, finetty, losses, only_run
+
+SETTINGS = ["--set", "train.max_steps=40", "--set", "train.save_steps=10", "--set", "train.logging_steps=2"]
+
+
+def wait_for(predicate, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, demo_model):
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert finetty("train", str(RECIPES / "demo-lora.yaml"), "--runs-dir", str(straight), *SETTINGS).returncode == 0
+    expected = losses(only_run(straight))
+
+    out = finetty("train", str(RECIPES / "demo-lora.yaml"), "--runs-dir", str(broken), "--detach", *SETTINGS)
+    assert out.returncode == 0, out.stderr
+    run = only_run(broken)
+    wait_for(lambda: (run / "events.jsonl").exists() and any(
+        e["type"] == "step" and e["step"] >= 24 for e in events(run)))
+    os.kill(rundir.lock_holder(run), signal.SIGKILL)
+    wait_for(lambda: not rundir.is_live(run))
+    assert rundir.summarize(run).status == "lost"
+    listed = finetty("runs", "--runs-dir", str(broken))
+    assert "lost" in listed.stdout and f"--resume {run.name}" in listed.stdout
+
+    resumed = finetty("train", "--resume", run.name, "--runs-dir", str(broken))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout and "step-000020" in resumed.stdout
+    got = losses(run)
+    assert set(got) == set(expected)
+    for step, loss in expected.items():
+        assert got[step] == pytest.approx(loss, abs=1e-4), step
+    assert (run / "final" / "adapter_model.safetensors").exists()
+    assert rundir.summarize(run).status == "finished"
+
+
+@pytest.mark.slow
+def test_stop_checkpoints_and_resume_finishes(tmp_path, demo_model):
+    out = finetty("train", str(RECIPES / "demo-lora.yaml"), "--runs-dir", str(tmp_path), "--detach",
+                  "--set", "train.max_steps=400", "--set", "train.save_steps=1000")
+    run = only_run(tmp_path)
+    wait_for(lambda: (run / "events.jsonl").exists() and any(e["type"] == "step" for e in events(run)))
+    assert finetty("checkpoint", run.name, "--runs-dir", str(tmp_path)).returncode == 0
+    wait_for(lambda: any(e["type"] == "checkpoint" for e in events(run)))
+    again = finetty("train", "--resume", run.name, "--runs-dir", str(tmp_path))
+    assert again.returncode == 2 and "live worker" in again.stderr and str(rundir.lock_holder(run)) in again.stderr
+    assert finetty("stop", run.name, "--runs-dir", str(tmp_path)).returncode == 0
+    wait_for(lambda: rundir.summarize(run).status == "stopped")
+    stopped = [e for e in events(run) if e["type"] == "stopped"][0]
+    assert stopped["checkpoint"] == f"checkpoints/{rundir.checkpoint_name(stopped['step'])}"
+    assert finetty("stop", run.name, "--runs-dir", str(tmp_path)).returncode == 2  # nothing live to stop
+    done = finetty("train", "--resume", run.name, "--runs-dir", str(tmp_path), "--set", "x=1")
+    assert done.returncode == 2  # a resume runs the run's own recipe
