@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib.util
+import os
 from typing import Any
 
 from .options import Option
@@ -85,7 +86,8 @@ def training_argument_fields() -> dict[str, set[str]]:
     spec = importlib.util.find_spec("transformers")
     if spec is None or not spec.submodule_search_locations:
         return {}
-    source = list(spec.submodule_search_locations)[0] + "/training_args.py"
+    # once transformers is imported, its lazy module may list Path objects here
+    source = os.path.join(str(next(iter(spec.submodule_search_locations))), "training_args.py")
     tree = ast.parse(open(source, encoding="utf-8").read())
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == "TrainingArguments":
