@@ -19,6 +19,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from . import rundir
+from .distributed import barrier, global_sum, share_flags
 
 STAGING = ".staging"
 
@@ -36,7 +37,7 @@ class EventsCallback(TrainerCallback):
         self.events.emit("run_started", step=state.global_step, total_steps=state.max_steps,
                          num_train_epochs=args.num_train_epochs, **self.extra_started)
         self.last_time = time.time()
-        self.last_tokens = self.tokens.total
+        self.last_tokens = self.tokens.base
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = dict(logs or {})
@@ -47,7 +48,7 @@ class EventsCallback(TrainerCallback):
         if "loss" not in logs:
             return  # the final train summary; run_finished carries it
         now = time.time()
-        tokens = self.tokens.total
+        tokens = self.tokens.global_total(args.world_size)
         dt = max(now - (self.last_time or now), 1e-9)
         event = dict(step=state.global_step, epoch=round(state.epoch or 0.0, 4), loss=logs.pop("loss"),
                      learning_rate=logs.pop("learning_rate", None), grad_norm=logs.pop("grad_norm", None),
@@ -87,13 +88,15 @@ class CheckpointCallback(TrainerCallback):
         return removed
 
     def on_save(self, args, state, control, **kwargs):
+        barrier()  # every rank has written its part (its RNG state) before the folder is published
+        tokens = self.tokens.global_total(args.world_size) if self.tokens else None
         if not state.is_world_process_zero:
             return
         written = self.staging / f"checkpoint-{state.global_step}"
         if not written.is_dir():
             return
         marker = {"step": state.global_step, "epoch": state.epoch, "saved_at": time.time(),
-                  "tokens": self.tokens.total if self.tokens else None,
+                  "tokens": tokens,
                   "files": sorted(p.name for p in written.iterdir())}
         with open(written / rundir.COMPLETE_MARKER, "w") as handle:
             json.dump(marker, handle)
@@ -122,6 +125,8 @@ class RequestsCallback(TrainerCallback):
         self.requests = requests
 
     def on_step_end(self, args, state, control, **kwargs):
+        if args.world_size > 1:  # requests reach rank 0; every rank must act on them at the same step
+            self.requests.stop, self.requests.checkpoint = share_flags(self.requests.stop, self.requests.checkpoint)
         if self.requests.checkpoint:
             self.requests.checkpoint = False
             control.should_save = True
@@ -132,16 +137,28 @@ class RequestsCallback(TrainerCallback):
 
 
 class TokenCounter:
-    """Counts non-padding tokens the model has been trained on (labels and attention mask agnostic)."""
+    """Counts the non-padding tokens trained on, on the CPU side of the collator (no device sync).
+
+    ``base`` is what earlier workers of the run counted (restored on resume);
+    ``local`` what this process has counted; :meth:`global_total` sums every rank.
+    """
 
     def __init__(self):
-        self.total = 0
+        self.base = 0
+        self.local = 0
+
+    @property
+    def total(self) -> int:
+        return self.base + self.local
+
+    def global_total(self, world_size: int) -> int:
+        return self.base + (global_sum(self.local) if world_size > 1 else self.local)
 
     def wrap(self, collator):
         def collate(features):
             batch = collator(features)
             mask = batch.get("attention_mask")
-            self.total += int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+            self.local += int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
             return batch
 
         return collate

@@ -53,7 +53,10 @@ def cmd_train(args) -> int:
         for plugin in registry.failed:
             err.print(f"[yellow]warning:[/] plugin {plugin.name!r} ({plugin.distribution}) failed to load: "
                       f"{plugin.error}")
-        recipe = recipe_mod.load(args.recipe, args.set, registry)
+        overrides = list(args.set)
+        if args.num_processes is not None:
+            overrides.append(f"launch.num_processes={args.num_processes}")
+        recipe = recipe_mod.load(args.recipe, overrides, registry)
         run_dir = rundir.create(runs, recipe.method, recipe.to_yaml())
         launch.start_worker(run_dir)
         console.print(f"run [bold]{run_dir.name}[/] in {run_dir}")
@@ -218,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a recipe key, e.g. --set train.max_steps=50 (repeatable)")
     train.add_argument("--resume", metavar="RUN", help="continue RUN from its newest complete checkpoint")
     train.add_argument("--detach", action="store_true", help="start the worker in the background and return")
+    train.add_argument("--num-processes", type=int, default=None, metavar="N",
+                       help="train on N processes (one per GPU) through accelerate; same as --set launch.num_processes=N")
     add("runs", cmd_runs, "list runs")
     for name, func, text in (("stop", cmd_stop, "ask a run's worker to checkpoint and stop"),
                              ("checkpoint", cmd_checkpoint, "ask a run's worker to save a checkpoint now"),

@@ -19,10 +19,16 @@ from .errors import InputError
 
 
 def start_worker(run_dir: Path, resume: bool = False) -> subprocess.Popen:
-    """Spawn ``python -m finetty.core.worker`` for ``run_dir``; raises RunBusyError if one is live."""
+    """Spawn the worker for ``run_dir`` (or, for several processes, the supervisor that launches them).
+
+    Raises RunBusyError if a worker is live."""
+    from .distributed import is_distributed
+    from .recipe import from_run
+
     fd = rundir.acquire_lock(run_dir)
     try:
-        cmd = [sys.executable, "-m", "finetty.core.worker", str(run_dir), "--lock-fd", str(fd)]
+        entry = "finetty.core.distributed" if is_distributed(from_run(run_dir).launch) else "finetty.core.worker"
+        cmd = [sys.executable, "-m", entry, str(run_dir), "--lock-fd", str(fd)]
         if resume:
             cmd.append("--resume")
         with open(run_dir / rundir.LOG_FILE, "ab") as log:

@@ -136,7 +136,9 @@ def load_model(path: Path, dtype: str = "float32", quantization_config=None, tru
     kwargs = dict(dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=trust_remote_code)
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
-        kwargs["device_map"] = device_map or ({"": 0} if torch.cuda.is_available() else {"": "cpu"})
+        # a quantized base is placed whole on this rank's GPU (PEFT / bitsandbytes' way for DDP)
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        kwargs["device_map"] = device_map or ({"": local_rank} if torch.cuda.is_available() else {"": "cpu"})
     elif device_map is not None:
         kwargs["device_map"] = device_map
     return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import yaml
@@ -51,6 +52,8 @@ class Recipe:
     """transformers TrainingArguments fields, plus max_length, truncation and val_size"""
     trust_remote_code: bool = False
     """run the model repository's own Python code; off unless you trust its author"""
+    launch: dict = field(default_factory=dict)
+    """processes, machines and distributed type (see finetty.core.distributed.LAUNCH_OPTIONS)"""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -215,6 +218,21 @@ def _check_train(train: Any, source: _Source) -> dict:
     return resolved
 
 
+def _check_launch(launch: Any, source: _Source) -> dict:
+    from .distributed import LAUNCH_OPTIONS
+
+    values = _check_options("launch", SimpleNamespace(options=LAUNCH_OPTIONS), launch, source)
+    if values["num_processes"] < values["num_machines"]:
+        raise source.error(("launch", "num_processes"), "counts processes on all machines together, so it "
+                           f"cannot be below num_machines ({values['num_machines']})")
+    if values["num_machines"] > 1 and not values["main_process_ip"]:
+        raise source.error(("launch", "main_process_ip"), "is needed when more than one machine takes part",
+                           "give machine 0's address")
+    if values["machine_rank"] >= values["num_machines"]:
+        raise source.error(("launch", "machine_rank"), f"must be below num_machines ({values['num_machines']})")
+    return values
+
+
 def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, check_data: bool = True) -> Recipe:
     """Check every key of a parsed recipe and return it resolved, with defaults filled in."""
     for key in data:
@@ -255,6 +273,7 @@ def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, ch
         raise source.error(("dataset_options",), "must be a mapping such as {name: Ada, author: me}")
     recipe.dataset_options = options
     recipe.train = _check_train(data.get("train"), source)
+    recipe.launch = _check_launch(data.get("launch"), source)
 
     if recipe.format != "auto" and recipe.format not in registry.data_formats:
         broken = registry.failure_for("data format", recipe.format)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import data as data_mod
-from . import demo, models, rundir
+from . import demo, distributed, models, rundir
 from . import recipe as recipe_mod
 from .events import EventWriter
 from .plugin_api import MethodContext, TrainerContext
@@ -40,6 +40,16 @@ class Requests:
     stop: bool = False
     checkpoint: bool = False
     signal_name: str | None = None
+
+
+class NullWriter:
+    """What ranks other than 0 write events to: nothing (rank 0 is the run's one writer)."""
+
+    def emit(self, type_: str, **fields) -> dict:
+        return {"type": type_, **fields}
+
+    def close(self) -> None:
+        pass
 
 
 class PluginFailure(Exception):
@@ -180,6 +190,7 @@ def train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool) 
     args = _training_arguments(recipe, run_dir, bool(eval_records))
     trainable, total = _count_parameters(model)
     started = dict(recipe=recipe.to_dict(), versions=_versions(), device=_device(), world_size=args.world_size,
+                   distributed_type=recipe.launch.get("distributed_type") if args.world_size > 1 else None,
                    trainable_parameters=trainable, total_parameters=total, model_dir=str(model_dir), pid=os.getpid(),
                    resumed_from=str(resume_from.relative_to(run_dir)) if resume_from else None)
     callbacks = [EventsCallback(events, tokens, started), checkpoints, RequestsCallback(requests)]
@@ -192,10 +203,11 @@ def train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool) 
     trainer = _plugin_call("objective", objective.name, objective.build_trainer, context)
     trainer.data_collator = tokens.wrap(trainer.data_collator)
     if resume_from is not None:
-        tokens.total = _tokens_at(resume_from)
+        tokens.base = _tokens_at(resume_from)
 
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     step = trainer.state.global_step
+    trained_tokens = tokens.global_total(args.world_size)
     if requests.stop:
         latest = rundir.latest_checkpoint(run_dir)
         events.emit("stopped", step=step, checkpoint=str(latest.relative_to(run_dir)) if latest else None,
@@ -203,7 +215,7 @@ def train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool) 
         return 0
     _save_final(trainer, method, tokenizer, run_dir)
     events.emit("run_finished", step=step, final=rundir.FINAL, train_loss=result.training_loss,
-                runtime=result.metrics.get("train_runtime"), tokens=tokens.total)
+                runtime=result.metrics.get("train_runtime"), tokens=trained_tokens)
     return 0
 
 
@@ -219,8 +231,16 @@ def _tokens_at(checkpoint: Path) -> int:
 def _save_final(trainer, method, tokenizer, run_dir: Path) -> None:
     target = run_dir / rundir.FINAL
     partial = run_dir / (rundir.FINAL + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    trainer.save_model(str(partial))
+    main = trainer.args.should_save
+    if main:
+        shutil.rmtree(partial, ignore_errors=True)
+    state = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+    if state is not None:
+        state.set_state_dict_type("FULL_STATE_DICT")  # final/ is one consolidated model
+    trainer.save_model(str(partial))  # every rank takes part (FSDP gathers); the main one writes
+    distributed.barrier()
+    if not main:
+        return
     tokenizer.save_pretrained(str(partial))
     (partial / "training_args.bin").unlink(missing_ok=True)  # a pickle; the recipe is in recipe.yaml
     if target.exists():
@@ -240,22 +260,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lock-fd", type=int, default=None)
     args = parser.parse_args(argv)
     run_dir = args.run_dir.resolve()
-    lock_fd = args.lock_fd if args.lock_fd is not None else rundir.acquire_lock(run_dir)
-    rundir.record_holder(lock_fd)
+    supervised = distributed.world_size() > 1 or os.environ.get("FINETTY_SUPERVISED") == "1"
+    if supervised:
+        # the supervisor holds the lock; rank 0 says whom to signal
+        sys.stdout = distributed.RankPrefix(sys.stdout, f"[rank {distributed.rank()}] ")
+        sys.stderr = distributed.RankPrefix(sys.stderr, f"[rank {distributed.rank()}] ")
+        if distributed.rank() == 0:
+            (run_dir / rundir.LOCK_FILE).write_text(f"{os.getpid()}\n")
+    else:
+        lock_fd = args.lock_fd if args.lock_fd is not None else rundir.acquire_lock(run_dir)
+        rundir.record_holder(lock_fd)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     requests = Requests()
     _install_signal_handlers(requests)
-    events = EventWriter(run_dir)
+    events = EventWriter(run_dir) if distributed.rank() == 0 else NullWriter()
     events.emit("worker_started", pid=os.getpid(), resume=args.resume)
     try:
         return train(run_dir, events, requests, args.resume)
     except BaseException as exc:
         if not isinstance(exc, PluginFailure):
             traceback.print_exc()
-        step = None
-        events.emit("run_failed", reason=_one_line(exc), step=step)
+        if supervised:  # the supervisor writes the one run_failed, naming the rank that died first
+            distributed.record_rank_failure(run_dir, _one_line(exc))
+        else:
+            events.emit("run_failed", reason=_one_line(exc))
         return 1
     finally:
         sys.stdout.flush()
