@@ -10,9 +10,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -22,6 +24,19 @@ from . import rundir
 from .distributed import barrier, global_sum, share_flags
 
 STAGING = ".staging"
+
+#: Test-only fault injection (see docs/reliability.md). ``FINETTY_FAULT=NAME@STEP`` (or just ``NAME`` for
+#: every save) makes the checkpoint save at that step fail on purpose:
+#: ``kill-before-publish`` SIGKILLs the worker after the complete-marker is written and before the rename;
+#: ``enospc-on-save`` raises OSError(ENOSPC) where the marker would be written, as a full disk does.
+FAULT_ENV = "FINETTY_FAULT"
+
+
+def fault_point(name: str, step: int) -> bool:
+    """True when ``$FINETTY_FAULT`` asks for fault ``name`` at ``step``; never set outside tests."""
+    spec = os.environ.get(FAULT_ENV, "")
+    wanted, _, at = spec.partition("@")
+    return wanted == name and (not at or at == str(step))
 
 
 class EventsCallback(TrainerCallback):
@@ -95,13 +110,18 @@ class CheckpointCallback(TrainerCallback):
         written = self.staging / f"checkpoint-{state.global_step}"
         if not written.is_dir():
             return
+        (written / "training_args.bin").unlink(missing_ok=True)  # a pickle nothing reads; recipe.yaml says it all
         marker = {"step": state.global_step, "epoch": state.epoch, "saved_at": time.time(),
                   "tokens": tokens,
                   "files": sorted(p.name for p in written.iterdir())}
+        if fault_point("enospc-on-save", state.global_step):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(written / rundir.COMPLETE_MARKER))
         with open(written / rundir.COMPLETE_MARKER, "w") as handle:
             json.dump(marker, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if fault_point("kill-before-publish", state.global_step):
+            os.kill(os.getpid(), signal.SIGKILL)
         target = self.folder / rundir.checkpoint_name(state.global_step)
         if target.exists():
             shutil.rmtree(target)

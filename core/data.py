@@ -113,7 +113,7 @@ def iter_records(source: DataSource, options: dict | None = None) -> Iterator[tu
             line = raw[: exc.start].count(b"\n") + 1
             raise InputError(path, f"line {line}", "is not valid UTF-8", "save the file as UTF-8") from None
         except OSError as exc:
-            raise InputError(path, None, f"cannot be read: {exc.strerror}") from None
+            raise InputError(path, None, f"cannot be read: {exc.strerror}", "check the file's permissions") from None
         if kind == "parquet":
             yield from _parquet_records(path)
             continue
@@ -165,7 +165,8 @@ def _parquet_records(path: Path) -> Iterator[tuple[Path, str, dict]]:
 
         table = pq.read_table(path)
     except Exception as exc:
-        raise InputError(path, None, f"is not a readable parquet file ({type(exc).__name__})") from None
+        raise InputError(path, None, f"is not a readable parquet file ({type(exc).__name__})",
+                         "write it again, e.g. with pandas' DataFrame.to_parquet") from None
     for number, record in enumerate(table.to_pylist()):
         yield path, f"row {number}", record
 
@@ -220,8 +221,10 @@ def validate_records(source: DataSource, fmt: str, formats: dict, accepts: tuple
         try:
             data_format.convert(record)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise InputError(path, place, f"{exc}", f"a {data_format.name} record has {data_format.fields}"
-                             if data_format.fields else None) from None
+            article = "an" if data_format.name[:1] in "aeiou" else "a"
+            raise InputError(path, place, f"{exc}", f"{article} {data_format.name} record has {data_format.fields}"
+                             if data_format.fields else f"see what {article} {data_format.name} record holds: "
+                             "`finetty plugins`") from None
         count += 1
     if count == 0:
         raise InputError(source.files[0] if source.files else recipe_file, None, "holds no records",

@@ -25,6 +25,9 @@ class EventWriter:
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / EVENTS_FILE
         self._file = open(self.path, "a", encoding="utf-8")
+        if _ends_mid_line(self.path):  # a killed writer left half a line: end it, so our first event is whole
+            self._file.write("\n")
+            self._file.flush()
 
     def emit(self, type_: str, **fields: Any) -> dict:
         event = {"ts": round(time.time(), 3), "type": type_, **fields}
@@ -64,6 +67,15 @@ class EventReader:
 
     def __iter__(self) -> Iterator[dict]:
         return iter(self.poll())
+
+
+def _ends_mid_line(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        if handle.tell() == 0:
+            return False
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) != b"\n"
 
 
 def _parse(data: bytes) -> Iterator[dict]:

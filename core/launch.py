@@ -25,6 +25,7 @@ def start_worker(run_dir: Path, resume: bool = False) -> subprocess.Popen:
     from .distributed import is_distributed
     from .recipe import from_run
 
+    run_dir = Path(run_dir).resolve()  # the worker starts in run_dir: a relative path would not resolve there
     fd = rundir.acquire_lock(run_dir)
     try:
         entry = "finetty.core.distributed" if is_distributed(from_run(run_dir).launch) else "finetty.core.worker"
@@ -32,9 +33,12 @@ def start_worker(run_dir: Path, resume: bool = False) -> subprocess.Popen:
         if resume:
             cmd.append("--resume")
         with open(run_dir / rundir.LOG_FILE, "ab") as log:
-            return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True, pass_fds=(fd,), close_fds=True,
-                                    cwd=str(run_dir))
+            process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True, pass_fds=(fd,), close_fds=True,
+                                       cwd=str(run_dir))
+        if entry == "finetty.core.worker":  # (a supervisor's rank 0 writes its own pid)
+            rundir.record_holder(fd, process.pid)  # at once: a stop or a second launch names it from now on
+        return process
     finally:
         os.close(fd)
 

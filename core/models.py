@@ -90,7 +90,7 @@ def check_folder(path: Path) -> None:
     try:
         data = json.loads(config.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(config, None, f"is not valid JSON ({exc})") from None
+        raise InputError(config, None, f"is not valid JSON ({exc})", "download or save the model again") from None
     if not isinstance(data, dict) or "model_type" not in data:
         raise InputError(config, "key model_type", "is missing", "a transformers config names its model_type")
     weights = sorted(path.glob("*.safetensors"))

@@ -25,7 +25,7 @@ def log_dir() -> Path:
 
 def is_safe_name(name: str) -> bool:
     """A name that cannot leave its directory: no separators, no ``..``, no leading dot."""
-    return bool(_SAFE_NAME.match(name)) and ".." not in name
+    return isinstance(name, str) and bool(_SAFE_NAME.fullmatch(name)) and ".." not in name
 
 
 def child(parent: Path, name: str) -> Path:

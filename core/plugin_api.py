@@ -41,6 +41,8 @@ class MethodContext:
     quantizer: str
     gradient_checkpointing: bool
     model_type: str
+    model_path: str = ""
+    """the base model's folder (e.g. for a tokenizer a method initialises from)"""
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,12 @@ class Method:
     plain base); ``implies_quantizer`` is set for names like ``qlora``.
     ``freezes_base`` is true when only added weights train, so the base with
     the method disabled can serve as a reference model.
+
+    Optional, for methods whose saved weights the stock ``Trainer`` cannot
+    read back: ``restore(model, dir)`` loads what ``save`` wrote into the live
+    model (checkpoint resume), and ``disabled(model)`` returns a context
+    manager inside which the model computes as its untouched base (used as
+    the reference model, e.g. by dpo). PEFT models need neither.
     """
 
     name: str
@@ -68,6 +76,8 @@ class Method:
     implies_quantizer: str | None = None
     freezes_base: bool = True
     mergeable: bool = False
+    restore: Callable[[Any, Path], None] | None = None
+    disabled: Callable[[Any], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -75,7 +85,8 @@ class Quantizer:
     """How the base model's weights are stored.
 
     ``config(options, compute_dtype)`` returns a transformers quantization
-    config (e.g. ``BitsAndBytesConfig``) or None.
+    config (e.g. ``BitsAndBytesConfig``) or None; ``compute_dtype`` is the
+    recipe's (``float32``, ``bfloat16`` or ``float16``).
     """
 
     name: str
@@ -173,7 +184,8 @@ def peft_method(
         return PeftModel.from_pretrained(load_base(), str(path))
 
     return Method(name=name, summary=summary, apply=apply, load=load, options=options,
-                  quantizers=quantizers, implies_quantizer=implies_quantizer, mergeable=mergeable)
+                  quantizers=quantizers, implies_quantizer=implies_quantizer, mergeable=mergeable,
+                  disabled=lambda model: model.disable_adapter())
 
 
 def tokenize_conversation(tokenizer: Any, messages: list, max_length: int, train_on: str = "assistant"):
@@ -181,6 +193,19 @@ def tokenize_conversation(tokenizer: Any, messages: list, max_length: int, train
     from .tokenize import tokenize_conversation as impl
 
     return impl(tokenizer, messages, max_length, train_on=train_on)
+
+
+def trainer_class(base: Any = None) -> Any:
+    """finetty's Trainer behaviour on top of ``base`` (default ``transformers.Trainer``).
+
+    The returned class takes an extra ``method=`` keyword: model saves go
+    through ``method.save`` and checkpoint resume through ``method.restore``
+    when the method has them. Use it for any trainer an objective builds, e.g.
+    ``trainer_class(trl.DPOTrainer)(model=..., args=..., method=ctx.method)``.
+    """
+    from .trainer import trainer_class as impl
+
+    return impl(base)
 
 
 def sft_trainer(ctx: TrainerContext, train_on: str = "assistant"):
@@ -192,5 +217,5 @@ def sft_trainer(ctx: TrainerContext, train_on: str = "assistant"):
 
 __all__ = [
     "DATA_KINDS", "DataFormat", "Method", "MethodContext", "Objective", "Option", "Quantizer",
-    "TrainerContext", "hookimpl", "peft_method", "sft_trainer", "tokenize_conversation",
+    "TrainerContext", "hookimpl", "peft_method", "sft_trainer", "tokenize_conversation", "trainer_class",
 ]

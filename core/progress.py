@@ -6,15 +6,20 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .events import TERMINAL, EventReader
 from .rundir import is_live
 
 
-def follow(run_dir: Path, console: Console, poll_interval: float = 0.2, on_wait=None) -> dict | None:
-    """Show progress until the run ends; returns the terminal event (None if the worker vanished)."""
-    reader = EventReader(run_dir)
+def follow(run_dir: Path, console: Console, poll_interval: float = 0.2, on_wait=None,
+           offset: int = 0) -> dict | None:
+    """Show progress until the run ends; returns the terminal event (None if the worker vanished).
+
+    ``offset`` skips history (a resume follows from where the file ended); an old terminal
+    event followed by a later worker's events does not end following."""
+    reader = EventReader(run_dir, offset)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]}"),
                         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
@@ -25,9 +30,12 @@ def follow(run_dir: Path, console: Console, poll_interval: float = 0.2, on_wait=
     with progress:
         while True:
             events = reader.poll()
+            ended = None
             for event in events:
                 kind = event["type"]
-                if kind == "run_started":
+                if kind == "worker_started":
+                    ended = None  # the run was resumed after that end
+                elif kind == "run_started":
                     seen_start = True
                     progress.update(task, description="training", total=event.get("total_steps"),
                                     completed=event.get("step", 0))
@@ -35,20 +43,23 @@ def follow(run_dir: Path, console: Console, poll_interval: float = 0.2, on_wait=
                     progress.update(task, completed=event["step"], loss=f"{event['loss']:.4f}",
                                     rate=f"{event.get('tokens_per_second', 0):.0f} tok/s")
                 elif kind == "eval":
-                    progress.console.print(f"  eval at step {event.get('step')}: loss {event.get('loss')}")
+                    progress.console.print(f"  eval at step {event.get('step')}: loss {event.get('loss')}",
+                                           markup=False)
                 elif kind == "checkpoint":
-                    progress.console.print(f"  checkpoint {event['path']}")
+                    progress.console.print(f"  checkpoint {event['path']}", markup=False)
                 elif kind == "warning":
-                    progress.console.print(f"  [yellow]warning:[/] {event['message']}")
+                    progress.console.print(f"  [yellow]warning:[/] {escape(str(event['message']))}")
                 elif kind == "data":
                     how = "detected" if event.get("detected") else "given"
-                    progress.console.print(f"  data: {event['dataset']}: {event['records']} records, "
+                    progress.console.print(f"  data: {escape(str(event['dataset']))}: {event['records']} records, "
                                            f"format {event['format']} ({how}), {event['train_records']} train / "
                                            f"{event['eval_records']} eval")
                 elif kind in TERMINAL:
                     if kind == "run_finished":
                         progress.update(task, description="finished", completed=event.get("step"))
-                    return event
+                    ended = event
+            if ended is not None:
+                return ended
             if events:
                 quiet_since = time.monotonic()
             elif time.monotonic() - quiet_since > 2.0 and not is_live(run_dir):

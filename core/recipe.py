@@ -54,6 +54,8 @@ class Recipe:
     """run the model repository's own Python code; off unless you trust its author"""
     launch: dict = field(default_factory=dict)
     """processes, machines and distributed type (see finetty.core.distributed.LAUNCH_OPTIONS)"""
+    monitor: dict = field(default_factory=dict)
+    """GPU memory monitor: interval_s, watermark, on_watermark (see finetty.core.monitor.MONITOR_OPTIONS)"""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,7 +113,7 @@ def parse_text(text: str, file: Path | None) -> tuple[dict, _Source]:
         raise InputError(file, place, f"is not valid YAML: {exc.problem or exc.context}",
                          "check the indentation and quoting there") from None
     except yaml.YAMLError as exc:
-        raise InputError(file, None, f"is not valid YAML: {exc}") from None
+        raise InputError(file, None, f"is not valid YAML: {exc}", "save it as plain UTF-8 YAML text") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -140,7 +142,8 @@ def apply_overrides(data: dict, overrides: list[str], source: _Source | None = N
             if existing is None:
                 existing = target[part] = {}
             if not isinstance(existing, dict):
-                raise InputError("--set", key, f"{part!r} is not a mapping", None)
+                raise InputError("--set", key, f"{part!r} is not a mapping",
+                                 f"set {part} itself (--set {part}=VALUE) or a key under a mapping")
             target = existing
         target[parts[-1]] = value
     return data
@@ -164,7 +167,8 @@ def _check_options(key: str, descriptor: Any, given: Any, source: _Source) -> di
     if given is None:
         given = {}
     if not isinstance(given, dict):
-        raise source.error((key,), f"must be a mapping of option: value, not {type(given).__name__}")
+        raise source.error((key,), f"must be a mapping of option: value, not {type(given).__name__}",
+                           "for example {r: 16}; `finetty plugins --options` lists the options")
     values, problems = resolve_options(getattr(descriptor, "options", ()), given)
     if problems:
         option, problem, fix = problems[0]
@@ -187,7 +191,8 @@ def _check_train(train: Any, source: _Source) -> dict:
     if train is None:
         train = {}
     if not isinstance(train, dict):
-        raise source.error(("train",), f"must be a mapping, not {type(train).__name__}")
+        raise source.error(("train",), f"must be a mapping, not {type(train).__name__}",
+                           "for example train: {max_steps: 100, learning_rate: 2.0e-4}")
     known = training_argument_fields()
     ours = {o.name: o for o in FINETTY_TRAIN_OPTIONS}
     resolved = {**TRAIN_DEFAULTS, **{o.name: o.default for o in FINETTY_TRAIN_OPTIONS}}
@@ -203,7 +208,8 @@ def _check_train(train: Any, source: _Source) -> dict:
             value = _number(value) if known[key] & {"float", "int"} else value
             problem = check_value(key, value, known[key])
             if problem:
-                raise source.error(("train", key), f"{key} {problem}")
+                raise source.error(("train", key), f"{key} {problem}",
+                                   f"see transformers' TrainingArguments for what {key} takes")
         else:
             close = nearest(key, list(known) + list(ours))
             raise source.error(("train", key), f"{key!r} is not a training setting",
@@ -229,11 +235,30 @@ def _check_launch(launch: Any, source: _Source) -> dict:
         raise source.error(("launch", "main_process_ip"), "is needed when more than one machine takes part",
                            "give machine 0's address")
     if values["machine_rank"] >= values["num_machines"]:
-        raise source.error(("launch", "machine_rank"), f"must be below num_machines ({values['num_machines']})")
+        raise source.error(("launch", "machine_rank"), f"must be below num_machines ({values['num_machines']})",
+                           "machines count from 0")
     return values
 
 
-def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, check_data: bool = True) -> Recipe:
+def _check_monitor(monitor: Any, recipe: Recipe, source: _Source) -> dict:
+    from .monitor import MONITOR_OPTIONS
+
+    values = _check_options("monitor", SimpleNamespace(options=MONITOR_OPTIONS), monitor, source)
+    if not 0 < values["watermark"] <= 1:
+        raise source.error(("monitor", "watermark"), f"watermark {values['watermark']} is not a fraction in (0, 1]",
+                           "for example 0.9: 90% of each GPU's memory")
+    processes = recipe.launch.get("num_processes", 1)
+    if processes > 1 and values["on_watermark"] == "shrink":
+        raise source.error(("monitor", "on_watermark"), f"shrink works in a single process, not {processes}",
+                           "use warn, checkpoint or stop with launch.num_processes > 1")
+    if processes > 1 and recipe.train.get("auto_shrink_batch"):
+        raise source.error(("train", "auto_shrink_batch"), f"works in a single process, not {processes}",
+                           "leave it off with launch.num_processes > 1")
+    return values
+
+
+def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, check_data: bool = True,
+             check_sources: bool = True) -> Recipe:
     """Check every key of a parsed recipe and return it resolved, with defaults filled in."""
     for key in data:
         if key not in TOP_LEVEL:
@@ -244,11 +269,13 @@ def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, ch
     for key in ("model", "dataset", "format", "method", "quantizer", "objective"):
         value = data.get(key, getattr(recipe, key))
         if not isinstance(value, str) or not value.strip():
-            raise source.error((key,), f"{key} must be a name or path, not {value!r}")
+            raise source.error((key,), f"{key} must be a name or path, not {value!r}",
+                               f"for example {key}: {getattr(Recipe, key)}")
         setattr(recipe, key, value.strip())
     trust = data.get("trust_remote_code", False)
     if not isinstance(trust, bool):
-        raise source.error(("trust_remote_code",), f"must be true or false, not {trust!r}")
+        raise source.error(("trust_remote_code",), f"must be true or false, not {trust!r}",
+                           "write true or false without quotes; leave it out to keep it off")
     recipe.trust_remote_code = trust
 
     _check_kind("method", recipe.method, registry, source)
@@ -261,8 +288,13 @@ def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, ch
         recipe.quantizer = method.implies_quantizer
     _check_kind("quantizer", recipe.quantizer, registry, source, allow_none=True)
     if recipe.quantizer not in method.quantizers:
-        raise source.error(("quantizer",), f"method {method.name!r} cannot train on a {recipe.quantizer!r} base",
-                           f"{method.name!r} works with: {', '.join(method.quantizers)}")
+        able = [m.name for m in registry.methods.values() if recipe.quantizer in m.quantizers]
+        why = (": it updates the base's own weights, and quantized weights cannot be trained"
+               if not method.freezes_base and recipe.quantizer != "none" else "")
+        raise source.error(("quantizer",), f"method {method.name!r} cannot train on a {recipe.quantizer!r} base{why}",
+                           f"use quantizer: {' or '.join(method.quantizers)} with {method.name!r}"
+                           + (f", or a method that trains adapters on a {recipe.quantizer!r} base: {', '.join(able)}"
+                              if able else ""))
     recipe.method_options = _check_options("method_options", method, data.get("method_options"), source)
     quantizer = registry.quantizers.get(recipe.quantizer)
     recipe.quantizer_options = _check_options("quantizer_options", quantizer, data.get("quantizer_options"), source)
@@ -270,10 +302,12 @@ def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, ch
     recipe.objective_options = _check_options("objective_options", objective, data.get("objective_options"), source)
     options = data.get("dataset_options") or {}
     if not isinstance(options, dict):
-        raise source.error(("dataset_options",), "must be a mapping such as {name: Ada, author: me}")
+        raise source.error(("dataset_options",), f"must be a mapping, not {type(options).__name__}",
+                           "for example dataset_options: {name: Ada, author: me}")
     recipe.dataset_options = options
     recipe.train = _check_train(data.get("train"), source)
     recipe.launch = _check_launch(data.get("launch"), source)
+    recipe.monitor = _check_monitor(data.get("monitor"), recipe, source)
 
     if recipe.format != "auto" and recipe.format not in registry.data_formats:
         broken = registry.failure_for("data format", recipe.format)
@@ -282,6 +316,8 @@ def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, ch
                            + (f" (plugin {broken.name!r} failed: {broken.error})" if broken else ""),
                            f"did you mean {close!r}?" if close else
                            f"auto or one of {', '.join(registry.names('data format'))}")
+    if not check_sources:  # `finetty estimate`: the model and data need not be downloaded yet
+        return recipe
     models.resolve(recipe.model, base_dir, source.file)
     local = Path(recipe.model).expanduser()
     local = local if local.is_absolute() else base_dir / local
@@ -296,7 +332,8 @@ def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, ch
     return recipe
 
 
-def load(path: str | Path | None, overrides: list[str] | None, registry: Registry, check_data: bool = True) -> Recipe:
+def load(path: str | Path | None, overrides: list[str] | None, registry: Registry, check_data: bool = True,
+         check_sources: bool = True) -> Recipe:
     """Read, override, validate. ``path=None`` starts from the defaults (the tiny demo with LoRA)."""
     if path is None:
         data, source, base_dir = {}, _Source(None), Path.cwd()
@@ -309,11 +346,12 @@ def load(path: str | Path | None, overrides: list[str] | None, registry: Registr
         except UnicodeDecodeError:
             raise InputError(file, None, "is not UTF-8 text", "save the recipe as UTF-8") from None
         except OSError as exc:
-            raise InputError(file, None, f"cannot be read: {exc.strerror}") from None
+            raise InputError(file, None, f"cannot be read: {exc.strerror}",
+                             "give the path of a readable recipe .yaml file") from None
         data, source = parse_text(text, file)
         base_dir = file.resolve().parent
     apply_overrides(data, overrides or [], source)
-    return validate(data, registry, source, base_dir, check_data=check_data)
+    return validate(data, registry, source, base_dir, check_data=check_data, check_sources=check_sources)
 
 
 def from_run(run_dir: Path) -> Recipe:

@@ -71,15 +71,20 @@ def acquire_lock(run_dir: Path) -> int:
     except BlockingIOError:
         os.close(fd)
         holder = lock_holder(run_dir)
+        deadline = time.monotonic() + 2.0
+        while holder is None and time.monotonic() < deadline:  # its launcher is about to write the pid
+            time.sleep(0.05)
+            holder = lock_holder(run_dir)
         raise RunBusyError(f"run {run_dir.name} is being trained by a live worker"
                            f"{f' (pid {holder})' if holder else ''}; stop it first with `finetty stop {run_dir.name}`")
+    os.ftruncate(fd, 0)  # a dead worker's pid is never named as the holder
     return fd
 
 
-def record_holder(fd: int) -> None:
-    """The worker writes its pid into the lock it inherited."""
+def record_holder(fd: int, pid: int | None = None) -> None:
+    """Write the holder's pid (default: this process) into the lock: the launcher and the worker both do."""
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    os.pwrite(fd, f"{pid or os.getpid()}\n".encode(), 0)
 
 
 def lock_holder(run_dir: Path) -> int | None:

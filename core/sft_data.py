@@ -1,7 +1,22 @@
-"""Supervised fine-tuning data and trainer: tokenize, truncate or drop, pad per batch."""
+"""Supervised fine-tuning data and trainer: tokenize (cached by content), then pack or group by length.
+
+- ``train.packing: true``: examples are packed into rows of up to
+  ``max_length`` tokens and a batch is one padding-free sequence in which no
+  example attends to another (:mod:`finetty.core.packing`).
+- Otherwise batches are padded per batch, and examples of similar length are
+  batched together (``LengthGroupedSampler``: random groups of 50 batches,
+  sorted by length within each group) unless the recipe picks another
+  ``train_sampling_strategy`` than the default ``random``.
+
+Tokenized rows are cached in ``$FINETTY_HOME/cache/tokenized`` by a hash of
+everything that decides them (:mod:`finetty.core.data_cache`).
+"""
 
 from __future__ import annotations
 
+import sys
+
+from . import data_cache
 from .tokenize import IGNORE, tokenize_conversation, tokenize_text
 
 
@@ -37,19 +52,107 @@ def tokenize_examples(examples: list, tokenizer, max_length: int, truncation: st
     return rows
 
 
+def prepare_rows(examples: list, tokenizer, max_length: int, truncation: str, train_on: str, packing: bool,
+                 report) -> list[dict]:
+    """Tokenized (and, with ``packing``, packed) rows, from the cache when the same inputs were seen before."""
+    from .packing import pack_examples
+
+    cache_key = data_cache.key(tokenizer, examples, max_length=max_length, truncation=truncation,
+                               train_on=train_on, packing=packing)
+    cached = data_cache.load(cache_key)
+    if cached is not None:
+        rows, reports = cached
+        print(f"finetty: {len(rows)} tokenized rows from the cache ({cache_key[:12]})", flush=True)
+    else:
+        reports = []
+        rows = tokenize_examples(examples, tokenizer, max_length, truncation, train_on, reports.append)
+        if packing:
+            rows = pack_examples(rows, max_length)
+        data_cache.save(cache_key, rows, reports)
+    for message in reports:
+        report(message)
+    return rows
+
+
+def _refuse_prompt_learning(model) -> None:
+    for config in (getattr(model, "peft_config", None) or {}).values():
+        if getattr(config, "is_prompt_learning", False):
+            raise ValueError("train.packing cannot be used with prompt or prefix tuning (their virtual tokens "
+                             "sit in front of the whole row); set train.packing: false")
+
+
+def _trainer_class():
+    from .trainer import FinettyTrainer
+
+    class SFTTrainer(FinettyTrainer):
+        """finetty's Trainer with length-grouped sampling (unpacked) or packed attention (packed)."""
+
+        def __init__(self, *args, lengths=None, packed=False, **kwargs):
+            self.lengths = lengths
+            self.packed = packed
+            self._checked = False
+            super().__init__(*args, **kwargs)
+
+        def _get_train_sampler(self, train_dataset=None):
+            if self.packed or self.lengths is None or self.args.train_sampling_strategy != "random":
+                return super()._get_train_sampler(train_dataset)
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        lengths=self.lengths)
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            if not self.packed:
+                return super().compute_loss(model, inputs, *args, **kwargs)
+            from .packing import check_boundaries_seen
+
+            loss = super().compute_loss(model, {**inputs, "use_cache": False}, *args, **kwargs)
+            if not self._checked:
+                check_boundaries_seen(model)
+                self._checked = True
+            return loss
+
+        def train(self, *args, **kwargs):
+            if not self.packed:
+                return super().train(*args, **kwargs)
+            from .packing import use_packed_attention
+
+            model = self.model
+            base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+            previous = use_packed_attention(model)
+            try:
+                return super().train(*args, **kwargs)
+            finally:
+                if previous is not None:
+                    base.set_attn_implementation(previous)
+
+    return SFTTrainer
+
+
 def build_sft_trainer(ctx, train_on: str = "assistant"):
     from datasets import Dataset
     from transformers import DataCollatorForSeq2Seq
 
-    from .trainer import FinettyTrainer
+    from .packing import PackedCollator
+
+    packing = bool(getattr(ctx, "packing", False))
+    if packing:
+        _refuse_prompt_learning(ctx.model)
 
     def prepare(examples):
-        rows = tokenize_examples(examples, ctx.tokenizer, ctx.max_length, ctx.truncation, train_on, ctx.report)
-        return Dataset.from_list(rows)
+        rows = prepare_rows(examples, ctx.tokenizer, ctx.max_length, ctx.truncation, train_on, packing, ctx.report)
+        columns = {name: [row[name] for row in rows] for name in rows[0]}
+        return Dataset.from_dict(columns), [len(row["input_ids"]) for row in rows]
 
-    train = prepare(ctx.train_records)
-    evaluation = prepare(ctx.eval_records) if ctx.eval_records else None
-    collator = DataCollatorForSeq2Seq(ctx.tokenizer, padding=True, label_pad_token_id=IGNORE)
-    return FinettyTrainer(model=ctx.model, args=ctx.args, train_dataset=train, eval_dataset=evaluation,
-                          data_collator=collator, processing_class=ctx.tokenizer, callbacks=ctx.callbacks,
-                          method=ctx.method)
+    train, lengths = prepare(ctx.train_records)
+    evaluation = prepare(ctx.eval_records)[0] if ctx.eval_records else None
+    if packing:
+        collator = PackedCollator()
+        fill = sum(lengths) / (len(lengths) * ctx.max_length)
+        print(f"finetty: packed into {len(lengths)} rows of up to {ctx.max_length} tokens ({fill:.0%} full)",
+              file=sys.stdout, flush=True)
+    else:
+        collator = DataCollatorForSeq2Seq(ctx.tokenizer, padding=True, label_pad_token_id=IGNORE)
+    return _trainer_class()(model=ctx.model, args=ctx.args, train_dataset=train, eval_dataset=evaluation,
+                            data_collator=collator, processing_class=ctx.tokenizer, callbacks=ctx.callbacks,
+                            method=ctx.method, lengths=None if packing else lengths, packed=packing)

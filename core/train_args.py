@@ -24,6 +24,10 @@ FINETTY_TRAIN_OPTIONS = (
            choices=("truncate", "drop")),
     Option("val_size", "int|float", 0, "held-out evaluation split: a fraction below 1 or a count of examples",
            minimum=0),
+    Option("packing", "bool", False, "sft: pack several examples into each row of max_length tokens, padding-free, "
+           "none attending to another (a batch is per_device_train_batch_size such rows)"),
+    Option("auto_shrink_batch", "bool", False, "on CUDA out of memory: halve per_device_train_batch_size, double "
+           "gradient_accumulation_steps (same effective batch) and resume from the last checkpoint; gives up at 1"),
 )
 
 #: finetty's defaults where TrainingArguments' suit a detached worker badly.
@@ -108,7 +112,8 @@ def check_value(key: str, value: Any, types: set[str]) -> str | None:
     if isinstance(value, bool) and "bool" not in types and not loose:
         return f"must be a {' or '.join(sorted(types - {'None'}))}, not {value!r}"
     if known and not loose and not any(isinstance(value, t) for t in known):
-        return f"must be a {' or '.join(sorted(types - {'None'}))}, not {type(value).__name__} {value!r}"
+        wanted = " or ".join(sorted(types - {"None"}))
+        return f"must be {'an' if wanted[0] in 'aeiou' else 'a'} {wanted}, not {type(value).__name__} {value!r}"
     if loose and not isinstance(value, (str, int, float, bool, list, dict)):
         return f"has an unsupported type {type(value).__name__}"
     if key in RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -117,6 +122,6 @@ def check_value(key: str, value: Any, types: set[str]) -> str | None:
             return f"must be {'at least' if inclusive else 'greater than'} {low}, not {value}"
         if high is not None and value > high:
             return f"must be at most {high}, not {value}"
-    if key == "max_steps" and isinstance(value, int) and value == 0:
-        return "must be positive (or -1 to train num_train_epochs)"
+    if key == "max_steps" and isinstance(value, int) and (value == 0 or value < -1):
+        return f"must be positive (or -1 to train num_train_epochs), not {value}"
     return None

@@ -13,6 +13,8 @@ train, save the result, clean up.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import errno
 import os
 import random
 import shutil
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import data as data_mod
-from . import demo, distributed, models, rundir
+from . import demo, distributed, models, monitor, oom, rundir
 from . import recipe as recipe_mod
 from .events import EventWriter
 from .plugin_api import MethodContext, TrainerContext
@@ -124,7 +126,7 @@ def _setup_model(recipe, registry, events):
     method = registry.methods[recipe.method]
     context = MethodContext(quantizer=recipe.quantizer,
                             gradient_checkpointing=bool(recipe.train.get("gradient_checkpointing")),
-                            model_type=model.config.model_type)
+                            model_type=model.config.model_type, model_path=str(model_dir))
     model = _plugin_call("method", method.name, method.apply, model, recipe.method_options, context)
     return model_dir, tokenizer, model, method
 
@@ -162,9 +164,33 @@ def _count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
-def train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool) -> int:
-    from .callbacks import CheckpointCallback, EventsCallback, RequestsCallback, TokenCounter
+def _skip_unneeded_imports(recipe, registry) -> list[str]:
+    """Hide bitsandbytes (no quantizer, no 8-bit optimizer) and peft (the built-in full method) from this process.
 
+    transformers and peft import them whenever they are installed; bitsandbytes
+    pulls in torch._dynamo and inductor (about a second), peft two seconds more.
+
+    ``sys.modules[name] = None`` makes ``importlib.util.find_spec`` report the
+    package missing, so transformers and peft skip their optional imports of
+    it. ``FINETTY_KEEP_IMPORTS=1`` turns this off.
+    """
+    if os.environ.get("FINETTY_KEEP_IMPORTS") == "1":
+        return []
+    optim = str(recipe.train.get("optim", "")).lower()
+    skip = []
+    if recipe.quantizer == "none" and not any(word in optim for word in ("bnb", "8bit", "paged")):
+        skip.append("bitsandbytes")
+    method = registry.methods.get(recipe.method)
+    if method is not None and getattr(method.apply, "__module__", "") == "finetty.plugins.methods.full" \
+            and recipe.objective in ("sft", "cpt"):
+        skip.append("peft")
+    for name in skip:
+        if name not in sys.modules:
+            sys.modules[name] = None
+    return skip
+
+
+def train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool) -> int:
     recipe = recipe_mod.from_run(run_dir)
     registry = load_plugins()
     for kind, name in (("method", recipe.method), ("objective", recipe.objective)):
@@ -172,6 +198,9 @@ def train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool) 
             broken = registry.failure_for(kind, name)
             raise PluginFailure(f"{kind} {name!r} is not available"
                                 + (f": plugin {broken.name!r} failed to load: {broken.error}" if broken else ""))
+    _skip_unneeded_imports(recipe, registry)
+    from .callbacks import CheckpointCallback, EventsCallback, RequestsCallback, TokenCounter
+
     tokens = TokenCounter()
     checkpoints = CheckpointCallback(run_dir, events, recipe.train.get("save_total_limit"), tokens)
     removed = checkpoints.cleanup_incomplete()
@@ -199,13 +228,26 @@ def train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool) 
                              eval_records=eval_records, args=args, callbacks=callbacks,
                              options=recipe.objective_options, method=method,
                              max_length=recipe.train["max_length"], truncation=recipe.train["truncation"],
+                             packing=bool(recipe.train.get("packing")),
                              report=lambda message: events.emit("warning", message=message))
     trainer = _plugin_call("objective", objective.name, objective.build_trainer, context)
     trainer.data_collator = tokens.wrap(trainer.data_collator)
     if resume_from is not None:
         tokens.base = _tokens_at(resume_from)
 
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    def rebuild(new_args):  # the same model and data with other TrainingArguments (a smaller micro-batch)
+        again = _plugin_call("objective", objective.name, objective.build_trainer,
+                             dataclasses.replace(context, args=new_args))
+        again.data_collator = tokens.wrap(again.data_collator)
+        return again
+
+    sampler = monitor.start(recipe, events, requests, model)  # GPU/host memory events; never fails the run
+    try:
+        trainer, result = oom.train(trainer, resume_from=resume_from, rebuild=rebuild, recipe=recipe,
+                                    run_dir=run_dir, events=events, requests=requests, sampler=sampler,
+                                    tokens=tokens, started=started)
+    finally:
+        sampler.stop()
     step = trainer.state.global_step
     trained_tokens = tokens.global_total(args.world_size)
     if requests.stop:
@@ -253,6 +295,106 @@ def _one_line(exc: BaseException) -> str:
     return text if isinstance(exc, PluginFailure) else f"{type(exc).__name__}: {text}".rstrip(": ")
 
 
+def _chain(exc: BaseException):
+    """The exception and the ones it was raised from or during."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+#: How libraries say "disk full" without an OSError: safetensors (Rust's StorageFull), torch.save's writer.
+FULL_DISK_WORDS = ("No space left on device", "StorageFull", "Disk quota exceeded")
+
+
+def _disk_full(exc: BaseException, run_dir: Path) -> OSError | None:
+    """The full-disk error in ``exc``'s chain, if that is what it is (as an OSError naming the file)."""
+    for link in _chain(exc):
+        if isinstance(link, OSError) and link.errno in (errno.ENOSPC, errno.EDQUOT):
+            return link
+        text = str(link)
+        if any(words in text for words in FULL_DISK_WORDS):
+            return OSError(errno.ENOSPC, text, None)
+        if "file write failed" in text:  # torch.save's writer says no more; a nearly empty disk says why
+            try:
+                if shutil.disk_usage(run_dir).free < 64 * 2**20:
+                    return OSError(errno.ENOSPC, text, None)
+            except OSError:
+                pass
+    return None
+
+
+def _plugin_modules(registry) -> dict[str, object]:
+    """Module name (and, for third-party plugins, top-level package) -> the PluginInfo that owns it."""
+    from dataclasses import fields as dataclass_fields
+    from importlib.metadata import entry_points
+
+    owned: dict[str, object] = {}
+    by_name = {info.name: info for info in registry.plugins if info.error is None}
+    for ep in entry_points(group="finetty"):
+        if ep.name in by_name:
+            owned[ep.module] = by_name[ep.name]
+    for (kind, name), info in registry.owners.items():
+        component = registry.get(kind, name)
+        for f in dataclass_fields(component):
+            module = getattr(getattr(component, f.name), "__module__", None)
+            if isinstance(module, str) and not module.startswith("finetty.core"):
+                owned.setdefault(module, info)
+    for module, info in list(owned.items()):
+        top = module.split(".")[0]
+        if top != "finetty":
+            owned.setdefault(top, info)
+    return owned
+
+
+def _plugin_in_traceback(exc: BaseException):
+    """The loaded plugin whose code raised ``exc`` (innermost plugin frame), or None."""
+    try:
+        owned = _plugin_modules(load_plugins())  # (already loaded by train(): cached)
+    except Exception:
+        return None
+    for link in _chain(exc):
+        found = None
+        tb = link.__traceback__
+        while tb is not None:
+            module = tb.tb_frame.f_globals.get("__name__", "")
+            info = owned.get(module) or owned.get(module.split(".")[0])
+            if info is not None:
+                found = info
+            tb = tb.tb_next
+        if found is not None:
+            return found
+    return None
+
+
+def _failure_reason(exc: BaseException, run_dir: Path) -> str:
+    """The one line of ``run_failed``: what broke, and for a full disk or a plugin, where and who."""
+    if isinstance(exc, oom.OutOfMemoryFailure):
+        return str(exc)  # where, the peak against the total, and what to change
+    full = _disk_full(exc, run_dir)
+    if full is not None:
+        where = Path(full.filename) if full.filename else run_dir / rundir.CHECKPOINTS
+        try:
+            free = shutil.disk_usage(run_dir).free / 2**20
+            room = f"{free:.0f} MiB free there now"
+        except OSError:
+            room = "free space unknown"
+        return (f"the disk is full: no space left writing {where} ({room}); earlier checkpoints are intact: "
+                f"free some space, then `finetty train --resume {run_dir.name}`")
+    if not isinstance(exc, PluginFailure) and not isinstance(exc, KeyboardInterrupt):
+        plugin = _plugin_in_traceback(exc)
+        if plugin is not None:
+            kinds = "/".join(sorted({kind for kind, _ in plugin.provides})) or "plugin"
+            return f"{kinds} plugin {plugin.name!r} ({plugin.distribution}) raised during training: {_one_line(exc)}"
+    return _one_line(exc)
+
+
+def _remove_staging(run_dir: Path) -> None:
+    """A failed worker's half-written checkpoint is never used; remove it now (a full disk needs the room)."""
+    shutil.rmtree(run_dir / rundir.CHECKPOINTS / ".staging", ignore_errors=True)  # callbacks.STAGING
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="finetty-worker")
     parser.add_argument("run_dir", type=Path)
@@ -261,20 +403,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run_dir = args.run_dir.resolve()
     supervised = distributed.world_size() > 1 or os.environ.get("FINETTY_SUPERVISED") == "1"
+    requests = Requests()
+    _install_signal_handlers(requests)  # before the pid is published: a stop request must never kill us
     if supervised:
         # the supervisor holds the lock; rank 0 says whom to signal
         sys.stdout = distributed.RankPrefix(sys.stdout, f"[rank {distributed.rank()}] ")
         sys.stderr = distributed.RankPrefix(sys.stderr, f"[rank {distributed.rank()}] ")
         if distributed.rank() == 0:
             (run_dir / rundir.LOCK_FILE).write_text(f"{os.getpid()}\n")
-    else:
+    lock_fd = None
+    if not supervised:
         lock_fd = args.lock_fd if args.lock_fd is not None else rundir.acquire_lock(run_dir)
         rundir.record_holder(lock_fd)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    requests = Requests()
-    _install_signal_handlers(requests)
     events = EventWriter(run_dir) if distributed.rank() == 0 else NullWriter()
     events.emit("worker_started", pid=os.getpid(), resume=args.resume)
     try:
@@ -282,15 +425,19 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:
         if not isinstance(exc, PluginFailure):
             traceback.print_exc()
+        reason = _failure_reason(exc, run_dir)
         if supervised:  # the supervisor writes the one run_failed, naming the rank that died first
-            distributed.record_rank_failure(run_dir, _one_line(exc))
+            distributed.record_rank_failure(run_dir, reason)
         else:
-            events.emit("run_failed", reason=_one_line(exc))
+            _remove_staging(run_dir)
+            events.emit("run_failed", reason=reason)
         return 1
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
         events.close()
+        if lock_fd is not None:
+            os.close(lock_fd)  # the final event is written: free the run now, not after the slow interpreter exit
 
 
 if __name__ == "__main__":
