@@ -1,0 +1,1 @@
+"""Built-in quantizers: how the base model's weights are stored."""
