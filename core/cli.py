@@ -40,9 +40,10 @@ def cmd_train(args) -> int:
 
     runs = paths.runs_dir(args.runs_dir)
     if args.resume:
-        run_dir = rundir.find(args.resume, runs)
         if args.recipe or args.set:
             raise InputError("--resume", None, "resumes the run's own recipe", "drop the recipe and --set")
+        run_dir = rundir.find(args.resume, runs)
+        offset = _events_size(run_dir)  # follow this worker, not the end of the last one
         launch.start_worker(run_dir, resume=True)
         console.print(f"resuming run [bold]{run_dir.name}[/] from {_resume_point(run_dir)}")
     else:
@@ -58,6 +59,7 @@ def cmd_train(args) -> int:
             overrides.append(f"launch.num_processes={args.num_processes}")
         recipe = recipe_mod.load(args.recipe, overrides, registry)
         run_dir = rundir.create(runs, recipe.method, recipe.to_yaml())
+        offset = 0
         launch.start_worker(run_dir)
         console.print(f"run [bold]{run_dir.name}[/] in {run_dir}")
     if args.detach:
@@ -65,7 +67,16 @@ def cmd_train(args) -> int:
                       f"stop it with `finetty stop {run_dir.name}`")
         print(run_dir.name)
         return 0
-    return _follow_foreground(run_dir)
+    return _follow_foreground(run_dir, offset)
+
+
+def _events_size(run_dir: Path) -> int:
+    from .events import EVENTS_FILE
+
+    try:
+        return (run_dir / EVENTS_FILE).stat().st_size
+    except OSError:
+        return 0
 
 
 def _resume_point(run_dir: Path) -> str:
@@ -73,14 +84,14 @@ def _resume_point(run_dir: Path) -> str:
     return f"checkpoint {latest.name}" if latest else "the start (no complete checkpoint yet)"
 
 
-def _follow_foreground(run_dir: Path) -> int:
+def _follow_foreground(run_dir: Path, offset: int = 0) -> int:
     from . import launch
     from .progress import follow
 
     interrupted = False
     while True:
         try:
-            end = follow(run_dir, console)
+            end = follow(run_dir, console, offset=offset)
             break
         except KeyboardInterrupt:
             if interrupted:
@@ -95,11 +106,20 @@ def _follow_foreground(run_dir: Path) -> int:
     return _report_end(run_dir, end, interrupted)
 
 
+def _wait_released(run_dir: Path, timeout: float = 30.0) -> None:
+    """After the final event, wait (briefly) for the worker to let go of the run, so it can be resumed at once."""
+    deadline = time.monotonic() + timeout
+    while rundir.is_live(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def _report_end(run_dir: Path, end: dict | None, interrupted: bool = False) -> int:
+    if end is not None:
+        _wait_released(run_dir)
     if end is None:
         err.print(f"[red]the worker ended without a final event[/]; see {run_dir / rundir.LOG_FILE}")
         for line in rundir.log_tail(run_dir, 10):
-            err.print(f"  {line}")
+            err.print(f"  {escape(line)}")
         return 1
     if end["type"] == "run_finished":
         console.print(f"finished at step {end.get('step')}: result in {run_dir / rundir.FINAL}")
@@ -107,7 +127,7 @@ def _report_end(run_dir: Path, end: dict | None, interrupted: bool = False) -> i
     if end["type"] == "stopped":
         console.print(f"stopped at step {end.get('step')}; resume with `finetty train --resume {run_dir.name}`")
         return 130 if interrupted else 0
-    err.print(f"[red]run failed:[/] {end.get('reason')}")
+    err.print(f"[red]run failed:[/] {escape(str(end.get('reason')))}")
     err.print(f"  the worker's log: {run_dir / rundir.LOG_FILE}")
     return 1
 
@@ -135,10 +155,10 @@ def cmd_runs(args) -> int:
     console.print(table)
     for run in runs:
         if run.status in ("lost", "failed") and run.reason:
-            console.print(f"[red]{run.id}[/]: {run.reason}")
+            console.print(f"[red]{run.id}[/]: {escape(run.reason)}")
             if run.status == "lost":
                 for line in rundir.log_tail(run.path, 3):
-                    console.print(f"    {line}")
+                    console.print(f"    {escape(line)}")
                 console.print(f"    resume: finetty train --resume {run.id}")
     return 0
 
@@ -203,7 +223,8 @@ def cmd_plugins(args) -> int:
 
 #: Modules that add commands: each has ``add_commands(add)`` where ``add(name, func, help)`` returns
 #: the sub-parser. They are imported at start-up, so they must import nothing heavy at module level.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("finetty.core.cmd_queue", "finetty.core.cmd_results",
+                                    "finetty.core.cmd_estimate")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="finetty", description="Fine-tune language models from a terminal.")
@@ -241,8 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 0
+        from finetty.tui.app import run_app  # the terminal app; imported only when it is asked for
+
+        return run_app()
     logging.basicConfig(level=logging.WARNING)
     try:
         return args.func(args)

@@ -1,0 +1,427 @@
+"""The terminal app driven with Textual's Pilot: what a person does, and what the screen then shows."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+from finetty.core import queue, rundir
+from finetty.core.events import EventWriter
+from finetty.core.plugin_api import hookimpl
+from finetty.core.registry import discover
+
+from .tui_runs import FROZEN, make_runs, memory_events, recorded, write_run
+
+
+def make_app(runs: Path, **kwargs):
+    from finetty.tui.app import FinettyApp
+
+    kwargs.setdefault("first_run", False)
+    kwargs.setdefault("clock", lambda: FROZEN)
+    kwargs.setdefault("poll_interval", 0.2)
+    kwargs.setdefault("notify_write", lambda text: None)
+    kwargs.setdefault("preview", lambda request: {"error": "preview off in this test"})
+    return FinettyApp(runs=runs, **kwargs)
+
+
+async def until(pilot, condition, timeout: float = 60.0, what: str = "") -> None:
+    """Let the app run until ``condition()`` holds (cross-process waits: a deadline, not a sleep)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        await pilot.pause(0.1)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def table_statuses(screen) -> dict[str, str]:
+    from textual.widgets import DataTable
+
+    table = screen.query_one("#runs-table", DataTable)
+    return {row.key.value: str(table.get_row(row.key)[1]) for row in table.ordered_rows}
+
+
+# -- the main flow: new run through the form, watch it, stop it --------------------------------------
+
+@pytest.mark.slow
+def test_new_run_through_the_form_then_monitor_stop_and_list(runs_dir, demo_model):
+    from textual.widgets import Input
+
+    from finetty.tui.screens.monitor import MonitorScreen
+    from finetty.tui.screens.new_run import NewRunScreen
+    from finetty.tui.screens.runs import RunsScreen
+
+    async def scenario():
+        app = make_app(runs_dir, clock=time.time)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.press("n")
+            await until(pilot, lambda: isinstance(app.screen, NewRunScreen), what="the New run screen")
+            form = app.screen
+            # the starter is tiny-demo + identity + LoRA: nothing to pick, no path typed; only make it long
+            # enough to stop and log every step
+            for field, value in (("train-max_steps-editor", "2000"), ("train-logging_steps-editor", "1"),
+                                 ("train-save_steps-editor", "1000")):
+                form.query_one(f"#{field}", Input).value = value
+            await until(pilot, lambda: form.recipe is not None and form.recipe.train["max_steps"] == 2000,
+                        what="the form to validate")
+            assert form.recipe.model == "tiny-demo" and form.recipe.method == "lora"
+            await pilot.press("ctrl+l")
+            await until(pilot, lambda: isinstance(app.screen, MonitorScreen), what="the monitor")
+            monitor = app.screen
+            await until(pilot, lambda: len(monitor.history.train) >= 2, timeout=120, what="step events")
+            assert monitor.query_one("#loss-chart").train  # the chart has the points
+            assert "running" in str(monitor.query_one("#monitor-status").render())
+            await pilot.press("s")
+            await until(pilot, lambda: monitor.history.status == "stopped", timeout=120, what="the stop")
+            assert monitor.history.end["type"] == "stopped"
+            await pilot.press("escape")
+            await until(pilot, lambda: isinstance(app.screen, RunsScreen))
+            run_dir = only_run(runs_dir)
+            await until(pilot, lambda: table_statuses(app.screen).get(run_dir.name) == "stopped",
+                        what="the run listed as stopped")
+        stopped = [e for e in _events(run_dir) if e["type"] == "stopped"]
+        assert stopped and rundir.latest_checkpoint(run_dir) is not None  # it checkpointed before stopping
+
+    run(scenario())
+
+
+def only_run(runs: Path) -> Path:
+    found = [p for p in runs.iterdir() if (p / "recipe.yaml").is_file()]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
+
+
+# -- attach: replay then follow ----------------------------------------------------------------------
+
+def test_attach_to_a_finished_run_shows_the_whole_loss_history(runs_dir):
+    from finetty.tui.screens.monitor import MonitorScreen
+
+    made = make_runs(runs_dir)
+    steps = [(e["step"], e["loss"]) for e in recorded() if e["type"] == "step"]
+    evals = [(e["step"], e["loss"]) for e in recorded() if e["type"] == "eval"]
+
+    async def scenario():
+        app = make_app(runs_dir)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: made["finished"].name in table_statuses(app.screen))
+            app.screen.query_one("#runs-table").move_cursor(
+                row=list(table_statuses(app.screen)).index(made["finished"].name))
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, MonitorScreen))
+            monitor = app.screen
+            await until(pilot, lambda: monitor.history.status == "finished", what="the replay")
+            assert monitor.history.train == steps
+            assert monitor.history.eval == evals
+            chart = monitor.query_one("#loss-chart")
+            assert chart.train == steps and chart.eval == evals
+            status = str(monitor.query_one("#monitor-status").render())
+            assert "finished" in status and "step 60/60" in status
+            options = monitor.query_one("#checkpoint-list")
+            labels = [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
+            assert labels[0].startswith("step-000040") and labels[-1].startswith("final")
+
+    run(scenario())
+
+
+def test_two_apps_follow_one_run_as_it_grows(runs_dir):
+    """Replay then follow: both monitors see the history and every event appended after they opened."""
+    events = recorded()
+    head = [e for e in events if e["type"] != "run_finished" and (e.get("step") or 0) <= 30]
+    tail = [e for e in events if e not in head]
+    run_dir = write_run(runs_dir, "261122-110826-lora-f667", head)
+    lock = rundir.acquire_lock(run_dir)  # this test plays the live worker
+    try:
+        async def scenario():
+            one, two = make_app(runs_dir, open_run=run_dir), make_app(runs_dir, open_run=run_dir)
+            async with one.run_test(size=(80, 24)) as p1, two.run_test(size=(80, 24)) as p2:
+                for pilot, app in ((p1, one), (p2, two)):
+                    await until(pilot, lambda app=app: app.screen.history.summary.step == 30)
+                    assert app.screen.history.status == "running"
+                writer = EventWriter(run_dir)
+                for event in tail:
+                    writer._file.write(json.dumps(event) + "\n")
+                writer._file.flush()
+                for pilot, app in ((p1, one), (p2, two)):
+                    await until(pilot, lambda app=app: app.screen.history.end is not None, what="the tail")
+                    assert app.screen.history.train == [(e["step"], e["loss"]) for e in events if e["type"] == "step"]
+                    assert app.screen.history.summary.step == 60
+
+        run(scenario())
+    finally:
+        import os
+
+        os.close(lock)
+
+
+def test_a_dead_worker_shows_as_lost_with_reason_and_log_tail(runs_dir):
+    from finetty.tui.screens.monitor import MonitorScreen
+
+    made = make_runs(runs_dir)
+
+    async def scenario():
+        app = make_app(runs_dir, open_run=made["lost"])
+        async with app.run_test(size=(80, 24)) as pilot:
+            monitor = app.screen
+            assert isinstance(monitor, MonitorScreen)
+            await until(pilot, lambda: monitor.history.status == "lost")
+            status = str(monitor.query_one("#monitor-status").render())
+            assert "lost" in status and "without a final event" in status
+            await until(pilot, lambda: "Killed" in str(monitor.query_one("#log-tail").render()))
+            assert monitor.query_one("#monitor-tabs").active == "log"
+            await pilot.press("escape")
+            runs_screen = app.screen
+            statuses = table_statuses(runs_screen)
+            assert statuses[made["lost"].name] == "lost" and statuses[made["failed"].name] == "failed"
+            runs_screen.query_one("#runs-table").move_cursor(row=list(statuses).index(made["failed"].name))
+            await pilot.pause()
+            detail = str(runs_screen.query_one("#run-detail").render())
+            assert "CUDA out of memory" in detail and "Traceback" in detail
+
+    run(scenario())
+
+
+def test_memory_gauges_mark_the_watermark_and_a_crossing_notifies(runs_dir):
+    events = memory_events(recorded())
+    cut = next(i for i, e in enumerate(events) if e["type"] == "step" and e["step"] == 45)
+    head = events[:cut]
+    run_dir = write_run(runs_dir, "261122-110826-lora-f667", head)
+    lock = rundir.acquire_lock(run_dir)
+    written = []
+    try:
+        async def scenario():
+            app = make_app(runs_dir, open_run=run_dir, clock=time.time, notify_write=written.append)
+            async with app.run_test(size=(120, 40)) as pilot:
+                monitor = app.screen
+                await until(pilot, lambda: monitor.history.summary.step == 40)
+                gauges = str(monitor.query_one("#memory").render())
+                assert "GPU0" in gauges and "RAM" in gauges and "│ watermark 90%" in gauges
+                with open(run_dir / "events.jsonl", "a") as handle:
+                    for event in events[len(head):]:
+                        if event["type"] != "run_finished":
+                            event = {**event, "ts": time.time()}
+                            handle.write(json.dumps(event) + "\n")
+                            if event["type"] == "watermark":
+                                break
+                await until(pilot, lambda: monitor.history.gpus[0].state == "crossed")
+                assert monitor.history.gpus[0].peak >= int(0.93 * 24 * 1024 ** 3) - 1024 ** 3
+                await until(pilot, lambda: any("\x1b]9;" in w for w in written), what="the notification")
+                assert any(w.startswith("\a") and "\x1b]777;notify;" in w and "watermark" in w for w in written)
+
+        run(scenario())
+    finally:
+        import os
+
+        os.close(lock)
+
+
+def test_a_run_ending_rings_and_notifies_unless_turned_off(runs_dir, monkeypatch):
+    events = recorded()
+    head = [e for e in events if e["type"] != "run_finished"]
+    run_dir = write_run(runs_dir, "261122-110826-lora-f667", head)
+
+    async def scenario(expect: bool):
+        written = []
+        app = make_app(runs_dir, clock=time.time, notify_write=written.append)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: run_dir.name in table_statuses(app.screen))
+            with open(run_dir / "events.jsonl", "a") as handle:
+                handle.write(json.dumps({"ts": time.time(), "type": "run_finished", "step": 60}) + "\n")
+            await until(pilot, lambda: table_statuses(app.screen)[run_dir.name] == "finished")
+            await pilot.pause(0.3)
+        assert bool(written) == expect
+        if expect:
+            assert written[0] == "\a\x1b]9;finetty: run finished: 261122-110826-lora-f667 finished at step 60\x07" \
+                                 "\x1b]777;notify;finetty: run finished;261122-110826-lora-f667 finished at step 60\x07"
+        (run_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in head))
+
+    run(scenario(True))
+    monkeypatch.setenv("FINETTY_NOTIFY", "0")
+    run(scenario(False))
+
+
+# -- plugins -------------------------------------------------------------------------------------------
+
+def test_a_failed_plugin_is_listed_with_its_error(runs_dir):
+    broken = types.ModuleType("broken_plugin")
+
+    @hookimpl
+    def register_methods(register):
+        raise RuntimeError("this plugin needs a GPU library that is not installed")
+
+    broken.register_methods = register_methods
+    registry = discover(extra=[("broken-example", broken)])
+
+    async def scenario():
+        app = make_app(runs_dir, registry=registry)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("p")
+            screen = app.screen
+            table = screen.query_one("#plugin-table")
+            rows = {str(table.get_row(r.key)[0]): str(table.get_row(r.key)[1]) for r in table.ordered_rows}
+            assert rows["broken-example"] == "failed" and rows["lora"] == "ok"
+            errors = str(screen.query_one("#plugin-errors").render())
+            assert "broken-example" in errors and "needs a GPU library" in errors
+            await pilot.press("escape")
+            await pilot.press("n")  # the rest still works: the form lists the good plugins
+            await until(pilot, lambda: getattr(app.screen, "recipe", None) is not None)
+
+    run(scenario())
+
+
+# -- the form refuses what the recipe validator refuses -------------------------------------------------
+
+def test_invalid_field_values_are_rejected_in_the_form(runs_dir):
+    from textual.widgets import Button, Input
+
+    from finetty.tui.screens.new_run import NewRunScreen
+
+    async def scenario():
+        app = make_app(runs_dir)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("n")
+            form = app.screen
+            assert isinstance(form, NewRunScreen)
+            await until(pilot, lambda: form.recipe is not None)
+            cases = [
+                ("train-learning_rate-editor", "fast", "learning_rate"),
+                ("train-max_steps-editor", "-5", "max_steps"),
+                ("opt-method-r-editor", "0", "r"),
+                ("opt-method-lora_dropout-editor", "[1, 2", None),
+                ("train-more", "{weight_decai: 0.1}", "weight_decay"),
+            ]
+            for widget_id, bad, mentioned in cases:
+                editor = form.query_one(f"#{widget_id}", Input)
+                good = editor.value
+                editor.value = bad
+                await until(pilot, lambda: form.recipe is None and form.problem, what=f"{widget_id} rejected")
+                assert editor.has_class("-invalid"), widget_id
+                if mentioned:
+                    assert mentioned in form.problem, (widget_id, form.problem)
+                assert form.query_one("#launch", Button).disabled
+                await pilot.press("ctrl+l")  # refused: nothing is created
+                assert not runs_dir.exists() or not any(runs_dir.iterdir())
+                editor.value = good
+                await until(pilot, lambda: form.recipe is not None, what=f"{widget_id} accepted again")
+                assert not editor.has_class("-invalid")
+
+    run(scenario())
+
+
+def test_method_options_come_from_the_plugin_and_save_as_a_recipe(runs_dir, tmp_path):
+    from textual.widgets import Input, Select
+
+    from finetty.core import recipe as recipe_mod
+    from finetty.core.registry import load_plugins
+
+    async def scenario():
+        app = make_app(runs_dir, base_dir=tmp_path)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("n")
+            form = app.screen
+            await until(pilot, lambda: form.recipe is not None)
+            form.query_one("#method", Select).value = "ia3"
+            await until(pilot, lambda: form.recipe is not None and form.recipe.method == "ia3")
+            names = {f.option_name for f in form.query("#method-options OptionField")}
+            assert names == {o.name for o in load_plugins().methods["ia3"].options}
+            await pilot.press("ctrl+s")
+            prompt = app.screen
+            prompt.query_one(Input).value = "my-ia3.yaml"
+            await pilot.press("enter")
+            await until(pilot, lambda: (tmp_path / "my-ia3.yaml").exists())
+        saved = tmp_path / "my-ia3.yaml"
+        assert saved.read_text().startswith("# finetty train my-ia3.yaml\n")
+        recipe = recipe_mod.load(saved, [], load_plugins())
+        assert recipe.method == "ia3" and recipe.model == "tiny-demo" and recipe.train["max_steps"] == 120
+
+    run(scenario())
+
+
+def test_the_preview_shows_rendered_records_and_token_lengths(demo_model):
+    from finetty.tui.preview import compute
+
+    answer = compute({"model": "tiny-demo", "dataset": "identity", "format": "auto", "objective": "sft",
+                      "dataset_options": {"name": "Ada", "author": "Lovelace"}, "max_length": 24})
+    assert answer["format"] == "alpaca" and answer["detected"] and answer["records"] == 40
+    assert "<|im_start|>assistant" in answer["samples"][0] and "Ada" in "".join(answer["samples"])
+    lengths = answer["lengths"]
+    assert lengths["count"] == 40 and lengths["min"] <= lengths["median"] <= lengths["max"]
+    assert 0 < lengths["over"] <= 40  # max_length 24 is shorter than some examples
+
+
+# -- runs screen: queue, delete --------------------------------------------------------------------------
+
+def test_the_queue_is_shown_reordered_and_cleared(runs_dir):
+    from finetty.core import recipe as recipe_mod
+    from finetty.core.registry import load_plugins
+
+    made = make_runs(runs_dir)
+    recipe = recipe_mod.load(None, [], load_plugins(), check_data=False)
+    first, second = queue.add(runs_dir, recipe), queue.add(runs_dir, recipe)
+
+    async def scenario():
+        app = make_app(runs_dir)
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = app.screen
+            await until(pilot, lambda: screen.query_one("#queue-table").row_count == 2)
+            assert "2 waiting" in str(screen.query_one("#queue-title").render())
+            screen.query_one("#queue-table").focus()
+            await pilot.press("right_square_bracket")  # the first entry goes later
+            await until(pilot, lambda: [e.id for e in queue.read(runs_dir).entries] == [second.id, first.id])
+            await pilot.press("x")
+            await until(pilot, lambda: [e.id for e in queue.read(runs_dir).entries] == [second.id])
+            await pilot.press("X", "y")
+            await until(pilot, lambda: not queue.read(runs_dir).entries)
+            await until(pilot, lambda: not screen.query_one("#queue-box").display)
+            assert made["finished"].exists()
+
+    run(scenario())
+
+
+def test_delete_asks_first(runs_dir):
+    made = make_runs(runs_dir)
+
+    async def scenario():
+        app = make_app(runs_dir)
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = app.screen
+            await until(pilot, lambda: len(table_statuses(screen)) == 4)
+            screen.query_one("#runs-table").move_cursor(row=list(table_statuses(screen)).index(made["lost"].name))
+            await pilot.press("d", "n")  # cancelled
+            await pilot.pause(0.3)
+            assert made["lost"].exists()
+            await pilot.press("d", "y")
+            await until(pilot, lambda: not made["lost"].exists())
+            await until(pilot, lambda: made["lost"].name not in table_statuses(screen))
+
+    run(scenario())
+
+
+def test_first_start_opens_a_ready_new_run_and_the_palette_lists_bindings(runs_dir):
+    from finetty.tui.screens.new_run import NewRunScreen
+
+    async def scenario():
+        app = make_app(runs_dir, first_run=None)  # no runs yet: the New run opens by itself
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, NewRunScreen))
+            form = app.screen
+            await until(pilot, lambda: form.recipe is not None)
+            assert (form.recipe.model, form.recipe.dataset, form.recipe.method) == ("tiny-demo", "identity", "lora")
+            commands = [c.title for c in app.get_system_commands(form)]
+            assert {"Launch", "Queue", "Save recipe", "Back", "Help"} <= set(commands)
+            await pilot.press("f1")
+            keys = {row[2]: row[0] for row in app.screen.keys}
+            assert keys["new_run.launch"] == "^l" and keys["new_run.queue"] == "^o"
+
+    run(scenario())

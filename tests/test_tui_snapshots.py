@@ -1,0 +1,124 @@
+"""Snapshots of every screen at 80x24 and 120x40 (pytest-textual-snapshot).
+
+Recorded runs (tests/tui_runs.py), a frozen clock, UTC, a fixed plugin set and a fixed preview keep the
+pictures stable. After a deliberate change of the UI: ``pytest tests/test_tui_snapshots.py --snapshot-update``
+and look at the SVGs in tests/__snapshots__/test_tui_snapshots/.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import types
+
+import pytest
+
+from finetty.core.plugin_api import hookimpl
+
+from .tui_runs import FROZEN, make_runs, memory_events, recorded, workers_done, write_run
+
+SIZES = [(80, 24), (120, 40)]
+PLUGINS = "formats,full,lora,sft"
+
+PREVIEW = {
+    "format": "alpaca", "kind": "conversation", "detected": True, "records": 40,
+    "samples": ["<|im_start|>user\nWho are you?<|im_end|>\n<|im_start|>assistant\nI am Tiny, a model trained by "
+                "the finetty team.<|im_end|>\n"],
+    "lengths": {"count": 40, "min": 20, "median": 29.5, "max": 39, "over": 0, "max_length": 256, "all": True},
+}
+
+
+@pytest.fixture
+def stable(monkeypatch, tmp_path):
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    monkeypatch.setenv("FINETTY_LOAD_PLUGINS", PLUGINS)
+    broken = types.ModuleType("broken")
+
+    @hookimpl
+    def register_methods(register):
+        raise ImportError("No module named 'vendor_gpu_kernels'")
+
+    broken.register_methods = register_methods
+    from finetty.core.registry import discover
+
+    registry = discover(extra=[("broken-example", broken)])
+    yield registry
+    monkeypatch.delenv("TZ")
+    time.tzset()
+
+
+def app_for(runs, registry, tmp_path, **kwargs):
+    from finetty.tui.app import FinettyApp
+
+    workdir = tmp_path / "work"
+    workdir.mkdir(exist_ok=True)
+    return FinettyApp(runs=runs, registry=registry, clock=lambda: FROZEN, notify_write=lambda text: None,
+                      first_run=False, poll_interval=0.2, base_dir=workdir, preview=lambda request: PREVIEW,
+                      **kwargs)
+
+
+async def settle(pilot, condition=lambda: True, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the screen did not settle"
+        await pilot.pause(0.05)
+    await workers_done(pilot.app)
+    for widget in pilot.app.screen.query("Input"):
+        widget.cursor_blink = False
+    await pilot.pause(0.3)
+    await workers_done(pilot.app)
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_runs_screen(snap_compare, stable, runs_dir, tmp_path, size):
+    make_runs(runs_dir)
+
+    async def ready(pilot):
+        await settle(pilot, lambda: pilot.app.screen.query_one("#runs-table").row_count == 4)
+
+    assert snap_compare(app_for(runs_dir, stable, tmp_path), terminal_size=size, run_before=ready)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_monitor_screen(snap_compare, stable, runs_dir, tmp_path, size):
+    run = write_run(runs_dir, "261122-110826-lora-f667", memory_events(recorded()))
+
+    async def ready(pilot):
+        await settle(pilot, lambda: getattr(pilot.app.screen, "history", None) is not None
+                     and pilot.app.screen.history.status == "finished")
+
+    assert snap_compare(app_for(runs_dir, stable, tmp_path, open_run=run), terminal_size=size, run_before=ready)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_new_run_screen(snap_compare, stable, runs_dir, tmp_path, size, demo_model):
+    # (the demo is built: the memory estimate reads its real config, whichever test ran first)
+    async def ready(pilot):
+        await pilot.press("n")
+        await settle(pilot, lambda: getattr(pilot.app.screen, "recipe", None) is not None
+                     and "records" in str(pilot.app.screen.query_one("#preview-text").render()))
+
+    assert snap_compare(app_for(runs_dir, stable, tmp_path), terminal_size=size, run_before=ready)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_plugins_screen(snap_compare, stable, runs_dir, tmp_path, size):
+    async def ready(pilot):
+        await pilot.press("p")
+        await settle(pilot)
+
+    assert snap_compare(app_for(runs_dir, stable, tmp_path), terminal_size=size, run_before=ready)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_help_screen(snap_compare, stable, runs_dir, tmp_path, size):
+    make_runs(runs_dir)
+
+    async def ready(pilot):
+        await settle(pilot, lambda: pilot.app.screen.query_one("#runs-table").row_count == 4)
+        await pilot.press("f1")
+        await settle(pilot)
+
+    assert snap_compare(app_for(runs_dir, stable, tmp_path), terminal_size=size, run_before=ready)

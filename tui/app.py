@@ -1,0 +1,181 @@
+"""The finetty terminal app: ``finetty`` with no arguments.
+
+It is one client of the engine: it reads run directories and starts detached
+workers through ``finetty.core``; closing it never stops a run. Nothing here
+imports torch, transformers, peft, bitsandbytes or datasets.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+from textual import work
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from finetty.core import paths
+
+from .history import RunsTracker
+from .notify import Notifier
+from .settings import Settings
+
+
+class FinettyApp(App):
+    """Runs, New run, Run monitor, Plugins, Help; the command palette lists every binding."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "finetty"
+    BINDINGS = [
+        Binding("f1,question_mark", "help", "Help", id="app.help"),
+        Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True),
+        Binding("f2", "plugins", "Plugins", id="app.plugins", show=False),
+        Binding("f3", "toggle_notifications", "Notifications on/off", id="app.notifications", show=False),
+    ]
+
+    def __init__(self, runs: Path | None = None, registry=None, clock: Callable[[], float] = time.time,
+                 settings: Settings | None = None, notify_write: Callable[[str], None] | None = None,
+                 first_run: bool | None = None, poll_interval: float = 1.0, open_run: Path | None = None,
+                 base_dir: Path | None = None, preview: Callable[[dict], dict] | None = None):
+        self.settings = settings or Settings.load()
+        super().__init__()
+        self.runs = Path(runs) if runs else paths.runs_dir()
+        self._plugins = registry
+        self.clock = clock
+        self.poll_interval = poll_interval
+        self.first_run = first_run
+        self.open_run = open_run
+        self.base_dir = Path(base_dir) if base_dir else Path.cwd()
+        self.preview = preview
+        """computes the New run screen's dataset preview (default: a child process, see finetty.tui.preview)"""
+        self.tracker = RunsTracker(self.runs, since=clock() - 5)
+        self.queue_state = None
+        self.notifier = Notifier(notify_write or self._write_terminal, self.settings)
+        if self.settings.keys:
+            self.set_keymap(self.settings.keys)
+
+    # -- data the screens share ---------------------------------------------------------------------
+
+    @property
+    def registry(self):
+        """The plugins (discovered once, on first use; discovery imports no torch)."""
+        if self._plugins is None:
+            from finetty.core.registry import load_plugins
+
+            self._plugins = load_plugins()
+        return self._plugins
+
+    def on_mount(self) -> None:
+        from .screens.runs import RunsScreen
+
+        self.push_screen(RunsScreen())
+        self.refresh_runs()
+        self.set_interval(self.poll_interval, self.refresh_runs)
+        if self.open_run is not None:
+            self.open_monitor(self.open_run)
+        elif self.first_run or (self.first_run is None and not self._has_runs()):
+            self.new_run()
+
+    def _has_runs(self) -> bool:
+        from finetty.core.rundir import RECIPE_FILE
+
+        return self.runs.is_dir() and any((p / RECIPE_FILE).is_file() for p in self.runs.iterdir())
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="runs")
+    def refresh_runs(self) -> None:
+        batch = self.tracker.read()
+        self.call_from_thread(self._apply_runs, batch)
+
+    def _apply_runs(self, batch) -> None:
+        for run_id, event in self.tracker.apply(batch):
+            self.announce(run_id, event)
+        self.queue_state = batch.queue
+        from .screens.runs import RunsScreen
+
+        for screen in self.screen_stack:
+            if isinstance(screen, RunsScreen):
+                screen.show(self.tracker.ordered(), batch.queue)
+
+    def announce(self, run_id: str, event: dict) -> None:
+        """A run ended or crossed the memory watermark: a toast, the bell and a desktop notification."""
+        kind = event.get("type")
+        if kind == "run_finished":
+            title, body, severity = "finetty: run finished", f"{run_id} finished at step {event.get('step')}", "information"
+        elif kind == "run_failed":
+            title, body, severity = "finetty: run failed", f"{run_id}: {event.get('reason')}", "error"
+        elif kind == "stopped":
+            title, body, severity = "finetty: run stopped", f"{run_id} stopped at step {event.get('step')}", "warning"
+        else:
+            fraction = event.get("fraction")
+            title = "finetty: memory watermark crossed"
+            body = (f"{run_id}: GPU {event.get('gpu')} at {fraction:.0%}" if isinstance(fraction, (int, float))
+                    else f"{run_id}: GPU {event.get('gpu')}") + f" (watermark {event.get('watermark')}, " \
+                                                               f"policy {event.get('policy')})"
+            severity = "warning"
+        self.notify(body, title=title.removeprefix("finetty: ").capitalize(), severity=severity)
+        self.notifier(title, body)
+
+    def _write_terminal(self, text: str) -> None:
+        if not self.is_headless and self._driver is not None:
+            self._driver.write(text)
+
+    # -- navigation -----------------------------------------------------------------------------------
+
+    def new_run(self, recipe: dict | None = None) -> None:
+        from .screens.new_run import NewRunScreen
+
+        self.push_screen(NewRunScreen(recipe, base_dir=self.base_dir))
+
+    def open_monitor(self, run_dir: Path) -> None:
+        from .screens.monitor import MonitorScreen
+
+        self.push_screen(MonitorScreen(Path(run_dir)))
+
+    def open_chat(self, run_dir: Path, checkpoint: str | None = None) -> None:
+        try:
+            from .screens.chat import ChatScreen
+        except ImportError as exc:
+            self.notify(f"chat is not available in this install ({exc})", severity="error")
+            return
+        self.push_screen(ChatScreen(Path(run_dir), checkpoint))
+
+    def action_help(self) -> None:
+        from .screens.help import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.screen))
+
+    def action_plugins(self) -> None:
+        from .screens.plugins import PluginsScreen
+
+        if not isinstance(self.screen, PluginsScreen):
+            self.push_screen(PluginsScreen())
+
+    def action_toggle_notifications(self) -> None:
+        self.settings.notifications = not self.settings.notifications
+        self.settings.save()
+        self.notify(f"terminal notifications {'on' if self.settings.notifications else 'off'}")
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """Every binding of the current screen, then Textual's own commands."""
+        seen = set()
+        for key, active in screen.active_bindings.items():
+            binding = active.binding
+            if not binding.id or not binding.description or binding.action in seen:
+                continue
+            seen.add(binding.action)
+            node = active.node
+
+            def run(action=binding.action, node=node):
+                self.call_later(self.run_action, action, node)
+
+            yield SystemCommand(binding.description, f"{binding.tooltip or binding.description} "
+                                f"(key: {self.get_key_display(binding)})", run)
+        yield from super().get_system_commands(screen)
+
+
+def run_app(runs: Path | None = None, open_run: Path | None = None) -> int:
+    FinettyApp(runs=runs, open_run=open_run).run()
+    return 0

@@ -1,0 +1,281 @@
+"""A run's events folded into what the monitor shows: plain Python, no Textual, no torch.
+
+Attaching is replay then follow: :class:`RunHistory` is fed every batch the
+reader returns, from offset 0 on, so a monitor opened late and a monitor open
+from the start end in the same state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finetty.core import rundir
+from finetty.core.events import TERMINAL, EventReader
+
+#: One read takes at most this much of the file; a long history arrives over a few polls.
+READ_CHUNK = 4 * 1024 * 1024
+TERMINAL_STATUSES = set(TERMINAL.values())
+
+
+@dataclass
+class GpuMemory:
+    """The latest sample of one GPU, and its peak over the run."""
+
+    index: int
+    name: str
+    used: int
+    total: int
+    util: float | None = None
+    peak: int = 0
+    state: str = "ok"
+    """ok, or crossed while above the watermark"""
+
+    @property
+    def fraction(self) -> float:
+        return self.used / self.total if self.total else 0.0
+
+    @property
+    def peak_fraction(self) -> float:
+        return self.peak / self.total if self.total else 0.0
+
+
+@dataclass
+class HostMemory:
+    used: int
+    total: int
+    process_rss: int | None = None
+    cpu_percent: float | None = None
+    peak: int = 0
+
+    @property
+    def fraction(self) -> float:
+        return self.used / self.total if self.total else 0.0
+
+
+@dataclass
+class RunHistory:
+    """Everything the monitor shows about one run, built from its events."""
+
+    run_dir: Path
+    summary: rundir.RunSummary = None  # type: ignore[assignment]
+    train: list[tuple[int, float]] = field(default_factory=list)
+    eval: list[tuple[int, float]] = field(default_factory=list)
+    learning_rate: float | None = None
+    tokens_per_second: float | None = None
+    tokens: int | None = None
+    epoch: float | None = None
+    checkpoints: list[tuple[int, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    recipe: dict = field(default_factory=dict)
+    device: str | None = None
+    trainable: int | None = None
+    total_parameters: int | None = None
+    watermark: float | None = None
+    watermark_policy: str | None = None
+    gpus: dict[int, GpuMemory] = field(default_factory=dict)
+    host: HostMemory | None = None
+    crossings: list[dict] = field(default_factory=list)
+    end: dict | None = None
+    events: int = 0
+
+    def __post_init__(self) -> None:
+        if self.summary is None:
+            self.summary = rundir.RunSummary(id=self.run_dir.name, path=self.run_dir, status="starting")
+
+    @property
+    def status(self) -> str:
+        return self.summary.status
+
+    def feed(self, events: list[dict]) -> list[dict]:
+        """Fold a batch of events in; returns the notable ones (end of run, watermark crossings)."""
+        notable = []
+        rundir.apply_events(self.summary, events)
+        for event in events:
+            self.events += 1
+            kind = event.get("type")
+            step = event.get("step")
+            if kind == "run_started":
+                self.recipe = event.get("recipe") or self.recipe
+                self.device = event.get("device", self.device)
+                self.trainable = event.get("trainable_parameters", self.trainable)
+                self.total_parameters = event.get("total_parameters", self.total_parameters)
+                self.end = None
+                if step:  # a resumed run: history after its checkpoint is replaced by the new steps
+                    self.train = [p for p in self.train if p[0] <= step]
+                    self.eval = [p for p in self.eval if p[0] <= step]
+            elif kind == "step" and isinstance(step, int):
+                loss = event.get("loss")
+                if isinstance(loss, (int, float)):
+                    if self.train and self.train[-1][0] >= step:
+                        self.train = [p for p in self.train if p[0] < step]
+                    self.train.append((step, float(loss)))
+                self.learning_rate = event.get("learning_rate", self.learning_rate)
+                self.tokens_per_second = event.get("tokens_per_second", self.tokens_per_second)
+                self.tokens = event.get("tokens", self.tokens)
+                self.epoch = event.get("epoch", self.epoch)
+            elif kind == "eval" and isinstance(step, int):
+                loss = event.get("eval_loss", event.get("loss"))
+                if isinstance(loss, (int, float)):
+                    self.eval = [p for p in self.eval if p[0] != step] + [(step, float(loss))]
+            elif kind == "checkpoint":
+                self.checkpoints.append((int(step or 0), str(event.get("path", ""))))
+            elif kind == "warning":
+                self.warnings.append(str(event.get("message", "")))
+            elif kind == "memory":
+                self._memory(event)
+            elif kind == "watermark":
+                self._watermark(event)
+                if event.get("state") == "crossed":
+                    notable.append(event)
+            elif kind in TERMINAL:
+                self.end = event
+                notable.append(event)
+        return notable
+
+    def _memory(self, event: dict) -> None:
+        if isinstance(event.get("watermark"), (int, float)):
+            self.watermark = float(event["watermark"])
+        for gpu in event.get("gpus") or []:
+            try:
+                index = int(gpu["index"])
+                used, total = int(gpu["used"]), int(gpu["total"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            known = self.gpus.get(index)
+            peak = max(used, int(gpu.get("torch_peak") or 0), known.peak if known else 0)
+            self.gpus[index] = GpuMemory(index, str(gpu.get("name") or f"GPU {index}"), used, total,
+                                         gpu.get("util"), peak, known.state if known else "ok")
+        host = event.get("host")
+        if isinstance(host, dict) and host.get("total"):
+            peak = max(int(host.get("used") or 0), self.host.peak if self.host else 0)
+            self.host = HostMemory(int(host.get("used") or 0), int(host["total"]), host.get("process_rss"),
+                                   host.get("cpu_percent"), peak)
+
+    def _watermark(self, event: dict) -> None:
+        self.crossings.append(event)
+        if isinstance(event.get("watermark"), (int, float)):
+            self.watermark = float(event["watermark"])
+        self.watermark_policy = event.get("policy", self.watermark_policy)
+        index = event.get("gpu")
+        if isinstance(index, int):
+            gpu = self.gpus.get(index) or GpuMemory(index, f"GPU {index}", 0, 0)
+            gpu.state = "crossed" if event.get("state") == "crossed" else "ok"
+            self.gpus[index] = gpu
+
+
+class RunFollower:
+    """Replays a run's events from the start, then follows the file.
+
+    :meth:`read` does the file work (call it from a worker thread);
+    :meth:`apply` folds what it returned into :attr:`history` (call it on the event loop)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.reader = EventReader(self.run_dir)
+        self.history = RunHistory(self.run_dir)
+
+    def read(self, log_lines: int = 40) -> dict[str, Any]:
+        """New events (at most READ_CHUNK of them) and what lies beside them: log tail, recipe, checkpoints."""
+        events = self.reader.poll(READ_CHUNK)
+        try:
+            more = self.reader.path.stat().st_size > self.reader.offset
+        except OSError:
+            more = False
+        recipe_text = ""
+        try:
+            recipe_text = (self.run_dir / rundir.RECIPE_FILE).read_text(encoding="utf-8")
+        except OSError:
+            pass
+        return {
+            "events": events,
+            "more": more,
+            "live": rundir.is_live(self.run_dir),
+            "log": rundir.log_tail(self.run_dir, log_lines),
+            "recipe": recipe_text,
+            "checkpoints": [(step, path.name) for step, path in rundir.complete_checkpoints(self.run_dir)],
+            "final": (self.run_dir / rundir.FINAL).is_dir(),
+        }
+
+    def apply(self, batch: dict[str, Any]) -> list[dict]:
+        """Fold a :meth:`read` result into the history; returns the notable events."""
+        notable = self.history.feed(batch["events"])
+        summary = self.history.summary
+        if summary.status in TERMINAL_STATUSES:
+            if summary.status in ("stopped", "failed") and batch["live"]:
+                summary.status = "running"  # resumed after its old end
+        elif not batch["live"]:
+            summary.status = "lost"
+            summary.reason = summary.reason or "the worker ended without a final event (killed?); resume to go on"
+        return notable
+
+
+@dataclass
+class RunsBatch:
+    """What one read of the runs directory found (built in a worker thread)."""
+
+    events: dict[str, list[dict]]
+    live: dict[str, bool]
+    gone: list[str]
+    queue: Any
+
+
+class RunsTracker:
+    """Every run of a runs directory, followed incrementally: the Runs screen's data and the notifications.
+
+    :meth:`read` does the file work (worker thread); :meth:`apply` folds it in (event loop) and returns the
+    notable events that happened after ``since`` (end of a run, a watermark crossed) with their run ids."""
+
+    def __init__(self, runs: Path, since: float):
+        self.runs = Path(runs)
+        self.since = since
+        self.readers: dict[str, EventReader] = {}
+        self.summaries: dict[str, rundir.RunSummary] = {}
+
+    def read(self) -> RunsBatch:
+        from finetty.core import queue
+
+        found: dict[str, list[dict]] = {}
+        live: dict[str, bool] = {}
+        present = set()
+        if self.runs.is_dir():
+            for path in self.runs.iterdir():
+                if not (path / rundir.RECIPE_FILE).is_file():
+                    continue
+                present.add(path.name)
+                reader = self.readers.get(path.name)
+                if reader is None:
+                    reader = self.readers[path.name] = EventReader(path)
+                found[path.name] = reader.poll()
+                live[path.name] = rundir.is_live(path)
+        gone = [name for name in self.readers if name not in present]
+        for name in gone:
+            del self.readers[name]
+        return RunsBatch(found, live, gone, queue.read(self.runs))
+
+    def apply(self, batch: RunsBatch) -> list[tuple[str, dict]]:
+        notable = []
+        for name in batch.gone:
+            self.summaries.pop(name, None)
+        for name, events in batch.events.items():
+            summary = self.summaries.get(name)
+            if summary is None:
+                summary = self.summaries[name] = rundir.RunSummary(id=name, path=self.runs / name, status="starting")
+            rundir.apply_events(summary, events)
+            if summary.status in TERMINAL_STATUSES:
+                if summary.status in ("stopped", "failed") and batch.live[name]:
+                    summary.status = "running"
+            elif not batch.live[name]:
+                summary.status = "lost"
+                summary.reason = summary.reason or "the worker ended without a final event (killed?); resume to go on"
+            for event in events:
+                kind = event.get("type")
+                if (kind in TERMINAL or (kind == "watermark" and event.get("state") == "crossed")) \
+                        and (event.get("ts") or 0) >= self.since:
+                    notable.append((name, event))
+        return notable
+
+    def ordered(self) -> list[rundir.RunSummary]:
+        """Newest first."""
+        return sorted(self.summaries.values(), key=lambda s: (s.started or s.updated or 0, s.id), reverse=True)

@@ -1,0 +1,223 @@
+"""Run monitor: a run's whole history, then live; attaching is replay then follow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Header, OptionList, Static, TabbedContent, TabPane
+from textual.widgets.option_list import Option
+
+from ..history import RunFollower
+from ..widgets.loss_chart import LossChart
+from ..widgets.memory import MemoryGauges
+from .format import count, duration, status_text
+
+
+class MonitorScreen(Screen):
+    """Loss chart, rates, memory, checkpoints, log tail and recipe of one run."""
+
+    CSS_PATH = "monitor.tcss"
+    SUB_TITLE = "run monitor"
+    BINDINGS = [
+        Binding("escape,b", "app.pop_screen", "Back", id="monitor.back"),
+        Binding("s", "stop", "Stop", id="monitor.stop", tooltip="save a checkpoint, then stop the worker"),
+        Binding("k", "checkpoint", "Checkpoint now", id="monitor.checkpoint"),
+        Binding("c", "chat", "Chat", id="monitor.chat",
+                tooltip="chat with the highlighted checkpoint (Checkpoints tab) or the newest one"),
+        Binding("r", "resume", "Resume", id="monitor.resume", show=False),
+        Binding("g", "tab('checkpoints')", "Checkpoints", id="monitor.tab_checkpoints", show=False),
+        Binding("l", "tab('log')", "Log", id="monitor.tab_log", show=False),
+        Binding("e", "tab('recipe')", "Recipe", id="monitor.tab_recipe", show=False),
+        Binding("w", "tab('warnings')", "Warnings", id="monitor.tab_warnings", show=False),
+    ]
+
+    def __init__(self, run_dir: Path, poll_interval: float | None = None):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.follower = RunFollower(self.run_dir)
+        self.poll_interval = poll_interval
+        self._checkpoints: list[tuple[int, str]] = []
+        self._final = False
+        self._recipe_text = None
+        self._log: list[str] = []
+        self._warned = 0
+
+    @property
+    def history(self):
+        return self.follower.history
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="monitor-status")
+        with Horizontal(id="monitor-top"):
+            yield LossChart(id="loss-chart")
+            with VerticalScroll(id="monitor-side"):
+                yield Static(id="monitor-stats")
+                yield MemoryGauges(id="memory")
+        with TabbedContent(id="monitor-tabs", initial="checkpoints"):
+            with TabPane("Checkpoints", id="checkpoints"):
+                yield OptionList(id="checkpoint-list")
+            with TabPane("Log", id="log"):
+                yield Static(id="log-tail")
+            with TabPane("Recipe", id="recipe"):
+                with VerticalScroll():
+                    yield Static(id="recipe-text")
+            with TabPane("Warnings", id="warnings"):
+                yield Static(id="warning-list")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = f"run {self.run_dir.name}"
+        self._draw()
+        self.poll()
+        interval = self.poll_interval or getattr(self.app, "poll_interval", 1.0) / 2
+        self.set_interval(interval, self.poll)
+
+    # -- reading: a worker thread reads; the event loop folds and draws ---------------------------------
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="follow")
+    def poll(self) -> None:
+        while True:
+            batch = self.follower.read()
+            self.app.call_from_thread(self._apply, batch)
+            if not batch["more"]:  # a long history arrives in chunks, each drawn once
+                return
+
+    def _apply(self, batch: dict) -> None:
+        before = (self.history.events, self.history.status)
+        self.follower.apply(batch)
+        files_changed = (batch["checkpoints"], batch["final"], batch["recipe"], batch["log"]) != (
+            self._checkpoints, self._final, self._recipe_text, self._log)
+        self._checkpoints, self._final = batch["checkpoints"], batch["final"]
+        self._recipe_text, self._log = batch["recipe"], batch["log"]
+        if files_changed or before != (self.history.events, self.history.status) or self.history.status == "running":
+            self._draw()
+
+    def _draw(self) -> None:
+        history = self.history
+        summary = history.summary
+        now = self.app.clock()
+        status = Text()
+        status.append_text(status_text(summary.status))
+        total = f"/{summary.total}" if summary.total else ""
+        status.append(f"  step {summary.step}{total}")
+        if summary.loss is not None:
+            status.append(f"  loss {summary.loss:.4f}")
+        elapsed = eta = None
+        if summary.started is not None:
+            end = now if summary.status in ("running", "starting") else (summary.updated or summary.started)
+            elapsed = max(0.0, end - summary.started)
+        rate = summary.extra.get("seconds_per_step")
+        if summary.status == "running" and summary.total and rate:
+            eta = max(0.0, (summary.total - summary.step) * rate)
+        status.append(f"  elapsed {duration(elapsed)}  ETA {duration(eta)}")
+        if summary.reason and summary.status in ("failed", "lost", "stopped"):
+            status.append(f"\n{summary.reason}", style="red" if summary.status != "stopped" else "yellow")
+        self.query_one("#monitor-status", Static).update(status)
+
+        self.query_one(LossChart).show(history.train, history.eval, summary.total)
+        stats = Text()
+        recipe = history.recipe
+        method = str(recipe.get("method", summary.method))
+        if recipe.get("quantizer") not in (None, "none"):
+            method += f" + {recipe['quantizer']}"
+        lr = f"{history.learning_rate:.2e}" if isinstance(history.learning_rate, (int, float)) else "-"
+        rate = (f"{history.tokens_per_second:,.0f}" if isinstance(history.tokens_per_second, (int, float)) else "-")
+        rows = [
+            ("model", str(recipe.get("model", summary.model)).rsplit("/", 1)[-1]),
+            ("method", method + (f" · {count(history.trainable)}/{count(history.total_parameters)}"
+                                 if history.trainable else "")),
+            ("lr", f"{lr} · {rate} tok/s"),
+            ("eval", (f"{history.eval[-1][1]:.4f}" if history.eval else "-") + f" · {history.device or '-'}"),
+        ]
+        for name, value in rows:
+            stats.append(f"{name:<7} ", style="bold")
+            stats.append(f"{value}\n")
+        stats.rstrip()
+        self.query_one("#monitor-stats", Static).update(stats)
+        self.query_one(MemoryGauges).show(sorted(history.gpus.values(), key=lambda g: g.index), history.host,
+                                          history.watermark, history.watermark_policy)
+        self._draw_checkpoints()
+        log = Text("\n".join(self._log[-12:]) or "(the worker's log is empty)",
+                   style="red" if summary.status in ("failed", "lost") else "")
+        self.query_one("#log-tail", Static).update(log)
+        self.query_one("#recipe-text", Static).update(Text(self._recipe_text or ""))
+        if history.warnings:
+            self.query_one("#warning-list", Static).update(Text("\n".join(history.warnings[-20:])))
+            self.query_one("#monitor-tabs", TabbedContent).get_tab("warnings").label = \
+                f"Warnings ({len(history.warnings)})"
+        else:
+            self.query_one("#warning-list", Static).update(Text("no warnings", style="dim"))
+        if summary.status in ("failed", "lost") and not self._warned:
+            self._warned = 1
+            self.query_one("#monitor-tabs", TabbedContent).active = "log"
+
+    def _draw_checkpoints(self) -> None:
+        options = self.query_one("#checkpoint-list", OptionList)
+        wanted = [(name, f"{name}  (step {step})") for step, name in self._checkpoints]
+        if self._final:
+            wanted.append(("final", "final  (the result)"))
+        current = [options.get_option_at_index(i).id for i in range(options.option_count)]
+        if current != ([key for key, _ in wanted] or ["-"]):
+            highlighted = options.highlighted
+            options.clear_options()
+            options.add_options([Option(label, id=key) for key, label in wanted])
+            if not wanted:
+                options.add_option(Option("no complete checkpoint yet", id="-", disabled=True))
+            elif highlighted is not None:
+                options.highlighted = min(highlighted, len(wanted) - 1)
+
+    # -- actions ----------------------------------------------------------------------------------------
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one("#monitor-tabs", TabbedContent).active = tab
+
+    def _chosen_checkpoint(self) -> str | None:
+        options = self.query_one("#checkpoint-list", OptionList)
+        if options.highlighted is not None and options.option_count:
+            key = options.get_option_at_index(options.highlighted).id
+            if key and key != "-":
+                return key
+        return None
+
+    def action_chat(self) -> None:
+        self.app.open_chat(self.run_dir, self._chosen_checkpoint())
+
+    @on(OptionList.OptionSelected, "#checkpoint-list")
+    def _checkpoint_selected(self) -> None:
+        self.action_chat()
+
+    def action_stop(self) -> None:
+        self._request("stop")
+
+    def action_checkpoint(self) -> None:
+        self._request("checkpoint")
+
+    def action_resume(self) -> None:
+        self._request("resume")
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="request")
+    def _request(self, what: str) -> None:
+        from finetty.core import launch
+        from finetty.core.errors import InputError, RunBusyError
+
+        try:
+            if what == "stop":
+                pid = launch.request_stop(self.run_dir)
+                message = f"asked worker {pid} to save a checkpoint and stop"
+            elif what == "checkpoint":
+                pid = launch.request_checkpoint(self.run_dir)
+                message = f"asked worker {pid} to save a checkpoint now"
+            else:
+                launch.start_worker(self.run_dir, resume=True)
+                message = f"resuming {self.run_dir.name}"
+        except (InputError, RunBusyError, OSError) as exc:
+            self.app.call_from_thread(self.notify, str(exc), severity="error")
+            return
+        self.app.call_from_thread(self.notify, message)

@@ -1,0 +1,561 @@
+"""New run: a form generated from the plugins' own option descriptions, checked by the recipe validator."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
+from textual.worker import get_current_worker
+
+from finetty.core import data as data_mod
+from finetty.core import demo, models
+
+from ..widgets.option_field import OptionField, parse, to_text
+from ..widgets.path_input import PathSuggester
+
+PATH = "__path__"
+
+#: What the form opens with: the first-minute demo (as recipes/demo-lora.yaml).
+STARTER: dict[str, Any] = {
+    "model": "tiny-demo",
+    "dataset": "identity",
+    "dataset_options": {"name": "Tiny", "author": "the finetty team"},
+    "format": "auto",
+    "method": "lora",
+    "method_options": {"r": 16, "lora_alpha": 32, "target_modules": "all-linear"},
+    "quantizer": "none",
+    "objective": "sft",
+    "train": {"learning_rate": 3.0e-3, "max_steps": 120, "per_device_train_batch_size": 8, "warmup_steps": 5,
+              "lr_scheduler_type": "cosine", "logging_steps": 5, "save_steps": 40, "save_total_limit": 2,
+              "max_length": 256, "seed": 42},
+}
+
+#: The training settings shown as fields (any other goes into "more train settings").
+TRAIN_FIELDS = (
+    ("learning_rate", "float", "peak learning rate"),
+    ("max_steps", "int", "optimizer steps to train (-1: train num_train_epochs)"),
+    ("num_train_epochs", "float", "passes over the data when max_steps is -1"),
+    ("per_device_train_batch_size", "int", "examples (or packed rows) per step on each device"),
+    ("gradient_accumulation_steps", "int", "steps whose gradients add up before each optimizer step"),
+    ("warmup_steps", "int", "steps of linear learning-rate warm-up"),
+    ("lr_scheduler_type", "str", "linear, cosine, constant, ..."),
+    ("logging_steps", "int", "a step event (loss, rate) every this many steps"),
+    ("save_steps", "int", "a checkpoint every this many steps"),
+    ("save_total_limit", "int", "keep at most this many checkpoints"),
+    ("max_length", "int", "longest example in tokens; longer ones are truncated or dropped"),
+    ("val_size", "int|float", "held-out evaluation split: a fraction below 1 or a count of examples"),
+    ("packing", "bool", "sft: pack several examples into each row of max_length tokens"),
+    ("bf16", "bool", "train in bfloat16 (GPUs that support it)"),
+    ("seed", "int", "random seed"),
+)
+DEFAULT_HINT = "Tab/shift+Tab: next/previous field · Enter: open a picker · ctrl+l: launch"
+TRAIN_KEYS = {name for name, _, _ in TRAIN_FIELDS}
+
+
+def hub_datasets() -> list[str]:
+    """Dataset ids with a copy in the local Hugging Face hub cache."""
+    root = models.hub_cache()
+    if not root.is_dir():
+        return []
+    return sorted(p.name[len("datasets--"):].replace("--", "/") for p in root.glob("datasets--*")
+                  if (p / "snapshots").is_dir())
+
+
+def local_data_files(folder: Path) -> list[str]:
+    try:
+        return sorted(p.name for p in folder.iterdir()
+                      if p.is_file() and p.suffix.lower() in data_mod.DATA_SUFFIXES and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def short(label: str, most: int = 48) -> str:
+    """A picker label that fits one line at 80 columns."""
+    return label if len(label) <= most else label[: most - 1].rstrip() + "…)"
+
+
+def field_for(place: str | None) -> str | None:
+    """The form field a validator's ``place`` points at (``key train.max_steps`` -> ``train.max_steps``)."""
+    match = re.search(r"key ([\w.-]+)", place or "")
+    return match.group(1) if match else None
+
+
+class PromptScreen(ModalScreen[str | None]):
+    """Ask for one line of text (Enter accepts, Escape cancels)."""
+
+    DEFAULT_CSS = """
+    PromptScreen { align: center middle; }
+    PromptScreen > Vertical { width: 70; max-width: 96%; height: auto; border: thick $primary; padding: 1 2;
+                              background: $surface; }
+    """
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="prompt.cancel")]
+
+    def __init__(self, question: str, default: str = ""):
+        super().__init__()
+        self.question, self.default = question, default
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(self.question)
+            yield Input(self.default, id="prompt-input", suggester=PathSuggester((".yaml", ".yml")))
+
+    @on(Input.Submitted)
+    def _submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class NewRunScreen(Screen):
+    """Model, dataset, method, quantizer, objective, training settings; launch, queue or save as a recipe."""
+
+    CSS_PATH = "new_run.tcss"
+    SUB_TITLE = "new run"
+    BINDINGS = [
+        Binding("ctrl+l,f5", "launch", "Launch", id="new_run.launch", priority=True,
+                tooltip="start the run now in a detached worker"),
+        Binding("ctrl+o,f6", "queue", "Queue", id="new_run.queue", priority=True,
+                tooltip="start it when nothing else trains (the queue goes on after the app closes)"),
+        Binding("ctrl+s,f7", "save", "Save recipe", id="new_run.save", priority=True),
+        Binding("escape", "app.pop_screen", "Back", id="new_run.back"),
+    ]
+
+    def __init__(self, recipe: dict | None = None, base_dir: Path | None = None):
+        super().__init__()
+        self.start = copy.deepcopy(recipe or STARTER)
+        self.base_dir = base_dir or Path.cwd()
+        self.recipe = None
+        self.problem: str | None = None
+        self.preview_key: str | None = None
+        self._timer = None
+        self._built: dict[str, Any] = {}
+
+    # -- building the form ---------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        registry = self.app.registry
+        start = self.start
+        yield Header()
+        yield Static(id="form-status")
+        with VerticalScroll(id="form"):
+            yield Static("Model", classes="section")
+            models_list = [("tiny-demo  (built-in demo, random weights)", demo.NAME)]
+            models_list += [(name, name) for name in models.cached_hub_models()]
+            model_value = start.get("model", demo.NAME)
+            known = {value for _, value in models_list}
+            models_list.append(("a model folder…", PATH))
+            yield self._row("model", Select(models_list, value=model_value if model_value in known else PATH,
+                                            allow_blank=False, id="model", compact=True))
+            yield self._row("folder", Input("" if model_value in known else model_value, id="model-path", compact=True,
+                                            placeholder="path to a model folder (→ completes)",
+                                            suggester=PathSuggester(base=self.base_dir)), row_id="model-path-row")
+
+            yield Static("Data", classes="section")
+            sets = [(short(f"{name}  (built-in: {info[2]})"), name) for name, info in data_mod.BUILTIN.items()]
+            sets += [(f"{name}  (file here)", name) for name in local_data_files(self.base_dir)]
+            sets += [(f"{name}  (hub cache)", name) for name in hub_datasets()]
+            known = {value for _, value in sets}
+            dataset = start.get("dataset", "identity")
+            sets.append(("a file or folder…", PATH))
+            yield self._row("dataset", Select(sets, value=dataset if dataset in known else PATH, allow_blank=False,
+                                              id="dataset", compact=True))
+            yield self._row("path", Input("" if dataset in known else dataset, id="dataset-path", compact=True,
+                                          placeholder="path to a .jsonl/.json/.csv/.parquet/.txt file or folder",
+                                          suggester=PathSuggester(tuple(data_mod.DATA_SUFFIXES), self.base_dir)),
+                            row_id="dataset-path-row")
+            yield self._row("dataset options", Input(to_text(start.get("dataset_options") or {}),
+                                                     id="dataset_options", compact=True,
+                                                     tooltip="{placeholder: value} for built-in datasets"))
+            formats = [("auto  (detect from the first record)", "auto")]
+            formats += [(short(f"{n}  ({f.summary})"), n) for n, f in registry.data_formats.items()]
+            yield self._row("format", Select(formats, value=start.get("format", "auto"), allow_blank=False,
+                                             id="format", compact=True))
+            with Vertical(id="preview"):
+                yield Static(Text("preview: waiting for a valid form", style="dim"), id="preview-text")
+
+            for kind, key, none in (("method", "method", False), ("quantizer", "quantizer", True),
+                                    ("objective", "objective", False)):
+                yield Static(kind.capitalize(), classes="section")
+                components = registry.components[kind]
+                choices = [("none  (a plain base)", "none")] if none else []
+                choices += [(short(f"{n}  ({c.summary})"), n) for n, c in components.items()]
+                value = start.get(key, "none" if none else next(iter(components), None))
+                if value not in {v for _, v in choices}:
+                    value = choices[0][1] if choices else None
+                yield self._row(kind, Select(choices, value=value, allow_blank=False, id=key, compact=True))
+                yield Vertical(id=f"{key}-options", classes="options")
+
+            yield Static("Training", classes="section")
+            train = start.get("train", {})
+            for name, type_, help_text in TRAIN_FIELDS:
+                yield OptionField(f"train.{name}", name, type_, None, help_text, value=train.get(name),
+                                  id=f"train-{name}")
+            more = {k: v for k, v in train.items() if k not in TRAIN_KEYS}
+            yield self._row("more train settings", Input(to_text(more) if more else "", id="train-more", compact=True,
+                            placeholder="{weight_decay: 0.01, optim: adamw_torch}",
+                            tooltip="any other TrainingArguments field, as a YAML mapping"))
+        yield Static(Text(DEFAULT_HINT, style="dim"), id="form-hint", classes="hint")
+        with Horizontal(id="form-buttons"):
+            yield Button("Launch ⏎", id="launch", variant="success", compact=True)
+            yield Button("Queue ^o", id="queue", compact=True)
+            yield Button("Save recipe ^s", id="save", compact=True)
+        yield Footer()
+
+    def _row(self, label: str, widget, row_id: str | None = None) -> Horizontal:
+        return Horizontal(Label(label), widget, classes="field", id=row_id)
+
+    async def on_mount(self) -> None:
+        for key in ("method", "quantizer", "objective"):
+            await self._build_options(key, self.start.get(f"{key}_options") or {})
+        self._sync_path_rows()
+        self.query_one("#launch", Button).focus()
+        self.call_after_refresh(self._validate)
+
+    async def _build_options(self, key: str, values: dict) -> None:
+        box = self.query_one(f"#{key}-options", Vertical)
+        await box.remove_children()
+        name = self.query_one(f"#{key}", Select).value
+        self._built[key] = name
+        component = self.app.registry.components[key].get(name) if name not in (None, "none") else None
+        fields = [OptionField(f"{key}_options.{o.name}", o.name, o.type, o.default, o.help, o.choices,
+                              value=values.get(o.name), id=f"opt-{key}-{o.name}")
+                  for o in getattr(component, "options", ())]
+        if fields:
+            await box.mount_all(fields)
+
+    def _sync_path_rows(self) -> None:
+        self.query_one("#model-path-row").display = self.query_one("#model", Select).value == PATH
+        self.query_one("#dataset-path-row").display = self.query_one("#dataset", Select).value == PATH
+        method = self.app.registry.methods.get(self.query_one("#method", Select).value)
+        quantizer = self.query_one("#quantizer", Select)
+        if method is not None and method.implies_quantizer:
+            quantizer.value = method.implies_quantizer
+            quantizer.disabled = True
+        else:
+            quantizer.disabled = False
+
+    # -- reading the form ------------------------------------------------------------------------------
+
+    def form(self) -> dict:
+        """The form as a recipe mapping (raises ValueError naming the field whose text is not YAML)."""
+        def text(widget_id: str) -> str:
+            return self.query_one(f"#{widget_id}", Input).value.strip()
+
+        model = self.query_one("#model", Select).value
+        dataset = self.query_one("#dataset", Select).value
+        out: dict[str, Any] = {
+            "model": text("model-path") if model == PATH else model,
+            "dataset": text("dataset-path") if dataset == PATH else dataset,
+        }
+        for widget_id in ("dataset_options", "train-more"):
+            raw = text(widget_id)
+            try:
+                value = yaml.safe_load(raw) if raw else {}
+            except yaml.YAMLError:
+                raise ValueError(f"{widget_id}|is not a YAML mapping such as {{key: value}}") from None
+            if not isinstance(value, dict):
+                raise ValueError(f"{widget_id}|must be a mapping such as {{key: value}}, not {raw!r}")
+            out[widget_id] = value
+        out["format"] = self.query_one("#format", Select).value
+        for key in ("method", "quantizer", "objective"):
+            out[key] = self.query_one(f"#{key}", Select).value
+            options = {}
+            for field in self.query_one(f"#{key}-options").query(OptionField):
+                try:
+                    options[field.option_name] = field.read()
+                except ValueError as exc:
+                    raise ValueError(f"{field.id}|{exc}") from None
+            out[f"{key}_options"] = options
+        train = dict(out.pop("train-more"))
+        for field in self.query(OptionField):
+            if not field.key.startswith("train."):
+                continue
+            try:
+                value = field.read()
+            except ValueError as exc:
+                raise ValueError(f"{field.id}|{exc}") from None
+            if value is not None and not (field.type_ == "bool" and value is False):
+                train[field.option_name] = value
+        out["train"] = train
+        return out
+
+    def _mark(self, field_key: str | None) -> None:
+        for widget in self.query(".-invalid"):
+            widget.remove_class("-invalid")
+        if not field_key:
+            return
+        if field_key.startswith(("train.", "method_options.", "quantizer_options.", "objective_options.")):
+            head, _, name = field_key.partition(".")
+            name = name.split(".")[0]
+            widget_id = f"train-{name}" if head == "train" else f"opt-{head.removesuffix('_options')}-{name}"
+            if head == "train" and name not in TRAIN_KEYS:
+                widget_id = "train-more"
+        elif field_key in ("model", "dataset"):
+            widget_id = f"{field_key}-path" if self.query_one(f"#{field_key}", Select).value == PATH else field_key
+        else:
+            widget_id = field_key
+        for widget in self.query(f"#{widget_id}"):
+            if isinstance(widget, OptionField):
+                widget.mark(True)
+            else:
+                widget.add_class("-invalid")
+
+    # -- validation as you type -----------------------------------------------------------------------
+
+    @on(Input.Changed)
+    @on(Select.Changed)
+    async def _changed(self, event) -> None:
+        control = event.control
+        if isinstance(control, Select) and control.id in ("method", "quantizer", "objective") \
+                and control.value != self._built.get(control.id):
+            await self._build_options(control.id, {})
+        if isinstance(control, Select) and control.id in ("model", "dataset", "method"):
+            self._sync_path_rows()
+        if self._timer is not None:
+            self._timer.stop()
+        self._timer = self.set_timer(0.2, self._validate)
+
+    def _validate(self) -> None:
+        try:
+            data = self.form()
+        except ValueError as exc:
+            widget_id, _, problem = str(exc).partition("|")
+            self._show_problem(problem, None)
+            for widget in self.query(".-invalid"):
+                widget.remove_class("-invalid")
+            for widget in self.query(f"#{widget_id}"):
+                widget.mark(True) if isinstance(widget, OptionField) else widget.add_class("-invalid")
+            return
+        self._check(data)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="validate")
+    def _check(self, data: dict) -> None:
+        from finetty.core import recipe as recipe_mod
+        from finetty.core.errors import InputError
+
+        try:
+            recipe = recipe_mod.validate(copy.deepcopy(data), self.app.registry, recipe_mod.parse_text('', None)[1],
+                                         self.base_dir, check_data=False)
+        except InputError as exc:
+            self.app.call_from_thread(self._show_problem, f"{exc.problem}" + (f" ({exc.fix})" if exc.fix else ""),
+                                      field_for(exc.place))
+            return
+        estimate = self._estimate(recipe)
+        self.app.call_from_thread(self._show_valid, recipe, data, estimate)
+
+    @staticmethod
+    def _estimate(recipe) -> Text:
+        """The pre-flight memory estimate (reads config.json only: no torch), coloured by its verdict."""
+        from finetty.core.estimate import estimate
+
+        try:
+            result = estimate(recipe)
+        except Exception as exc:  # an estimate is advice: never block the form on it
+            return Text(f"memory estimate unavailable: {exc}", style="dim")
+        style = {True: "green", False: "bold red", None: "dim"}[result.fits]
+        return Text(result.summary(), style=style)
+
+    def _show_problem(self, problem: str, field_key: str | None) -> None:
+        self.recipe = None
+        self.problem = problem
+        status = Text("✗ ", style="bold red")
+        status.append(problem)
+        self.query_one("#form-status", Static).update(status)
+        self._mark(field_key)
+        self.query_one("#launch", Button).disabled = True
+        self.query_one("#queue", Button).disabled = True
+
+    def _show_valid(self, recipe, data: dict, estimate: Text) -> None:
+        self.recipe = recipe
+        self.problem = None
+        self._mark(None)
+        status = Text("✓ ", style="bold green")
+        steps = recipe.train.get("max_steps")
+        status.append(f"{recipe.method} on {Path(recipe.model).name} with {Path(recipe.dataset).name}"
+                      + (f", {steps} steps" if isinstance(steps, int) and steps > 0 else ""))
+        status.append("\n")
+        status.append_text(estimate)
+        self.query_one("#form-status", Static).update(status)
+        self.query_one("#launch", Button).disabled = False
+        self.query_one("#queue", Button).disabled = False
+        request = {"model": data["model"], "dataset": data["dataset"], "format": data["format"],
+                   "dataset_options": recipe.dataset_options, "objective": recipe.objective,
+                   "max_length": recipe.train.get("max_length"), "trust_remote_code": recipe.trust_remote_code,
+                   "base_dir": str(self.base_dir)}
+        key = json.dumps(request, sort_keys=True, default=str)
+        if key != self.preview_key:
+            self.preview_key = key
+            self.query_one("#preview-text", Static).update(Text("preview: reading the data and the tokenizer…",
+                                                                style="dim"))
+            self.preview(request)
+
+    # -- preview -----------------------------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="preview")
+    def preview(self, request: dict) -> None:
+        worker = get_current_worker()
+        compute = getattr(self.app, "preview", None)
+        if compute is not None:
+            answer = compute(request)
+            if not worker.is_cancelled:
+                self.app.call_from_thread(self._show_preview, answer)
+            return
+        process = subprocess.Popen([sys.executable, "-m", "finetty.tui.preview"], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        process.stdin.write(json.dumps(request))
+        process.stdin.close()
+        while True:
+            try:
+                process.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                if worker.is_cancelled:
+                    process.kill()
+                    process.wait()
+                    return
+        out = process.stdout.read()
+        err = process.stderr.read()
+        try:
+            answer = json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            answer = {"error": (err.strip().splitlines() or ["the preview process failed"])[-1]}
+        if not worker.is_cancelled:
+            self.app.call_from_thread(self._show_preview, answer)
+
+    def _show_preview(self, answer: dict) -> None:
+        text = Text()
+        if answer.get("error"):
+            text.append("data: ", style="bold")
+            text.append(answer["error"], style="red")
+        else:
+            text.append(f"{answer['records']} records, format {answer['format']}", style="bold")
+            text.append(" (detected)" if answer.get("detected") else " (chosen)")
+            lengths = answer["lengths"]
+            sampled = "" if lengths["all"] else f" (the first {lengths['count']})"
+            text.append(f"\ntokens{sampled}: min {lengths['min']} · median {lengths['median']:g} · "
+                        f"max {lengths['max']}; ")
+            text.append(f"{lengths['over']} over max_length {lengths['max_length']}",
+                        style="yellow" if lengths["over"] else "green")
+            for number, sample in enumerate(answer["samples"], 1):
+                text.append(f"\n── record {number} ──\n", style="dim")
+                text.append(sample.strip())
+        self.query_one("#preview-text", Static).update(text)
+
+    # -- launch, queue, save --------------------------------------------------------------------------
+
+    @on(Button.Pressed, "#launch")
+    def action_launch(self) -> None:
+        self._submit("launch")
+
+    @on(Button.Pressed, "#queue")
+    def action_queue(self) -> None:
+        self._submit("queue")
+
+    def _submit(self, how: str) -> None:
+        if self.recipe is None:
+            self.notify(self.problem or "the form is being checked", title="Not ready", severity="error")
+            return
+        try:
+            data = self.form()
+        except ValueError as exc:
+            self.notify(str(exc).partition("|")[2], severity="error")
+            return
+        self.query_one("#launch", Button).disabled = True
+        self._start(data, how)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="launch")
+    def _start(self, data: dict, how: str) -> None:
+        from finetty.core import launch, queue, recipe as recipe_mod, rundir
+        from finetty.core.errors import InputError, RunBusyError
+
+        runs = self.app.runs
+        try:
+            recipe = recipe_mod.validate(copy.deepcopy(data), self.app.registry, recipe_mod.parse_text('', None)[1],
+                                         self.base_dir, check_data=True)
+            if how == "queue":
+                entry = queue.add(runs, recipe)
+                queue.ensure_runner(runs)
+                self.app.call_from_thread(self._started, None, f"queued {entry.id}: it starts when nothing "
+                                                                f"else trains")
+                return
+            run_dir = rundir.create(runs, recipe.method, recipe.to_yaml())
+            launch.start_worker(run_dir)
+        except (InputError, RunBusyError, OSError) as exc:
+            self.app.call_from_thread(self._failed, exc)
+            return
+        self.app.call_from_thread(self._started, run_dir, f"started {run_dir.name}")
+
+    def _failed(self, exc: Exception) -> None:
+        from finetty.core.errors import InputError
+
+        self.query_one("#launch", Button).disabled = False
+        if isinstance(exc, InputError):
+            self._show_problem(str(exc), field_for(exc.place))
+        self.notify(str(exc), title="Not started", severity="error")
+
+    def _started(self, run_dir: Path | None, message: str) -> None:
+        self.notify(message)
+        app = self.app
+        app.pop_screen()
+        app.refresh_runs()
+        if run_dir is not None:
+            app.open_monitor(run_dir)
+
+    def action_save(self) -> None:
+        try:
+            data = self.form()
+        except ValueError as exc:
+            self.notify(str(exc).partition("|")[2], severity="error")
+            return
+        default = f"{data['method']}-{Path(str(data['model'])).name}.yaml"
+
+        def chosen(path: str | None) -> None:
+            if path:
+                self._save(data, path)
+
+        self.app.push_screen(PromptScreen("Save the form as a recipe (runs with `finetty train FILE`):", default),
+                             chosen)
+
+    def _save(self, data: dict, path_text: str) -> None:
+        path = Path(path_text).expanduser()
+        path = path if path.is_absolute() else self.base_dir / path
+        if path.exists():
+            self.notify(f"{path} exists: choose another name", severity="error")
+            return
+        body = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=None)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(f"# finetty train {path_text}\n{body}", encoding="utf-8")
+            tmp.rename(path)
+        except OSError as exc:
+            self.notify(f"cannot write {path}: {exc.strerror}", severity="error")
+            return
+        self.notify(f"saved {path}; run it with `finetty train {path_text}`")
+
+    # -- the help line follows the focus ---------------------------------------------------------------
+
+    def on_descendant_focus(self, event) -> None:
+        widget = event.widget
+        help_text = getattr(widget, "tooltip", None)
+        parent = widget.parent
+        if isinstance(parent, OptionField):
+            help_text = parent.help_text
+        hint = self.query_one("#form-hint", Static)
+        hint.update(Text(str(help_text) if help_text else DEFAULT_HINT, style="dim"))

@@ -1,0 +1,298 @@
+"""Runs (home): every run of the runs directory, live, and the queue."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from finetty.core import rundir
+
+from .confirm import ConfirmScreen
+from .format import duration, status_text
+
+WIDE = 110
+
+
+class RunsScreen(Screen):
+    """The list of runs; Enter opens one."""
+
+    CSS_PATH = "runs.tcss"
+    SUB_TITLE = "runs"
+    BINDINGS = [
+        Binding("n", "new", "New", id="runs.new"),
+        Binding("o", "open", "Open", id="runs.open", tooltip="open the highlighted run's monitor (or Enter)"),
+        Binding("s", "stop", "Stop", id="runs.stop", tooltip="checkpoint, then stop the highlighted run"),
+        Binding("r", "resume", "Resume", id="runs.resume", tooltip="continue from the newest complete checkpoint"),
+        Binding("d", "delete", "Delete", id="runs.delete", tooltip="delete the run's directory (asks first)"),
+        Binding("c", "chat", "Chat", id="runs.chat", tooltip="chat with the run's result or newest checkpoint"),
+        Binding("p", "app.plugins", "Plugins", id="runs.plugins"),
+        Binding("left_square_bracket", "queue_move(-1)", "Queue: earlier", id="runs.queue_up", show=False),
+        Binding("right_square_bracket", "queue_move(1)", "Queue: later", id="runs.queue_down", show=False),
+        Binding("x", "queue_remove", "Queue: remove", id="runs.queue_remove", show=False),
+        Binding("X", "queue_clear", "Queue: clear", id="runs.queue_clear", show=False),
+        Binding("q", "app.quit", "Quit", id="runs.quit", show=False),
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self.runs: list[rundir.RunSummary] = []
+        self.queue = None
+        self._keys: list[str] = []
+        self._wide: bool | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Vertical(id="runs-body"):
+            yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+            yield Static("No runs yet: press [b]n[/b] for a new run (the tiny demo trains on any CPU).",
+                         id="runs-empty")
+            with Vertical(id="queue-box"):
+                yield Static(id="queue-title")
+                yield DataTable(id="queue-table", cursor_type="row", show_header=False)
+            yield Static(id="run-detail")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#queue-box").display = False
+        app = self.app
+        self.show(app.tracker.ordered(), app.queue_state)
+
+    def on_resize(self) -> None:
+        self.show(self.runs, self.queue)
+
+    # -- data in ------------------------------------------------------------------------------------
+
+    def _row(self, run: rundir.RunSummary, wide: bool) -> list:
+        now = self.app.clock()
+        elapsed = None
+        if run.started is not None:
+            end = now if run.status in ("running", "starting") else (run.updated or run.started)
+            elapsed = max(0.0, end - run.started)
+        eta = None
+        rate = run.extra.get("seconds_per_step")
+        if run.status == "running" and run.total and rate:
+            eta = max(0.0, (run.total - run.step) * rate)
+        step = f"{run.step}/{run.total}" if run.total else str(run.step or "-")
+        loss = f"{run.loss:.3f}" if run.loss is not None else "-"
+        row = [run.id, status_text(run.status)]
+        if wide:
+            row += [run.model.rsplit("/", 1)[-1][:24], run.method]
+        return row + [step, loss, duration(elapsed), duration(eta)]
+
+    def show(self, runs: list[rundir.RunSummary], queue) -> None:
+        self.runs, self.queue = runs, queue
+        table = self.query_one("#runs-table", DataTable)
+        wide = self.size.width >= WIDE
+        if wide != self._wide:
+            self._wide = wide
+            table.clear(columns=True)
+            self._keys = []
+            names = ["run", "status"] + (["model", "method"] if wide else []) + ["step", "loss", "elapsed", "ETA"]
+            for name in names:
+                table.add_column(name, key=name)
+        keys = [run.id for run in runs]
+        rows = [self._row(run, wide) for run in runs]
+        if keys == self._keys:
+            columns = list(table.columns)
+            for key, row in zip(keys, rows):
+                for column, value in zip(columns, row):
+                    if table.get_cell(key, column) != value:
+                        table.update_cell(key, column, value)
+        else:
+            current = self._current_key()
+            table.clear()
+            for key, row in zip(keys, rows):
+                table.add_row(*row, key=key)
+            self._keys = keys
+            if current in keys:
+                table.move_cursor(row=keys.index(current))
+        self.query_one("#runs-empty").display = not runs
+        table.display = bool(runs)
+        self._show_queue(queue)
+        self._show_detail()
+
+    def _show_queue(self, queue) -> None:
+        box = self.query_one("#queue-box")
+        entries = queue.entries if queue is not None else []
+        box.display = bool(entries) or bool(queue and queue.last_error)
+        if not box.display:
+            return
+        title = Text(f"Queue: {len(entries)} waiting, each starts when nothing else trains  ", style="bold")
+        title.append("[ ] reorder · x remove · X clear", style="dim")
+        if queue.last_error:
+            title.append(f"\n{queue.last_error}", style="red")
+        self.query_one("#queue-title", Static).update(title)
+        table = self.query_one("#queue-table", DataTable)
+        if not table.columns:
+            for name in ("#", "id", "method", "model", "dataset"):
+                table.add_column(name, key=name)
+        current = None
+        if table.row_count and table.cursor_row is not None and table.cursor_row < table.row_count:
+            current = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+        table.clear()
+        for number, entry in enumerate(entries, 1):
+            table.add_row(str(number), entry.id, entry.method, entry.model.rsplit("/", 1)[-1][:20],
+                          entry.dataset.rsplit("/", 1)[-1][:20], key=entry.id)
+        ids = [e.id for e in entries]
+        if current in ids:
+            table.move_cursor(row=ids.index(current))
+
+    def _current_key(self) -> str | None:
+        table = self.query_one("#runs-table", DataTable)
+        if not table.row_count:
+            return None
+        return table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+
+    def selected(self) -> rundir.RunSummary | None:
+        key = self._current_key()
+        return next((run for run in self.runs if run.id == key), None)
+
+    def _show_detail(self) -> None:
+        run = self.selected()
+        detail = self.query_one("#run-detail", Static)
+        if run is None:
+            detail.update("")
+            return
+        text = Text()
+        text.append(f"{run.model}", style="bold")
+        text.append(f" · {run.method} · {run.checkpoints} checkpoint(s)")
+        if run.started:
+            text.append(f" · started {time.strftime('%Y-%m-%d %H:%M', time.localtime(run.started))}", style="dim")
+        if run.reason and run.status in ("failed", "lost", "stopped"):
+            text.append(f"\n{run.reason}", style="red" if run.status != "stopped" else "yellow")
+        if run.status in ("failed", "lost"):
+            for line in rundir.log_tail(run.path, 3):
+                text.append(f"\n  {line[:200]}", style="dim")
+        detail.update(text)
+
+    @on(DataTable.RowHighlighted, "#runs-table")
+    def _highlighted(self) -> None:
+        self._show_detail()
+
+    @on(DataTable.RowSelected, "#runs-table")
+    def _selected(self) -> None:
+        self.action_open()
+
+    # -- actions ------------------------------------------------------------------------------------
+
+    def _need_run(self) -> rundir.RunSummary | None:
+        run = self.selected()
+        if run is None:
+            self.notify("no run selected: press n for a new run", severity="warning")
+        return run
+
+    def action_new(self) -> None:
+        self.app.new_run()
+
+    def action_open(self) -> None:
+        run = self._need_run()
+        if run:
+            self.app.open_monitor(run.path)
+
+    def action_chat(self) -> None:
+        run = self._need_run()
+        if run:
+            self.app.open_chat(run.path)
+
+    def action_stop(self) -> None:
+        run = self._need_run()
+        if run:
+            self._stop(run.path)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="request")
+    def _stop(self, run_dir) -> None:
+        from finetty.core import launch
+        from finetty.core.errors import InputError
+
+        try:
+            pid = launch.request_stop(run_dir)
+        except (InputError, OSError) as exc:
+            self.app.call_from_thread(self.notify, str(exc), severity="error")
+            return
+        self.app.call_from_thread(self.notify, f"asked worker {pid} to checkpoint and stop")
+
+    def action_resume(self) -> None:
+        run = self._need_run()
+        if run:
+            self._resume(run.path)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="request")
+    def _resume(self, run_dir) -> None:
+        from finetty.core import launch
+        from finetty.core.errors import InputError, RunBusyError
+
+        try:
+            launch.start_worker(run_dir, resume=True)
+        except (InputError, RunBusyError, OSError) as exc:
+            self.app.call_from_thread(self.notify, str(exc), severity="error")
+            return
+        self.app.call_from_thread(self.notify, f"resuming {run_dir.name}")
+        self.app.call_from_thread(self.app.refresh_runs)
+
+    def action_delete(self) -> None:
+        run = self._need_run()
+        if run is None:
+            return
+        if run.status in ("running", "starting"):
+            self.notify(f"{run.id} is training: stop it first (s)", severity="warning")
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._delete(run.path)
+
+        self.app.push_screen(ConfirmScreen(f"Delete run {run.id}?\nIts checkpoints and result go with it.",
+                                           yes="Delete"), answer)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="request")
+    def _delete(self, run_dir) -> None:
+        if rundir.is_live(run_dir):
+            self.app.call_from_thread(self.notify, f"{run_dir.name} started training again; not deleted",
+                                      severity="error")
+            return
+        shutil.rmtree(run_dir, ignore_errors=True)
+        self.app.call_from_thread(self.notify, f"deleted {run_dir.name}")
+        self.app.call_from_thread(self.app.refresh_runs)
+
+    def _queue_entry(self) -> str | None:
+        table = self.query_one("#queue-table", DataTable)
+        if not table.row_count or not self.query_one("#queue-box").display:
+            self.notify("the queue is empty", severity="warning")
+            return None
+        return table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+
+    def action_queue_move(self, delta: int) -> None:
+        entry = self._queue_entry()
+        if entry:
+            self._queue_op("move", entry, delta)
+
+    def action_queue_remove(self) -> None:
+        entry = self._queue_entry()
+        if entry:
+            self._queue_op("remove", entry)
+
+    def action_queue_clear(self) -> None:
+        if self._queue_entry():
+            self.app.push_screen(ConfirmScreen("Clear the whole queue?", yes="Clear"),
+                                 lambda yes: yes and self._queue_op("clear"))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="queue")
+    def _queue_op(self, op: str, entry: str | None = None, delta: int = 0) -> None:
+        from finetty.core import queue
+
+        runs = self.app.runs
+        if op == "move":
+            queue.move(runs, entry, delta)  # the cursor follows the entry by its id
+        elif op == "remove":
+            queue.remove(runs, entry)
+        else:
+            queue.clear(runs)
+        self.app.call_from_thread(self.app.refresh_runs)

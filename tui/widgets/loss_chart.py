@@ -1,0 +1,53 @@
+"""The loss chart: train and eval loss against the step (textual-plotext). Given data; calls no core."""
+
+from __future__ import annotations
+
+from textual_plotext import PlotextPlot
+
+
+class LossChart(PlotextPlot):
+    """Set :meth:`show` with ``[(step, loss)]`` lists; it redraws once per call, however many points arrived."""
+
+    DEFAULT_CSS = """
+    LossChart { height: 1fr; min-height: 8; }
+    """
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None):
+        super().__init__(id=id, classes=classes)
+        self.train: list[tuple[int, float]] = []
+        self.eval: list[tuple[int, float]] = []
+        self.total: int | None = None
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self._draw()
+
+    def show(self, train: list[tuple[int, float]], eval_: list[tuple[int, float]], total: int | None = None) -> None:
+        self.train, self.eval, self.total = self.thin(train), self.thin(eval_), total
+        self._draw()
+
+    @staticmethod
+    def thin(points: list[tuple[int, float]], most: int = 600) -> list[tuple[int, float]]:
+        """At most ``most`` points (every k-th, and always the last): a long run redraws as fast as a short one."""
+        if len(points) <= most:
+            return points
+        k = -(-len(points) // most)
+        return points[::k] + ([points[-1]] if (len(points) - 1) % k else [])
+
+    def _draw(self) -> None:
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        plt.xlabel("step")
+        plt.title("loss")
+        if self.train:
+            plt.plot([s for s, _ in self.train], [v for _, v in self.train], label="train", marker="braille",
+                     color="cyan")
+        if self.eval:
+            plt.plot([s for s, _ in self.eval], [v for _, v in self.eval], label="eval", marker="dot",
+                     color="orange")
+        if self.total:
+            plt.xlim(0, max(self.total, self.train[-1][0] if self.train else 0))
+        if not self.train and not self.eval:
+            plt.title("loss (no steps yet)")
+        self.refresh()

@@ -1,0 +1,84 @@
+"""A form row for one typed option: label, editor, help. Given an Option descriptor; calls no core."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.widgets import Input, Label, Select
+
+
+def to_text(value: Any) -> str:
+    """A value as the person types it (YAML flow style for lists and mappings)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return yaml.safe_dump(value, default_flow_style=True).strip()
+    return str(value)
+
+
+def parse(text: str, types: str = "") -> Any:
+    """What the person typed, read as YAML (``3``, ``true``, ``[q_proj, v_proj]``); ``1e-4`` is a number."""
+    if not text.strip():
+        return None
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and ("float" in types or "int" in types):
+        try:
+            number = float(value)
+            value = int(number) if "float" not in types and number.is_integer() else number
+        except ValueError:
+            pass
+    return value
+
+
+class OptionField(Horizontal):
+    """``name  [editor]``; choices and booleans get a picker, everything else a text field."""
+
+    DEFAULT_CSS = """
+    OptionField { height: auto; margin: 0 0 0 0; }
+    OptionField > Label { width: 24; padding: 0 1 0 0; }
+    OptionField > Input, OptionField > Select { width: 1fr; }
+    """
+
+    def __init__(self, key: str, name: str, type_: str, default: Any, help_text: str,
+                 choices: tuple | None = None, value: Any = None, id: str | None = None):
+        super().__init__(id=id, classes="field")
+        self.key = key
+        self.option_name = name
+        self.type_ = type_
+        self.default = default
+        self.help_text = help_text
+        self.choices = choices
+        self.value = default if value is None else value
+
+    def compose(self) -> ComposeResult:
+        yield Label(self.option_name)
+        if self.choices or self.type_ == "bool":
+            choices = self.choices or (False, True)
+            value = next((c for c in (self.value, self.default) if c is not None and c in choices), choices[0])
+            yield Select([(to_text(c), c) for c in choices], value=value,
+                         allow_blank=False, id=f"{self.id}-editor", tooltip=self.help_text, compact=True)
+        else:
+            yield Input(to_text(self.value), placeholder=f"{self.type_}, default {to_text(self.default) or '-'}",
+                        id=f"{self.id}-editor", tooltip=self.help_text, compact=True)
+
+    def read(self) -> Any:
+        """The current value (raises ValueError for text that is not YAML)."""
+        found = self.query(f"#{self.id}-editor")
+        if not found:  # not composed yet: the value it was given
+            return self.value
+        editor = found.first()
+        if isinstance(editor, Select):
+            return editor.value
+        try:
+            return parse(editor.value, self.type_)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{self.option_name}: {editor.value!r} is not a value ({exc.__class__.__name__})") from None
+
+    def mark(self, invalid: bool) -> None:
+        for editor in self.query(f"#{self.id}-editor"):
+            editor.set_class(invalid, "-invalid")
