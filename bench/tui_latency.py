@@ -1,0 +1,203 @@
+"""The terminal app in a real pseudo-terminal: time to first frame, and key-to-repaint latency while a run trains.
+
+    python bench/tui_latency.py [--launches 5] [--keys 60]
+
+The app runs as ``finetty`` does (``python -m finetty.core.cli``, Textual's own
+Linux driver) on an 80x24 pty this script owns, exactly what sshd gives it.
+A reader thread timestamps every byte the app writes.
+
+1. First frame: from starting the process to the moment the Runs screen's
+   header (``finetty — runs``) has been written, in a fresh process each time
+   (interpreter start and imports included), with nothing training.
+2. Key to repaint: with a LoRA run of the tiny demo training in the
+   background (a detached worker on both cores, its events followed live by
+   the Runs screen), the script types ``p`` (open Plugins) and ``b`` (back to
+   Runs), alternately, and times each key to the first write that shows the
+   new screen's header. A whole-screen switch is the most a key repaints;
+   moving a cursor repaints less.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import termios
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RUNS_MARK = "finetty — runs".encode()
+PLUGINS_MARK = "finetty — plugins".encode()
+
+
+ESCAPES = re.compile(rb"\x1b\[[0-9;?<>=$]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[()][0-9A-Za-z]|\x1b[=>]")
+
+
+def _text(data: bytes) -> bytes:
+    return ESCAPES.sub(b"", data)
+
+
+class Terminal:
+    """The app on a pty of ``cols`` x ``rows``; ``output`` collects (time, bytes) as they arrive."""
+
+    def __init__(self, env: dict, cols: int = 80, rows: int = 24):
+        self.master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen([sys.executable, "-m", "finetty.core.cli"], stdin=slave, stdout=slave,
+                                        stderr=slave, env=env, start_new_session=True, close_fds=True)
+        os.close(slave)
+        self.chunks: list[tuple[float, bytes]] = []
+        self.lock = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:
+                data = b""
+            now = time.perf_counter()
+            with self.lock:
+                if not data:
+                    self.chunks.append((now, b""))
+                    self.lock.notify_all()
+                    return
+                self.chunks.append((now, data))
+                self.lock.notify_all()
+
+    def wait_for(self, mark: bytes, since: int, timeout: float = 30.0) -> tuple[float, int]:
+        """The time of the first chunk from index ``since`` on after which ``mark`` has been written (as text on
+        the screen: escape sequences between the styled pieces removed), and the index after it."""
+        deadline = time.perf_counter() + timeout
+        with self.lock:
+            while True:
+                seen = b"".join(data for _, data in self.chunks[since:])
+                if mark in _text(seen):
+                    total = b""
+                    for index in range(since, len(self.chunks)):
+                        total += self.chunks[index][1]
+                        if mark in _text(total):
+                            return self.chunks[index][0], index + 1
+                if self.chunks and self.chunks[-1][1] == b"":
+                    raise RuntimeError("the app exited: " + seen[-2000:].decode(errors="replace"))
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    raise TimeoutError(f"no {mark!r} within {timeout} s")
+                self.lock.wait(left)
+
+    def type(self, key: bytes) -> tuple[float, int]:
+        with self.lock:
+            index = len(self.chunks)
+        sent = time.perf_counter()
+        os.write(self.master, key)
+        return sent, index
+
+    def close(self) -> None:
+        try:
+            os.write(self.master, b"\x11")  # ctrl+q
+            self.process.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        os.close(self.master)
+
+
+def first_frames(env: dict, launches: int) -> list[float]:
+    times = []
+    for _ in range(launches):
+        term = Terminal(env)
+        try:
+            at, _ = term.wait_for(RUNS_MARK, 0)
+            times.append(at - term.started)
+        finally:
+            term.close()
+    return times
+
+
+def key_latencies(env: dict, keys: int) -> list[float]:
+    term = Terminal(env)
+    latencies = []
+    try:
+        _, index = term.wait_for(RUNS_MARK, 0)
+        time.sleep(1.0)  # let the first refreshes pass
+        for n in range(keys):
+            key, mark = (b"p", PLUGINS_MARK) if n % 2 == 0 else (b"b", RUNS_MARK)
+            sent, index = term.type(key)
+            at, _ = term.wait_for(mark, index)
+            latencies.append(at - sent)
+            time.sleep(0.1 + 0.05 * (n % 3))  # keys at a person's pace, not in phase with the app's timers
+    finally:
+        term.close()
+    return latencies
+
+
+def p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+
+
+def measure(launches: int = 5, keys: int = 60, work: Path | None = None) -> dict:
+    work = Path(work or tempfile.mkdtemp(prefix="finetty-tui-bench-"))
+    home = work / "home"
+    env = dict(os.environ, FINETTY_HOME=str(home), TERM="xterm-256color", COLORTERM="truecolor",
+               HF_HUB_OFFLINE="1", FINETTY_NOTIFY="0", LANG="C.UTF-8", LC_ALL="C.UTF-8")
+    env.pop("TEXTUAL", None)
+    cli = [sys.executable, "-m", "finetty.core.cli"]
+    # one finished run so the app opens on Runs (not the first-run New run screen)
+    subprocess.run(cli + ["train", str(REPO / "recipes/demo-lora.yaml"), "--set", "train.max_steps=4"], env=env,
+                   check=True, capture_output=True)
+    frames = first_frames(env, launches)
+    out = subprocess.run(cli + ["train", str(REPO / "recipes/demo-lora.yaml"), "--detach", "--set",
+                                "train.max_steps=100000", "--set", "train.save_steps=100000"],
+                         env=env, check=True, capture_output=True, text=True)
+    run_id = out.stdout.strip().splitlines()[-1]
+    events = home / "runs" / run_id / "events.jsonl"
+    deadline = time.monotonic() + 120
+    while '"type": "step"' not in (events.read_text() if events.exists() else ""):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the background run did not start training; see {events.parent / 'worker.log'}")
+        time.sleep(0.2)
+    try:
+        latencies = key_latencies(env, keys)
+        steps = sum(1 for line in events.read_text().splitlines() if '"type": "step"' in line)
+    finally:
+        subprocess.run(cli + ["stop", run_id], env=env, capture_output=True)
+    shutil.rmtree(work, ignore_errors=True)
+    return {"first_frame": frames, "first_frame_median": statistics.median(frames),
+            "latencies": latencies, "latency_median": statistics.median(latencies), "latency_p95": p95(latencies),
+            "background_steps": steps}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--launches", type=int, default=5)
+    parser.add_argument("--keys", type=int, default=60)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    result = measure(args.launches, args.keys)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"first frame: median {result['first_frame_median'] * 1e3:.0f} ms "
+          f"({', '.join(f'{t * 1e3:.0f}' for t in result['first_frame'])} ms)")
+    print(f"key to repaint while training ({result['background_steps']} steps trained meanwhile): "
+          f"median {result['latency_median'] * 1e3:.1f} ms, p95 {result['latency_p95'] * 1e3:.1f} ms "
+          f"over {len(result['latencies'])} keys")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
