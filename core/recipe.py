@@ -362,3 +362,9 @@ def from_run(run_dir: Path) -> Recipe:
         if key in TOP_LEVEL:
             setattr(recipe, key, value)
     return recipe
+
+
+def needs_bitsandbytes(recipe: Recipe) -> bool:
+    """True when the run stores its base through a quantizer or uses a bitsandbytes (8-bit or paged) optimizer."""
+    optim = str(recipe.train.get("optim", "")).lower()
+    return recipe.quantizer != "none" or any(word in optim for word in ("bnb", "8bit", "paged"))

@@ -176,9 +176,8 @@ def _skip_unneeded_imports(recipe, registry) -> list[str]:
     """
     if os.environ.get("FINETTY_KEEP_IMPORTS") == "1":
         return []
-    optim = str(recipe.train.get("optim", "")).lower()
     skip = []
-    if recipe.quantizer == "none" and not any(word in optim for word in ("bnb", "8bit", "paged")):
+    if not recipe_mod.needs_bitsandbytes(recipe):
         skip.append("bitsandbytes")
     method = registry.methods.get(recipe.method)
     if method is not None and getattr(method.apply, "__module__", "") == "finetty.plugins.methods.full" \

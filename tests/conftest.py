@@ -25,7 +25,8 @@ def finetty_env(tmp_path_factory):
     home = tmp_path_factory.mktemp("finetty-home")
     patch = {"FINETTY_HOME": str(home), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
              "FINETTY_LOAD_PLUGINS": own_plugin_names(), "TOKENIZERS_PARALLELISM": "false",
-             "HF_HOME": str(home / "hf")}
+             "HF_HOME": str(home / "hf"),
+             "FINETTY_STANDBY": "0"}  # no standby worker per New run screen; tests that want one ask for it
     old = {k: os.environ.get(k) for k in patch}
     os.environ.update(patch)
     from finetty.core import registry

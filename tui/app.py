@@ -38,7 +38,8 @@ class FinettyApp(App):
     def __init__(self, runs: Path | None = None, registry=None, clock: Callable[[], float] = time.time,
                  settings: Settings | None = None, notify_write: Callable[[str], None] | None = None,
                  first_run: bool | None = None, poll_interval: float = 1.0, open_run: Path | None = None,
-                 base_dir: Path | None = None, preview: Callable[[dict], dict] | None = None):
+                 base_dir: Path | None = None, preview: Callable[[dict], dict] | None = None,
+                 standby: bool | None = None):
         self.settings = settings or Settings.load()
         super().__init__()
         self.runs = Path(runs) if runs else paths.runs_dir()
@@ -50,6 +51,11 @@ class FinettyApp(App):
         self.base_dir = Path(base_dir) if base_dir else Path.cwd()
         self.preview = preview
         """computes the New run screen's dataset preview (default: a child process, see finetty.tui.preview)"""
+        from finetty.core import standby as standby_mod
+
+        self.use_standby = standby_mod.enabled() if standby is None else standby
+        """start a standby worker when New run opens, so a launch skips the heavy imports (core/standby.py)"""
+        self._standby = None
         self.tracker = RunsTracker(self.runs, since=clock() - 5)
         self.queue_state = None
         self.notifier = Notifier(notify_write or self._write_terminal, self.settings)
@@ -77,6 +83,28 @@ class FinettyApp(App):
             self.open_monitor(self.open_run)
         elif self.first_run or (self.first_run is None and not self._has_runs()):
             self.new_run()
+
+    def warm_standby(self) -> None:
+        """Have a standby worker importing torch & co. while the person fills in the New run form."""
+        from finetty.core import standby as standby_mod
+
+        if self.use_standby and (self._standby is None or not self._standby.alive()):
+            self._standby = standby_mod.start()
+
+    def take_standby(self):
+        """The standby worker for a launch (None if there is none); give it back with keep_standby if unused."""
+        found, self._standby = self._standby, None
+        return found if found is not None and found.alive() else None
+
+    def keep_standby(self, standby) -> None:
+        if self._standby is None:
+            self._standby = standby
+        else:
+            standby.close()
+
+    def on_unmount(self) -> None:
+        if self._standby is not None:
+            self._standby.close()  # an unused standby exits when its socket closes
 
     def _has_runs(self) -> bool:
         from finetty.core.rundir import RECIPE_FILE
