@@ -49,33 +49,46 @@ def table_statuses(screen) -> dict[str, str]:
     return {row.key.value: str(table.get_row(row.key)[1]) for row in table.ordered_rows}
 
 
+async def open_form(pilot, app):
+    """Press n on Runs and wait for the New run screen."""
+    from finetty.tui.screens.new_run import NewRunScreen
+
+    await pilot.press("n")
+    await until(pilot, lambda: isinstance(app.screen, NewRunScreen), what="the New run screen")
+    return app.screen
+
+
+async def launch_form(pilot, app, form, train: dict[str, str], also=lambda recipe: True):
+    """Type ``train`` settings into the form, wait until it validates with them (and ``also``), press ctrl+l,
+    and return the monitor the launch opens."""
+    from textual.widgets import Input
+
+    from finetty.tui.screens.monitor import MonitorScreen
+
+    for name, value in train.items():
+        form.query_one(f"#train-{name}-editor", Input).value = value
+    await until(pilot, lambda: form.recipe is not None and also(form.recipe)
+                and all(str(form.recipe.train.get(k)) == v for k, v in train.items()), what="the form to validate")
+    await pilot.press("ctrl+l")
+    await until(pilot, lambda: isinstance(app.screen, MonitorScreen), what="the monitor")
+    return app.screen
+
+
 # -- the main flow: new run through the form, watch it, stop it --------------------------------------
 
 @pytest.mark.slow
 def test_new_run_through_the_form_then_monitor_stop_and_list(runs_dir, demo_model):
-    from textual.widgets import Input
-
-    from finetty.tui.screens.monitor import MonitorScreen
-    from finetty.tui.screens.new_run import NewRunScreen
     from finetty.tui.screens.runs import RunsScreen
 
     async def scenario():
         app = make_app(runs_dir, clock=time.time)
         async with app.run_test(size=(100, 30)) as pilot:
-            await pilot.press("n")
-            await until(pilot, lambda: isinstance(app.screen, NewRunScreen), what="the New run screen")
-            form = app.screen
+            form = await open_form(pilot, app)
             # the starter is tiny-demo + identity + LoRA: nothing to pick, no path typed; only make it long
             # enough to stop and log every step
-            for field, value in (("train-max_steps-editor", "2000"), ("train-logging_steps-editor", "1"),
-                                 ("train-save_steps-editor", "1000")):
-                form.query_one(f"#{field}", Input).value = value
-            await until(pilot, lambda: form.recipe is not None and form.recipe.train["max_steps"] == 2000,
-                        what="the form to validate")
-            assert form.recipe.model == "tiny-demo" and form.recipe.method == "lora"
-            await pilot.press("ctrl+l")
-            await until(pilot, lambda: isinstance(app.screen, MonitorScreen), what="the monitor")
-            monitor = app.screen
+            monitor = await launch_form(pilot, app, form, {"max_steps": "2000", "logging_steps": "1",
+                                                           "save_steps": "1000"},
+                                        also=lambda r: r.model == "tiny-demo" and r.method == "lora")
             await until(pilot, lambda: len(monitor.history.train) >= 2, timeout=120, what="step events")
             assert monitor.query_one("#loss-chart").train  # the chart has the points
             assert "running" in str(monitor.query_one("#monitor-status").render())
@@ -91,6 +104,80 @@ def test_new_run_through_the_form_then_monitor_stop_and_list(runs_dir, demo_mode
         assert stopped and rundir.latest_checkpoint(run_dir) is not None  # it checkpointed before stopping
 
     run(scenario())
+
+
+@pytest.mark.slow
+def test_a_launch_from_new_run_is_served_by_the_standby_worker(runs_dir, demo_model):
+    """New run starts a standby worker; the launch hands it the run, and it trains exactly like a cold worker."""
+
+    async def scenario():
+        app = make_app(runs_dir, clock=time.time, standby=True)
+        async with app.run_test(size=(100, 30)) as pilot:
+            form = await open_form(pilot, app)
+            standby = app._standby
+            assert standby is not None and standby.alive()
+            monitor = await launch_form(pilot, app, form, {"max_steps": "12", "logging_steps": "1"})
+            await until(pilot, lambda: monitor.history.status == "finished", timeout=120, what="the run to finish")
+            assert app._standby is None  # it was used, not kept
+        return standby
+
+    standby = run(scenario())
+    run_dir = only_run(runs_dir)
+    started = [e for e in _events(run_dir) if e["type"] == "worker_started"]
+    assert [e["pid"] for e in started] == [standby.pid]  # the standby process became the run's worker
+    steps = [e for e in _events(run_dir) if e["type"] == "step"]
+    assert len(steps) == 12 and steps[-1]["loss"] < steps[0]["loss"]
+    assert (run_dir / rundir.FINAL / "adapter_model.safetensors").is_file()
+    assert standby.process.wait(timeout=60) == 0
+    assert not rundir.is_live(run_dir)
+
+
+@pytest.mark.slow
+def test_new_run_offers_processes_and_the_distributed_engine_and_launches_two(runs_dir, demo_model):
+    from textual.widgets import Select
+
+    async def scenario():
+        app = make_app(runs_dir, clock=time.time)
+        async with app.run_test(size=(100, 30)) as pilot:
+            form = await open_form(pilot, app)
+            processes = form.query_one("#launch-processes", Select)
+            engine = form.query_one("#launch-engine", Select)
+            # no GPU here: the CPU, or two gloo processes; one process needs no engine
+            assert [value for _, value in processes._options if value is not Select.BLANK] == [1, 2]
+            assert processes.value == 1 and engine.disabled
+            await until(pilot, lambda: form.recipe is not None, what="the form to validate")
+            assert not form.recipe.launch.get("num_processes", 1) > 1
+            processes.value = 2
+            engine.value = "fsdp"
+            await until(pilot, lambda: form.recipe is not None and form.recipe.launch.get("num_processes") == 2
+                        and form.recipe.launch.get("distributed_type") == "fsdp", what="two FSDP processes")
+            assert not engine.disabled
+            engine.value = "ddp"
+            monitor = await launch_form(pilot, app, form, {"max_steps": "6", "logging_steps": "1",
+                                                           "per_device_train_batch_size": "4"},
+                                        also=lambda r: r.launch.get("distributed_type") == "ddp")
+            await until(pilot, lambda: monitor.history.status == "finished", timeout=180, what="the run to finish")
+
+    run(scenario())
+    run_dir = only_run(runs_dir)
+    found = _events(run_dir)
+    started = next(e for e in found if e["type"] == "run_started")
+    assert started["world_size"] == 2
+    assert [e["step"] for e in found if e["type"] == "step"] == list(range(1, 7))
+
+
+def test_an_unused_standby_worker_exits_with_the_app(runs_dir):
+    async def scenario():
+        app = make_app(runs_dir, standby=True)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await open_form(pilot, app)
+            await until(pilot, lambda: app._standby is not None, what="the standby worker")
+            standby = app._standby
+            await pilot.press("escape")
+        return standby
+
+    standby = run(scenario())
+    assert standby.process.wait(timeout=60) == 0  # its socket closed with the app: it left on its own
 
 
 def only_run(runs: Path) -> Path:

@@ -62,6 +62,27 @@ TRAIN_FIELDS = (
     ("bf16", "bool", "train in bfloat16 (GPUs that support it)"),
     ("seed", "int", "random seed"),
 )
+#: The distributed engines the form offers: (label, launch.distributed_type, launch.zero_stage).
+ENGINES = (("ddp  (a full copy of the model on each GPU)", "ddp", None),
+           ("fsdp  (weights, gradients, optimizer sharded)", "fsdp", None),
+           ("deepspeed ZeRO-2  (gradients, optimizer sharded)", "deepspeed", 2),
+           ("deepspeed ZeRO-3  (weights sharded too)", "deepspeed", 3))
+
+
+def process_choices(gpus: int) -> list[tuple[str, int]]:
+    """How many training processes to offer: one per GPU found (all of them, or fewer), or 1-2 on the CPU."""
+    if gpus <= 0:
+        return [("1  (no GPU found: the CPU)", 1), ("2  (CPU processes, gloo)", 2)]
+    counts = sorted({1, gpus} | {n for n in (2, 4, 8) if n < gpus})
+    return [(f"{n}  ({'every GPU found' if n == gpus else 'GPU' if n == 1 else 'GPUs'}"
+             f"{'' if n == gpus or n == 1 else ' of ' + str(gpus)})", n) for n in counts]
+
+
+def engine_key(launch: dict) -> str:
+    kind = launch.get("distributed_type", "ddp")
+    return f"deepspeed-{launch.get('zero_stage', 2)}" if kind == "deepspeed" else kind
+
+
 DEFAULT_HINT = "Tab/shift+Tab: next/previous field · Enter: open a picker · ctrl+l: launch"
 TRAIN_KEYS = {name for name, _, _ in TRAIN_FIELDS}
 
@@ -209,6 +230,19 @@ class NewRunScreen(Screen):
             yield self._row("more train settings", Input(to_text(more) if more else "", id="train-more", compact=True,
                             placeholder="{weight_decay: 0.01, optim: adamw_torch}",
                             tooltip="any other TrainingArguments field, as a YAML mapping"))
+
+            yield Static("Devices", classes="section")
+            launch = dict(start.get("launch") or {})
+            choices = process_choices(len(self._gpus()))
+            wanted = int(launch.get("num_processes", 1) or 1)
+            if wanted not in {n for _, n in choices}:
+                choices.append((f"{wanted}  (from the recipe)", wanted))
+            yield self._row("processes", Select(choices, value=wanted, allow_blank=False, id="launch-processes",
+                                                compact=True))
+            yield self._row("distributed", Select([(label, f"{kind}-{stage}" if stage else kind)
+                                                   for label, kind, stage in ENGINES],
+                                                  value=engine_key(launch), allow_blank=False, id="launch-engine",
+                                                  compact=True, disabled=wanted <= 1))
         yield Static(Text(DEFAULT_HINT, style="dim"), id="form-hint", classes="hint")
         with Horizontal(id="form-buttons"):
             yield Button("Launch ⏎", id="launch", variant="success", compact=True)
@@ -216,10 +250,18 @@ class NewRunScreen(Screen):
             yield Button("Save recipe ^s", id="save", compact=True)
         yield Footer()
 
+    @staticmethod
+    def _gpus() -> list:
+        """The GPUs NVML sees (none here without a driver); read without torch."""
+        from finetty.core.estimate import visible_gpus
+
+        return visible_gpus()
+
     def _row(self, label: str, widget, row_id: str | None = None) -> Horizontal:
         return Horizontal(Label(label), widget, classes="field", id=row_id)
 
     async def on_mount(self) -> None:
+        self.app.warm_standby()  # the heavy imports start now, in a process of their own, while the form is filled in
         for key in ("method", "quantizer", "objective"):
             await self._build_options(key, self.start.get(f"{key}_options") or {})
         self._sync_path_rows()
@@ -292,6 +334,16 @@ class NewRunScreen(Screen):
             if value is not None and not (field.type_ == "bool" and value is False):
                 train[field.option_name] = value
         out["train"] = train
+        processes = self.query_one("#launch-processes", Select).value
+        launch = {k: v for k, v in (self.start.get("launch") or {}).items()
+                  if k not in ("num_processes", "distributed_type", "zero_stage")}
+        if isinstance(processes, int) and processes > 1:
+            kind, _, stage = str(self.query_one("#launch-engine", Select).value).partition("-")
+            launch.update(num_processes=processes, distributed_type=kind)
+            if stage:
+                launch["zero_stage"] = int(stage)
+        if launch:
+            out["launch"] = launch
         return out
 
     def _mark(self, field_key: str | None) -> None:
@@ -326,6 +378,9 @@ class NewRunScreen(Screen):
             await self._build_options(control.id, {})
         if isinstance(control, Select) and control.id in ("model", "dataset", "method"):
             self._sync_path_rows()
+        if isinstance(control, Select) and control.id == "launch-processes":
+            self.query_one("#launch-engine", Select).disabled = not (isinstance(control.value, int)
+                                                                     and control.value > 1)
         if self._timer is not None:
             self._timer.stop()
         self._timer = self.set_timer(0.2, self._validate)
@@ -495,7 +550,11 @@ class NewRunScreen(Screen):
                                                                 f"else trains")
                 return
             run_dir = rundir.create(runs, recipe.method, recipe.to_yaml())
-            launch.start_worker(run_dir)
+            standby = self.app.take_standby()
+            if standby is None or not standby.launch(run_dir):  # (a standby serves single-process, no-bnb runs)
+                launch.start_worker(run_dir)
+                if standby is not None:
+                    self.app.keep_standby(standby)
         except (InputError, RunBusyError, OSError) as exc:
             self.app.call_from_thread(self._failed, exc)
             return
