@@ -202,17 +202,7 @@ def run_forever(runs: Path, poll: float = 2.0, say: Callable[[str], None] = lamb
 
 
 def runner_alive(runs: Path) -> bool:
-    try:
-        fd = os.open(runs / RUNNER_LOCK, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return rundir.is_locked(runs / RUNNER_LOCK)
 
 
 def ensure_runner(runs: Path) -> subprocess.Popen | None:

@@ -97,8 +97,13 @@ def lock_holder(run_dir: Path) -> int | None:
 
 def is_live(run_dir: Path) -> bool:
     """True while a worker process holds the run's lock."""
+    return is_locked(run_dir / LOCK_FILE)
+
+
+def is_locked(path: Path) -> bool:
+    """True while some process holds an ``flock`` on ``path`` (a dead holder's lock is gone with it)."""
     try:
-        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return False
     try:
