@@ -251,6 +251,8 @@ def report(results: dict) -> str:
     lines += [f"TUI: first frame {t['first_frame_median'] * 1e3:.0f} ms (median of {len(t['first_frame'])} fresh "
               f"launches; target < 500 ms); key to repaint while a run trains: median {t['latency_median'] * 1e3:.1f} ms, "
               f"p95 {t['latency_p95'] * 1e3:.1f} ms over {len(t['latencies'])} keys (target p95 < 100 ms)",
+              f"TUI launch (New run open 8 s, ctrl+l) to the first optimizer step: cold worker "
+              f"{t['launch_cold_median']:.2f} s, standby worker {t['launch_standby_median']:.2f} s (medians)",
               f"Monitor: {monitor_cost.describe(results['monitor'])} (target < 1%)"]
     return "\n".join(lines)
 

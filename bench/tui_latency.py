@@ -9,7 +9,10 @@ A reader thread timestamps every byte the app writes.
 1. First frame: from starting the process to the moment the Runs screen's
    header (``finetty — runs``) has been written, in a fresh process each time
    (interpreter start and imports included), with nothing training.
-2. Key to repaint: with a LoRA run of the tiny demo training in the
+2. Launch to first step: the New run screen opened as a newcomer sees it, 8 s
+   to "choose", ctrl+l, and the seconds to the run's first optimizer step,
+   with the standby worker (core/standby.py) and without it, alternating.
+3. Key to repaint: with a LoRA run of the tiny demo training in the
    background (a detached worker on both cores, its events followed live by
    the Runs screen), the script types ``p`` (open Plugins) and ``b`` (back to
    Runs), alternately, and times each key to the first write that shows the
@@ -144,6 +147,48 @@ def key_latencies(env: dict, keys: int) -> list[float]:
     return latencies
 
 
+def launch_to_first_step(runs: Path, standby: bool, think: float = 8.0) -> float:
+    """Seconds from ctrl+l on the New run screen to the run's first optimizer step, the form opened ``think`` s before.
+
+    The app runs headless in this process (Pilot); the worker is a real detached process either way."""
+    import asyncio
+
+    from textual.widgets import Input
+
+    from finetty.tui.app import FinettyApp
+    from finetty.tui.screens.new_run import NewRunScreen
+
+    async def scenario() -> float:
+        app = FinettyApp(runs=runs, first_run=True, standby=standby, notify_write=lambda text: None)
+        async with app.run_test(size=(80, 24)) as pilot:
+            while not isinstance(app.screen, NewRunScreen):
+                await pilot.pause(0.05)
+            form = app.screen
+            form.query_one("#train-max_steps-editor", Input).value = "5"
+            form.query_one("#train-logging_steps-editor", Input).value = "1"
+            started = time.monotonic()
+            while form.recipe is None or form.recipe.train["max_steps"] != 5 or time.monotonic() - started < think:
+                await pilot.pause(0.05)
+            before = set(runs.iterdir()) if runs.exists() else set()
+            pressed = time.time()
+            await pilot.press("ctrl+l")
+            deadline = time.monotonic() + 120
+            while True:
+                new = [p for p in (set(runs.iterdir()) - before) if (p / "events.jsonl").exists()]
+                for run in new:
+                    for line in (run / "events.jsonl").read_text().splitlines():
+                        if '"type": "step"' in line:
+                            first = json.loads(line)["ts"] - pressed
+                            while '"run_finished"' not in (run / "events.jsonl").read_text():
+                                await pilot.pause(0.1)
+                            return first
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the launched run did not reach its first step")
+                await pilot.pause(0.02)
+
+    return asyncio.run(scenario())
+
+
 def p95(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
@@ -160,6 +205,11 @@ def measure(launches: int = 5, keys: int = 60, work: Path | None = None) -> dict
     subprocess.run(cli + ["train", str(REPO / "recipes/demo-lora.yaml"), "--set", "train.max_steps=4"], env=env,
                    check=True, capture_output=True)
     frames = first_frames(env, launches)
+    os.environ.update(FINETTY_HOME=str(home), HF_HUB_OFFLINE="1", FINETTY_NOTIFY="0")
+    launch = {"cold": [], "standby": []}
+    for round_ in range(max(1, launches // 2)):
+        for warm in ((False, True) if round_ % 2 == 0 else (True, False)):
+            launch["standby" if warm else "cold"].append(launch_to_first_step(home / "runs", warm))
     out = subprocess.run(cli + ["train", str(REPO / "recipes/demo-lora.yaml"), "--detach", "--set",
                                 "train.max_steps=100000", "--set", "train.save_steps=100000"],
                          env=env, check=True, capture_output=True, text=True)
@@ -178,7 +228,9 @@ def measure(launches: int = 5, keys: int = 60, work: Path | None = None) -> dict
     shutil.rmtree(work, ignore_errors=True)
     return {"first_frame": frames, "first_frame_median": statistics.median(frames),
             "latencies": latencies, "latency_median": statistics.median(latencies), "latency_p95": p95(latencies),
-            "background_steps": steps}
+            "background_steps": steps, "launch_cold": launch["cold"], "launch_standby": launch["standby"],
+            "launch_cold_median": statistics.median(launch["cold"]),
+            "launch_standby_median": statistics.median(launch["standby"])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"first frame: median {result['first_frame_median'] * 1e3:.0f} ms "
           f"({', '.join(f'{t * 1e3:.0f}' for t in result['first_frame'])} ms)")
+    print(f"New run, ctrl+l to the first optimizer step: cold worker {result['launch_cold_median']:.2f} s, "
+          f"standby worker {result['launch_standby_median']:.2f} s (medians; the form open 8 s first)")
     print(f"key to repaint while training ({result['background_steps']} steps trained meanwhile): "
           f"median {result['latency_median'] * 1e3:.1f} ms, p95 {result['latency_p95'] * 1e3:.1f} ms "
           f"over {len(result['latencies'])} keys")
