@@ -8,6 +8,7 @@ and look at the SVGs in tests/__snapshots__/test_tui_snapshots/.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import types
 
@@ -15,6 +16,7 @@ import pytest
 
 from finetty.core.plugin_api import hookimpl
 
+from . import results_runs
 from .tui_runs import FROZEN, make_runs, memory_events, recorded, workers_done, write_run
 
 SIZES = [(80, 24), (120, 40)]
@@ -122,3 +124,29 @@ def test_help_screen(snap_compare, stable, runs_dir, tmp_path, size):
         await settle(pilot)
 
     assert snap_compare(app_for(runs_dir, stable, tmp_path), terminal_size=size, run_before=ready)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_chat_screen(snap_compare, stable, runs_dir, tmp_path, size, demo_model, tmp_path_factory):
+    """Opened from the monitor with c; compare on; one greedy question answered by base and tuned."""
+    run = runs_dir / "261122-110826-lora-f667"  # a fixed id: the bar shows it
+    shutil.copytree(results_runs.trained("identity", tmp_path_factory), run)
+
+    async def ready(pilot):
+        await settle(pilot, lambda: getattr(pilot.app.screen, "history", None) is not None
+                     and pilot.app.screen.history.status == "finished")
+        await pilot.press("c")
+        await settle(pilot, lambda: "tuned" in getattr(pilot.app.screen, "models", {}), timeout=120)
+        screen = pilot.app.screen
+        await pilot.press("ctrl+b")
+        await settle(pilot, lambda: "base" in screen.models, timeout=120)
+        screen.query_one("#chat-temperature").value = "0"
+        screen.query_one("#chat-max-new-tokens").value = "16"
+        screen.query_one("#chat-input").focus()
+        await pilot.press(*"Who are you?", "enter")
+        await settle(pilot, lambda: not screen.generations, timeout=120)
+        screen.query_one("#chat-input").focus()
+        pilot.app.clear_notifications()  # the "run finished" toast comes and goes with the clock
+        await pilot.pause()
+
+    assert snap_compare(app_for(runs_dir, stable, tmp_path, open_run=run), terminal_size=size, run_before=ready)

@@ -88,14 +88,20 @@ class ChatScreen(Screen):
         with Horizontal(id="chat-bar"):
             yield Label(f"run {self.run_dir.name}", id="chat-run")
             yield Select(options, prompt="checkpoint", id="chat-checkpoint", allow_blank=True)
-            yield Checkbox("compare with base", id="chat-compare")
+            yield Checkbox("base too", id="chat-compare",
+                           tooltip="compare: the same prompt to the base model, its answer beside the tuned one")
             yield Static("", id="chat-status")
+        # the border titles are short so that all five read whole at 80 columns; tooltips say the rest
         with Horizontal(id="chat-settings"):
-            yield Input(placeholder="model's; 0 = greedy", id="chat-temperature", type="number")
-            yield Input(placeholder="model's", id="chat-top-p", type="number")
-            yield Input("256", placeholder="max new tokens", id="chat-max-new-tokens", type="integer")
-            yield Input(placeholder="model's", id="chat-repetition-penalty", type="number")
-            yield Input(placeholder="none", id="chat-system")
+            yield Input(placeholder="default", id="chat-temperature", type="number",
+                        tooltip="temperature: 0 = greedy; empty = the model's generation config")
+            yield Input(placeholder="default", id="chat-top-p", type="number",
+                        tooltip="top-p (nucleus sampling), above 0 and at most 1; empty = the model's")
+            yield Input("256", placeholder="256", id="chat-max-new-tokens", type="integer",
+                        tooltip="the most tokens one answer may have")
+            yield Input(placeholder="default", id="chat-repetition-penalty", type="number",
+                        tooltip="repetition penalty (1 = none); empty = the model's")
+            yield Input(placeholder="none", id="chat-system", tooltip="a system prompt for the conversation")
         yield Static("", id="chat-notes")
         with Horizontal(id="chat-panes"):
             yield ChatPane("base", id="pane-base")
@@ -104,9 +110,8 @@ class ChatScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        for name, title in (("temperature", "temperature"), ("top-p", "top-p"),
-                            ("max-new-tokens", "max new tokens"), ("repetition-penalty", "repetition penalty"),
-                            ("system", "system prompt")):
+        for name, title in (("temperature", "temp"), ("top-p", "top-p"), ("max-new-tokens", "tokens"),
+                            ("repetition-penalty", "rep. pen."), ("system", "system")):
             self.query_one(f"#chat-{name}", Input).border_title = title
         self.query_one("#pane-base").display = False
         self.query_one("#chat-input", Input).focus()
