@@ -105,7 +105,7 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
     dim]`` in, ``([1, tokens, heads, dim], None)`` out.
     """
     import torch
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if cu_seq_lens_q is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
@@ -113,14 +113,15 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
     PACKED_CALLS.append(int(cu_seq_lens_q.numel()) - 1)
     if len(PACKED_CALLS) > 64:
         del PACKED_CALLS[:-1]
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:
-        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    gqa = query.shape[1] != key.shape[1]  # grouped key/value heads: sdpa shares them without copying them
     bounds = cu_seq_lens_q.tolist()
+    sizes = [b - a for a, b in zip(bounds, bounds[1:])]
     dropout = dropout if module.training else 0.0
-    outputs = [torch.nn.functional.scaled_dot_product_attention(
-        query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=dropout, scale=scaling, is_causal=True)
-        for a, b in zip(bounds, bounds[1:])]
+    # split, not one slice per example: its backward is a single concatenation, where each slice's backward
+    # would write its gradient into a zeroed tensor the size of the whole batch
+    outputs = [torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling,
+                                                                is_causal=True, enable_gqa=gqa)
+               for q, k, v in zip(query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2))]
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
 
 
