@@ -83,3 +83,11 @@ def write_recipe(folder: Path, text: str, name: str = "recipe.yaml") -> Path:
     path = folder / name
     path.write_text(text)
     return path
+
+
+@pytest.fixture(scope="session")
+def identity_run(tmp_path_factory, demo_model) -> Path:
+    """A LoRA run of the tiny demo that learned the identity questions (trained once; tests/results_runs.py)."""
+    from . import results_runs
+
+    return results_runs.trained("identity", tmp_path_factory)

@@ -13,14 +13,9 @@ from finetty.core import evaluate, rundir
 from finetty.core import recipe as recipe_mod
 from finetty.core.registry import load_plugins
 
-from . import inprocess, results_runs
+from . import inprocess
 from .conftest import RECIPES, events, finetty
 from .results_runs import IDENTITY
-
-
-@pytest.fixture(scope="module")
-def identity_run(tmp_path_factory, demo_model):
-    return results_runs.trained("identity", tmp_path_factory)
 
 
 def test_metrics():

@@ -39,11 +39,6 @@ print(json.dumps({"tokens": found, "finetty_imported": any(m.startswith("finetty
 """
 
 
-@pytest.fixture(scope="module")
-def identity_run(tmp_path_factory, demo_model):
-    return results_runs.trained("identity", tmp_path_factory)
-
-
 def greedy(loaded, questions, new_tokens=24):
     import torch
 

@@ -20,11 +20,6 @@ OTHER_METHODS = ["lora", "qlora", "dora", "ia3", "adapter", "prefix", "prompt"]
 
 
 @pytest.fixture(scope="module")
-def identity_run(tmp_path_factory, demo_model):
-    return results_runs.trained("identity", tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
 def tuned(identity_run):
     return inference.load(identity_run)
 

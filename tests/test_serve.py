@@ -15,14 +15,8 @@ import pytest
 from finetty.core import inference, serve
 from finetty.core.errors import InputError
 
-from . import results_runs
 from .conftest import REPO, finetty
 from .results_runs import IDENTITY
-
-
-@pytest.fixture(scope="module")
-def identity_run(tmp_path_factory, demo_model):
-    return results_runs.trained("identity", tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,7 @@ from textual.widgets import Input, Select
 from finetty.tui.screens.chat import ChatScreen
 from finetty.tui.widgets.chat_pane import ChatPane
 
-from . import results_runs
 from .results_runs import IDENTITY
-
-
-@pytest.fixture(scope="module")
-def identity_run(tmp_path_factory, demo_model):
-    return results_runs.trained("identity", tmp_path_factory)
 
 
 class ChatApp(App):

@@ -16,7 +16,6 @@ import pytest
 
 from finetty.core.plugin_api import hookimpl
 
-from . import results_runs
 from .tui_runs import FROZEN, make_runs, memory_events, recorded, workers_done, write_run
 
 SIZES = [(80, 24), (120, 40)]
@@ -127,10 +126,10 @@ def test_help_screen(snap_compare, stable, runs_dir, tmp_path, size):
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_chat_screen(snap_compare, stable, runs_dir, tmp_path, size, demo_model, tmp_path_factory):
+def test_chat_screen(snap_compare, stable, runs_dir, tmp_path, size, identity_run):
     """Opened from the monitor with c; compare on; one greedy question answered by base and tuned."""
     run = runs_dir / "261122-110826-lora-f667"  # a fixed id: the bar shows it
-    shutil.copytree(results_runs.trained("identity", tmp_path_factory), run)
+    shutil.copytree(identity_run, run)
 
     async def ready(pilot):
         await settle(pilot, lambda: getattr(pilot.app.screen, "history", None) is not None
