@@ -84,7 +84,8 @@ class RunsScreen(Screen):
         loss = f"{run.loss:.3f}" if run.loss is not None else "-"
         row = [run.id, status_text(run.status)]
         if wide:
-            row += [run.model.rsplit("/", 1)[-1][:24], run.method]
+            row.append(run.model.rsplit("/", 1)[-1][:24])
+        row.append(run.method if wide else run.method[:8])
         return row + [step, loss, duration(elapsed), duration(eta)]
 
     def show(self, runs: list[rundir.RunSummary], queue) -> None:
@@ -95,7 +96,8 @@ class RunsScreen(Screen):
             self._wide = wide
             table.clear(columns=True)
             self._keys = []
-            names = ["run", "status"] + (["model", "method"] if wide else []) + ["step", "loss", "elapsed", "ETA"]
+            # at 80 columns the model goes to the detail line below the table; the method stays
+            names = ["run", "status"] + (["model"] if wide else []) + ["method", "step", "loss", "elapsed", "ETA"]
             for name in names:
                 table.add_column(name, key=name)
         keys = [run.id for run in runs]
