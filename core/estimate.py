@@ -253,7 +253,8 @@ class Estimate:
 
     def verdict(self) -> str:
         if not self.gpus:
-            return f"needs about {gib(self.total)} per GPU; no GPU visible to compare with"
+            return (f"needs about {gib(self.total)} per GPU ({gib(CONTEXT_BYTES)} of it the CUDA context); "
+                    f"no GPU visible to compare with")
         bad = [v for v in self.gpus if not v.under_watermark]
         if not bad:
             return f"fits: about {gib(self.total)} per GPU, under the {self.watermark:.0%} watermark"
@@ -263,6 +264,8 @@ class Estimate:
 
     def summary(self) -> str:
         """One line for a form: the verdict, and the first change that would make it fit when it does not."""
+        if not self.gpus:  # (short enough for one line at 80 columns)
+            return f"memory: about {gib(self.total)} per GPU ({CONTEXT_BYTES >> 20} MiB CUDA context); no GPU visible"
         text = f"memory: {self.verdict()}"
         if self.fits is False and self.suggestions:
             text += f"; try {self.suggestions[0].change}"
