@@ -166,6 +166,47 @@ def test_new_run_offers_processes_and_the_distributed_engine_and_launches_two(ru
     assert [e["step"] for e in found if e["type"] == "step"] == list(range(1, 7))
 
 
+@pytest.mark.slow
+def test_trust_remote_code_is_asked_before_a_launch(runs_dir, demo_model):
+    from textual.widgets import Select
+
+    from finetty.tui.screens.confirm import ConfirmScreen
+    from finetty.tui.screens.new_run import NewRunScreen
+
+    async def scenario():
+        app = make_app(runs_dir, clock=time.time)
+        async with app.run_test(size=(100, 30)) as pilot:
+            form = await open_form(pilot, app)
+            await until(pilot, lambda: form.recipe is not None, what="the form to validate")
+            assert form.recipe.trust_remote_code is False  # off unless asked for
+            form.query_one("#trust_remote_code-editor", Select).value = True
+            await until(pilot, lambda: form.recipe is not None and form.recipe.trust_remote_code,
+                        what="the form to validate with trust_remote_code")
+            await pilot.press("ctrl+l")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the question")
+            assert "trust_remote_code" in str(app.screen.query_one("Static").render())
+            await pilot.press("n")
+            await until(pilot, lambda: isinstance(app.screen, NewRunScreen))
+            assert not runs_dir.exists() or not any(runs_dir.iterdir()), "nothing launched on no"
+            monitor = await launch_after_yes(pilot, app, form)
+            await until(pilot, lambda: monitor.history.status == "finished", timeout=120, what="the run to finish")
+
+    async def launch_after_yes(pilot, app, form):
+        from finetty.tui.screens.monitor import MonitorScreen
+        from textual.widgets import Input
+
+        form.query_one("#train-max_steps-editor", Input).value = "2"
+        await until(pilot, lambda: form.recipe is not None and form.recipe.train["max_steps"] == 2)
+        await pilot.press("ctrl+l")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the question again")
+        await pilot.press("y")
+        await until(pilot, lambda: isinstance(app.screen, MonitorScreen), what="the monitor")
+        return app.screen
+
+    run(scenario())
+    assert "trust_remote_code: true" in (only_run(runs_dir) / "recipe.yaml").read_text()
+
+
 def test_an_unused_standby_worker_exits_with_the_app(runs_dir):
     async def scenario():
         app = make_app(runs_dir, standby=True)

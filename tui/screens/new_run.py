@@ -26,6 +26,7 @@ from finetty.core import demo, models
 
 from ..widgets.option_field import OptionField, parse, to_text
 from ..widgets.path_input import PathSuggester
+from .confirm import ConfirmScreen
 
 PATH = "__path__"
 
@@ -185,6 +186,10 @@ class NewRunScreen(Screen):
             yield self._row("folder", Input("" if model_value in known else model_value, id="model-path", compact=True,
                                             placeholder="path to a model folder (→ completes)",
                                             suggester=PathSuggester(base=self.base_dir)), row_id="model-path-row")
+            yield OptionField("trust_remote_code", "trust remote code", "bool", False,
+                              "run Python code that ships with the model folder (asked again at launch; "
+                              "only for code you trust)", value=bool(start.get("trust_remote_code")),
+                              id="trust_remote_code")
 
             yield Static("Data", classes="section")
             sets = [(short(f"{name}  (built-in: {info[2]})"), name) for name, info in data_mod.BUILTIN.items()]
@@ -304,6 +309,8 @@ class NewRunScreen(Screen):
             "model": text("model-path") if model == PATH else model,
             "dataset": text("dataset-path") if dataset == PATH else dataset,
         }
+        if self.query_one("#trust_remote_code", OptionField).read() is True:
+            out["trust_remote_code"] = True
         for widget_id in ("dataset_options", "train-more"):
             raw = text(widget_id)
             try:
@@ -531,8 +538,20 @@ class NewRunScreen(Screen):
         except ValueError as exc:
             self.notify(str(exc).partition("|")[2], severity="error")
             return
-        self.query_one("#launch", Button).disabled = True
-        self._start(data, how)
+        if not self.recipe.trust_remote_code:
+            self.query_one("#launch", Button).disabled = True
+            self._start(data, how)
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.query_one("#launch", Button).disabled = True
+                self._start(data, how)
+
+        self.app.push_screen(ConfirmScreen(
+            f"{self.recipe.model} will run with trust_remote_code: the Python code that ships with the model "
+            f"runs in the worker, with your permissions.\nOnly go on if you trust where it came from.",
+            yes="Launch" if how == "launch" else "Queue"), answered)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="launch")
     def _start(self, data: dict, how: str) -> None:
