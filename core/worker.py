@@ -54,7 +54,11 @@ class NullWriter:
         pass
 
 
-class PluginFailure(Exception):
+class RunFailure(Exception):
+    """The run cannot go on; ``str()`` is the whole one-line reason (no traceback is printed for it)."""
+
+
+class PluginFailure(RunFailure):
     """A plugin raised; the reason names it."""
 
 
@@ -90,6 +94,20 @@ def _device() -> str:
     if torch.cuda.is_available():
         return f"cuda ({torch.cuda.device_count()}x {torch.cuda.get_device_name(0)})"
     return "cpu"
+
+
+def _check_engine(recipe) -> None:
+    """FSDP and DeepSpeed need an accelerator (accelerate refuses them on the CPU); say so in one line."""
+    kind = recipe.launch.get("distributed_type", "ddp")
+    if distributed.world_size() <= 1 or kind == "ddp":
+        return
+    import torch
+
+    probe = getattr(getattr(torch, "accelerator", None), "is_available", None)  # torch >= 2.6
+    if not (probe() if probe else torch.cuda.is_available()):
+        raise RunFailure(f"launch.distributed_type {kind} needs GPUs (accelerate runs {kind} on CUDA, XPU, NPU "
+                         f"and the like) and this machine has none visible; use distributed_type: ddp for "
+                         f"processes on the CPU")
 
 
 def _plugin_call(kind: str, name: str, fn, *args):
@@ -198,6 +216,7 @@ def train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool) 
             raise PluginFailure(f"{kind} {name!r} is not available"
                                 + (f": plugin {broken.name!r} failed to load: {broken.error}" if broken else ""))
     _skip_unneeded_imports(recipe, registry)
+    _check_engine(recipe)
     from .callbacks import CheckpointCallback, EventsCallback, RequestsCallback, TokenCounter
 
     tokens = TokenCounter()
@@ -291,7 +310,7 @@ def _save_final(trainer, method, tokenizer, run_dir: Path) -> None:
 
 def _one_line(exc: BaseException) -> str:
     text = (str(exc).strip().splitlines() or [""])[0]
-    return text if isinstance(exc, PluginFailure) else f"{type(exc).__name__}: {text}".rstrip(": ")
+    return text if isinstance(exc, RunFailure) else f"{type(exc).__name__}: {text}".rstrip(": ")
 
 
 def _chain(exc: BaseException):
@@ -381,7 +400,7 @@ def _failure_reason(exc: BaseException, run_dir: Path) -> str:
             room = "free space unknown"
         return (f"the disk is full: no space left writing {where} ({room}); earlier checkpoints are intact: "
                 f"free some space, then `finetty train --resume {run_dir.name}`")
-    if not isinstance(exc, PluginFailure) and not isinstance(exc, KeyboardInterrupt):
+    if not isinstance(exc, (RunFailure, KeyboardInterrupt)):
         plugin = _plugin_in_traceback(exc)
         if plugin is not None:
             kinds = "/".join(sorted({kind for kind, _ in plugin.provides})) or "plugin"
@@ -422,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return train(run_dir, events, requests, args.resume)
     except BaseException as exc:
-        if not isinstance(exc, PluginFailure):
+        if not isinstance(exc, RunFailure):
             traceback.print_exc()
         reason = _failure_reason(exc, run_dir)
         if supervised:  # the supervisor writes the one run_failed, naming the rank that died first

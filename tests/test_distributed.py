@@ -110,3 +110,16 @@ def test_stop_stops_every_rank_after_a_checkpoint(tmp_path, demo_model):
     assert rundir.latest_checkpoint(run).name == rundir.checkpoint_name(stopped["step"])
     assert len(list(rundir.latest_checkpoint(run).glob("rng_state_*.pth"))) == 2
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers.values())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU: FSDP can run here")
+def test_fsdp_without_a_gpu_fails_with_one_clear_reason(tmp_path, demo_model):
+    out = finetty("train", str(RECIPES / "demo-lora.yaml"), "--runs-dir", str(tmp_path), "--set", "train.max_steps=2",
+                  "--set", "launch.distributed_type=fsdp", *TWO)
+    assert out.returncode == 1
+    run = only_run(tmp_path)
+    reason = rundir.summarize(run).reason
+    assert "distributed_type fsdp needs GPUs" in reason and "distributed_type: ddp" in reason, reason
+    assert "plugin" not in reason  # accelerate's refusal, not blamed on the sft plugin
+    assert not any(e["type"] == "step" for e in events(run))

@@ -147,12 +147,12 @@ def test_new_run_offers_processes_and_the_distributed_engine_and_launches_two(ru
             assert processes.value == 1 and engine.disabled
             await until(pilot, lambda: form.recipe is not None, what="the form to validate")
             assert not form.recipe.launch.get("num_processes", 1) > 1
+            # FSDP and DeepSpeed need GPUs: with none, DDP (gloo) is the only engine offered
+            assert [value for _, value in engine._options if value is not Select.BLANK] == ["ddp"]
             processes.value = 2
-            engine.value = "fsdp"
             await until(pilot, lambda: form.recipe is not None and form.recipe.launch.get("num_processes") == 2
-                        and form.recipe.launch.get("distributed_type") == "fsdp", what="two FSDP processes")
+                        and form.recipe.launch.get("distributed_type") == "ddp", what="two DDP processes")
             assert not engine.disabled
-            engine.value = "ddp"
             monitor = await launch_form(pilot, app, form, {"max_steps": "6", "logging_steps": "1",
                                                            "per_device_train_batch_size": "4"},
                                         also=lambda r: r.launch.get("distributed_type") == "ddp")
@@ -205,6 +205,31 @@ def test_trust_remote_code_is_asked_before_a_launch(runs_dir, demo_model):
 
     run(scenario())
     assert "trust_remote_code: true" in (only_run(runs_dir) / "recipe.yaml").read_text()
+
+
+def test_with_gpus_new_run_offers_one_process_per_gpu_and_every_engine(runs_dir, monkeypatch):
+    from textual.widgets import Select
+
+    from finetty.core.gpu import GpuReading
+    from finetty.tui.screens.new_run import NewRunScreen
+
+    four = [GpuReading(n, "NVIDIA A100-SXM4-80GB", 0, 80 * 2**30, 0, None) for n in range(4)]
+    monkeypatch.setattr(NewRunScreen, "_gpus", staticmethod(lambda: four))
+
+    async def scenario():
+        app = make_app(runs_dir)
+        async with app.run_test(size=(100, 30)) as pilot:
+            form = await open_form(pilot, app)
+            processes = form.query_one("#launch-processes", Select)
+            engine = form.query_one("#launch-engine", Select)
+            assert [value for _, value in processes._options] == [1, 2, 4]
+            assert [value for _, value in engine._options] == ["ddp", "fsdp", "deepspeed-2", "deepspeed-3"]
+            processes.value = 4
+            engine.value = "deepspeed-3"
+            await until(pilot, lambda: form.recipe is not None and form.recipe.launch.get("num_processes") == 4)
+            assert form.recipe.launch["distributed_type"] == "deepspeed" and form.recipe.launch["zero_stage"] == 3
+
+    run(scenario())
 
 
 def test_an_unused_standby_worker_exits_with_the_app(runs_dir):

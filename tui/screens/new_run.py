@@ -238,15 +238,20 @@ class NewRunScreen(Screen):
 
             yield Static("Devices", classes="section")
             launch = dict(start.get("launch") or {})
-            choices = process_choices(len(self._gpus()))
+            gpus = len(self._gpus())
+            choices = process_choices(gpus)
             wanted = int(launch.get("num_processes", 1) or 1)
             if wanted not in {n for _, n in choices}:
                 choices.append((f"{wanted}  (from the recipe)", wanted))
             yield self._row("processes", Select(choices, value=wanted, allow_blank=False, id="launch-processes",
                                                 compact=True))
+            engines = ENGINES if gpus else ENGINES[:1]  # FSDP and DeepSpeed need GPUs; CPU processes use DDP
+            engine = engine_key(launch)
+            if engine not in {f"{k}-{st}" if st else k for _, k, st in engines}:
+                engine = "ddp"
             yield self._row("distributed", Select([(label, f"{kind}-{stage}" if stage else kind)
-                                                   for label, kind, stage in ENGINES],
-                                                  value=engine_key(launch), allow_blank=False, id="launch-engine",
+                                                   for label, kind, stage in engines],
+                                                  value=engine, allow_blank=False, id="launch-engine",
                                                   compact=True, disabled=wanted <= 1))
         yield Static(Text(DEFAULT_HINT, style="dim"), id="form-hint", classes="hint")
         with Horizontal(id="form-buttons"):
