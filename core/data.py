@@ -73,7 +73,7 @@ def resolve_source(spec: str, base_dir: Path, recipe_file: str | Path | None = N
                        and not any(part.startswith(".") for part in p.relative_to(path).parts))
         if not files:
             raise InputError(path, None, "holds no data files",
-                             f"put .jsonl, .json, .csv, .parquet or .txt files in it")
+                             "put .jsonl, .json, .csv, .parquet or .txt files in it")
         kinds = {DATA_SUFFIXES[p.suffix.lower()] for p in files}
         if len(kinds) > 1:
             raise InputError(path, None, f"mixes data file types ({', '.join(sorted(kinds))})",

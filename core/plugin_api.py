@@ -20,7 +20,7 @@ Built-ins live in ``plugins/`` and use exactly this module, nothing else of core
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 

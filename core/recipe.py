@@ -284,7 +284,7 @@ def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, ch
     if method.implies_quantizer:
         if recipe.quantizer not in ("none", method.implies_quantizer):
             raise source.error(("quantizer",), f"method {method.name!r} always uses {method.implies_quantizer!r}, "
-                               f"not {recipe.quantizer!r}", f"drop the quantizer key or use method: lora")
+                               f"not {recipe.quantizer!r}", "drop the quantizer key or use method: lora")
         recipe.quantizer = method.implies_quantizer
     _check_kind("quantizer", recipe.quantizer, registry, source, allow_none=True)
     if recipe.quantizer not in method.quantizers:

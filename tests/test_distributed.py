@@ -1,6 +1,5 @@
 """Two processes over gloo on the CPU: the same losses as one, one event stream, resume, a dying rank."""
 
-import os
 import signal
 import time
 

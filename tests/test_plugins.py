@@ -1,6 +1,5 @@
 """Discovery: the built-ins through entry points, broken and colliding plugins reported, training goes on."""
 
-import sys
 import textwrap
 from pathlib import Path
 

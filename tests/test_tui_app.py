@@ -5,17 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import types
 from pathlib import Path
 
 import pytest
 
 from finetty.core import queue, rundir
 from finetty.core.events import EventWriter
-from finetty.core.plugin_api import hookimpl
-from finetty.core.registry import discover
 
-from .tui_runs import FROZEN, make_runs, memory_events, recorded, write_run
+from .tui_runs import FROZEN, make_runs, memory_events, recorded, with_broken_plugin, write_run
 
 
 def make_app(runs: Path, **kwargs):
@@ -407,14 +404,7 @@ def test_a_run_ending_rings_and_notifies_unless_turned_off(runs_dir, monkeypatch
 # -- plugins -------------------------------------------------------------------------------------------
 
 def test_a_failed_plugin_is_listed_with_its_error(runs_dir):
-    broken = types.ModuleType("broken_plugin")
-
-    @hookimpl
-    def register_methods(register):
-        raise RuntimeError("this plugin needs a GPU library that is not installed")
-
-    broken.register_methods = register_methods
-    registry = discover(extra=[("broken-example", broken)])
+    registry = with_broken_plugin(RuntimeError("this plugin needs a GPU library that is not installed"))
 
     async def scenario():
         app = make_app(runs_dir, registry=registry)

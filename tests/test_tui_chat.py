@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
 from textual.app import App
 from textual.widgets import Input, Select
 

@@ -7,16 +7,13 @@ and look at the SVGs in tests/__snapshots__/test_tui_snapshots/.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
-import types
 
 import pytest
 
-from finetty.core.plugin_api import hookimpl
 
-from .tui_runs import FROZEN, make_runs, memory_events, recorded, workers_done, write_run
+from .tui_runs import FROZEN, make_runs, memory_events, recorded, with_broken_plugin, workers_done, write_run
 
 SIZES = [(80, 24), (120, 40)]
 PLUGINS = "formats,full,lora,sft"
@@ -34,16 +31,7 @@ def stable(monkeypatch, tmp_path):
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
     monkeypatch.setenv("FINETTY_LOAD_PLUGINS", PLUGINS)
-    broken = types.ModuleType("broken")
-
-    @hookimpl
-    def register_methods(register):
-        raise ImportError("No module named 'vendor_gpu_kernels'")
-
-    broken.register_methods = register_methods
-    from finetty.core.registry import discover
-
-    registry = discover(extra=[("broken-example", broken)])
+    registry = with_broken_plugin(ImportError("No module named 'vendor_gpu_kernels'"))
     yield registry
     monkeypatch.delenv("TZ")
     time.tzset()

@@ -94,3 +94,20 @@ async def workers_done(app) -> None:
             await worker.wait()
         except (WorkerCancelled, WorkerFailed):
             pass
+
+
+def with_broken_plugin(error: Exception):
+    """The plugins as discovered, plus one named ``broken-example`` whose ``register_methods`` raises ``error``."""
+    import types
+
+    from finetty.core.plugin_api import hookimpl
+    from finetty.core.registry import discover
+
+    broken = types.ModuleType("broken_plugin")
+
+    @hookimpl
+    def register_methods(register):
+        raise error
+
+    broken.register_methods = register_methods
+    return discover(extra=[("broken-example", broken)])

@@ -91,16 +91,37 @@ class FinettyApp(App):
         if self.use_standby and (self._standby is None or not self._standby.alive()):
             self._standby = standby_mod.start()
 
-    def take_standby(self):
-        """The standby worker for a launch (None if there is none); give it back with keep_standby if unused."""
-        found, self._standby = self._standby, None
-        return found if found is not None and found.alive() else None
+    def launch(self, run_dir: Path) -> None:
+        """Start ``run_dir``'s worker: the standby when it can serve the run, else a fresh one.
 
-    def keep_standby(self, standby) -> None:
-        if self._standby is None:
-            self._standby = standby
-        else:
-            standby.close()
+        Raises what :func:`finetty.core.launch.start_worker` raises."""
+        from finetty.core import launch
+
+        if self._standby is not None and self._standby.launch(run_dir):
+            self._standby = None  # it is the run's worker now
+            return
+        launch.start_worker(run_dir)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="request")
+    def request(self, run_dir: Path, what: str) -> None:
+        """Ask ``run_dir``'s worker to ``stop`` (checkpoint first) or ``checkpoint`` now, or ``resume`` the run."""
+        from finetty.core import launch
+        from finetty.core.errors import InputError, RunBusyError
+
+        try:
+            if what == "stop":
+                message = f"asked worker {launch.request_stop(run_dir)} to save a checkpoint and stop"
+            elif what == "checkpoint":
+                message = f"asked worker {launch.request_checkpoint(run_dir)} to save a checkpoint now"
+            else:
+                launch.start_worker(run_dir, resume=True)
+                message = f"resuming {run_dir.name}"
+        except (InputError, RunBusyError, OSError) as exc:
+            self.call_from_thread(self.notify, str(exc), severity="error")
+            return
+        self.call_from_thread(self.notify, message)
+        if what == "resume":
+            self.call_from_thread(self.refresh_runs)
 
     def on_unmount(self) -> None:
         if self._standby is not None:

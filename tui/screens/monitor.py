@@ -8,7 +8,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, OptionList, Static, TabbedContent, TabPane
 from textual.widgets.option_list import Option
@@ -194,30 +194,10 @@ class MonitorScreen(Screen):
         self.action_chat()
 
     def action_stop(self) -> None:
-        self._request("stop")
+        self.app.request(self.run_dir, "stop")
 
     def action_checkpoint(self) -> None:
-        self._request("checkpoint")
+        self.app.request(self.run_dir, "checkpoint")
 
     def action_resume(self) -> None:
-        self._request("resume")
-
-    @work(thread=True, exclusive=True, exit_on_error=False, group="request")
-    def _request(self, what: str) -> None:
-        from finetty.core import launch
-        from finetty.core.errors import InputError, RunBusyError
-
-        try:
-            if what == "stop":
-                pid = launch.request_stop(self.run_dir)
-                message = f"asked worker {pid} to save a checkpoint and stop"
-            elif what == "checkpoint":
-                pid = launch.request_checkpoint(self.run_dir)
-                message = f"asked worker {pid} to save a checkpoint now"
-            else:
-                launch.start_worker(self.run_dir, resume=True)
-                message = f"resuming {self.run_dir.name}"
-        except (InputError, RunBusyError, OSError) as exc:
-            self.app.call_from_thread(self.notify, str(exc), severity="error")
-            return
-        self.app.call_from_thread(self.notify, message)
+        self.app.request(self.run_dir, "resume")

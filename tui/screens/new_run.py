@@ -24,7 +24,7 @@ from textual.worker import get_current_worker
 from finetty.core import data as data_mod
 from finetty.core import demo, models
 
-from ..widgets.option_field import OptionField, parse, to_text
+from ..widgets.option_field import OptionField, to_text
 from ..widgets.path_input import PathSuggester
 from .confirm import ConfirmScreen
 
@@ -63,23 +63,26 @@ TRAIN_FIELDS = (
     ("bf16", "bool", "train in bfloat16 (GPUs that support it)"),
     ("seed", "int", "random seed"),
 )
-#: The distributed engines the form offers: (label, launch.distributed_type, launch.zero_stage).
-ENGINES = (("ddp  (a full copy of the model on each GPU)", "ddp", None),
-           ("fsdp  (weights, gradients, optimizer sharded)", "fsdp", None),
-           ("deepspeed ZeRO-2  (gradients, optimizer sharded)", "deepspeed", 2),
-           ("deepspeed ZeRO-3  (weights sharded too)", "deepspeed", 3))
+#: The distributed engines the form offers: (label, value); the value is launch.distributed_type, with
+#: DeepSpeed's ZeRO stage after a dash.
+ENGINES = (("ddp  (a full copy of the model on each GPU)", "ddp"),
+           ("fsdp  (weights, gradients, optimizer sharded)", "fsdp"),
+           ("deepspeed ZeRO-2  (gradients, optimizer sharded)", "deepspeed-2"),
+           ("deepspeed ZeRO-3  (weights sharded too)", "deepspeed-3"))
 
 
 def process_choices(gpus: int) -> list[tuple[str, int]]:
     """How many training processes to offer: one per GPU found (all of them, or fewer), or 1-2 on the CPU."""
     if gpus <= 0:
         return [("1  (no GPU found: the CPU)", 1), ("2  (CPU processes, gloo)", 2)]
-    counts = sorted({1, gpus} | {n for n in (2, 4, 8) if n < gpus})
-    return [(f"{n}  ({'every GPU found' if n == gpus else 'GPU' if n == 1 else 'GPUs'}"
-             f"{'' if n == gpus or n == 1 else ' of ' + str(gpus)})", n) for n in counts]
+
+    def label(n: int) -> str:
+        return "every GPU found" if n == gpus else "one GPU" if n == 1 else f"{n} of {gpus} GPUs"
+
+    return [(f"{n}  ({label(n)})", n) for n in sorted({1, gpus} | {n for n in (2, 4, 8) if n < gpus})]
 
 
-def engine_key(launch: dict) -> str:
+def engine_value(launch: dict) -> str:
     kind = launch.get("distributed_type", "ddp")
     return f"deepspeed-{launch.get('zero_stage', 2)}" if kind == "deepspeed" else kind
 
@@ -246,12 +249,10 @@ class NewRunScreen(Screen):
             yield self._row("processes", Select(choices, value=wanted, allow_blank=False, id="launch-processes",
                                                 compact=True))
             engines = ENGINES if gpus else ENGINES[:1]  # FSDP and DeepSpeed need GPUs; CPU processes use DDP
-            engine = engine_key(launch)
-            if engine not in {f"{k}-{st}" if st else k for _, k, st in engines}:
+            engine = engine_value(launch)
+            if engine not in [value for _, value in engines]:
                 engine = "ddp"
-            yield self._row("distributed", Select([(label, f"{kind}-{stage}" if stage else kind)
-                                                   for label, kind, stage in engines],
-                                                  value=engine, allow_blank=False, id="launch-engine",
+            yield self._row("distributed", Select(engines, value=engine, allow_blank=False, id="launch-engine",
                                                   compact=True, disabled=wanted <= 1))
         yield Static(Text(DEFAULT_HINT, style="dim"), id="form-hint", classes="hint")
         with Horizontal(id="form-buttons"):
@@ -560,7 +561,7 @@ class NewRunScreen(Screen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="launch")
     def _start(self, data: dict, how: str) -> None:
-        from finetty.core import launch, queue, recipe as recipe_mod, rundir
+        from finetty.core import queue, recipe as recipe_mod, rundir
         from finetty.core.errors import InputError, RunBusyError
 
         runs = self.app.runs
@@ -574,11 +575,7 @@ class NewRunScreen(Screen):
                                                                 f"else trains")
                 return
             run_dir = rundir.create(runs, recipe.method, recipe.to_yaml())
-            standby = self.app.take_standby()
-            if standby is None or not standby.launch(run_dir):  # (a standby serves single-process, no-bnb runs)
-                launch.start_worker(run_dir)
-                if standby is not None:
-                    self.app.keep_standby(standby)
+            self.app.launch(run_dir)
         except (InputError, RunBusyError, OSError) as exc:
             self.app.call_from_thread(self._failed, exc)
             return

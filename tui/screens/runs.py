@@ -207,37 +207,12 @@ class RunsScreen(Screen):
     def action_stop(self) -> None:
         run = self._need_run()
         if run:
-            self._stop(run.path)
-
-    @work(thread=True, exclusive=True, exit_on_error=False, group="request")
-    def _stop(self, run_dir) -> None:
-        from finetty.core import launch
-        from finetty.core.errors import InputError
-
-        try:
-            pid = launch.request_stop(run_dir)
-        except (InputError, OSError) as exc:
-            self.app.call_from_thread(self.notify, str(exc), severity="error")
-            return
-        self.app.call_from_thread(self.notify, f"asked worker {pid} to checkpoint and stop")
+            self.app.request(run.path, "stop")
 
     def action_resume(self) -> None:
         run = self._need_run()
         if run:
-            self._resume(run.path)
-
-    @work(thread=True, exclusive=True, exit_on_error=False, group="request")
-    def _resume(self, run_dir) -> None:
-        from finetty.core import launch
-        from finetty.core.errors import InputError, RunBusyError
-
-        try:
-            launch.start_worker(run_dir, resume=True)
-        except (InputError, RunBusyError, OSError) as exc:
-            self.app.call_from_thread(self.notify, str(exc), severity="error")
-            return
-        self.app.call_from_thread(self.notify, f"resuming {run_dir.name}")
-        self.app.call_from_thread(self.app.refresh_runs)
+            self.app.request(run.path, "resume")
 
     def action_delete(self) -> None:
         run = self._need_run()
