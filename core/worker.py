@@ -221,7 +221,8 @@ def train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool) 
 
     tokens = TokenCounter()
     checkpoints = CheckpointCallback(run_dir, events, recipe.train.get("save_total_limit"), tokens)
-    removed = checkpoints.cleanup_incomplete()
+    # one process cleans up: ranks doing it at once race each other over the same folders
+    removed = checkpoints.cleanup_incomplete() if distributed.rank() == 0 else []
     if removed:
         events.emit("warning", message=f"removed incomplete checkpoint data left by a killed worker: "
                                        f"{', '.join(removed)}")
