@@ -18,29 +18,38 @@ from . import rundir
 from .errors import InputError
 
 
-def start_worker(run_dir: Path, resume: bool = False) -> subprocess.Popen:
-    """Spawn the worker for ``run_dir`` (or, for several processes, the supervisor that launches them).
+def start_worker(run_dir: Path, resume: bool = False) -> int:
+    """Start the worker for ``run_dir`` (or, for several processes, the supervisor that launches them); its pid.
 
-    Raises RunBusyError if a worker is live."""
+    The standby worker takes the run when it can (see :mod:`finetty.core.standby`);
+    otherwise a fresh process is spawned. Raises RunBusyError if a worker is live."""
+    from . import standby
     from .distributed import is_distributed
     from .recipe import from_run
 
     run_dir = Path(run_dir).resolve()  # the worker starts in run_dir: a relative path would not resolve there
     fd = rundir.acquire_lock(run_dir)
     try:
-        entry = "finetty.core.distributed" if is_distributed(from_run(run_dir).launch) else "finetty.core.worker"
-        cmd = [sys.executable, "-m", entry, str(run_dir), "--lock-fd", str(fd)]
-        if resume:
-            cmd.append("--resume")
-        with open(run_dir / rundir.LOG_FILE, "ab") as log:
-            process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True, pass_fds=(fd,), close_fds=True,
-                                       cwd=str(run_dir))
-        if entry == "finetty.core.worker":  # (a supervisor's rank 0 writes its own pid)
-            rundir.record_holder(fd, process.pid)  # at once: a stop or a second launch names it from now on
-        return process
+        recipe = from_run(run_dir)
+        pid = standby.hand_over(run_dir, fd, resume) if standby.enabled() and standby.serves(recipe) else None
+        if pid is None:
+            pid = _spawn(run_dir, fd, resume, distributed=is_distributed(recipe.launch))
     finally:
         os.close(fd)
+    return pid
+
+
+def _spawn(run_dir: Path, fd: int, resume: bool, distributed: bool) -> int:
+    entry = "finetty.core.distributed" if distributed else "finetty.core.worker"
+    cmd = [sys.executable, "-m", entry, str(run_dir), "--lock-fd", str(fd)]
+    if resume:
+        cmd.append("--resume")
+    with open(run_dir / rundir.LOG_FILE, "ab") as log:
+        process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True, pass_fds=(fd,), close_fds=True, cwd=str(run_dir))
+    if not distributed:  # (a supervisor's rank 0 writes its own pid)
+        rundir.record_holder(fd, process.pid)  # at once: a stop or a second launch names it from now on
+    return process.pid
 
 
 def _signal(run_dir: Path, signum: int) -> int:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import data as data_mod
-from . import demo, distributed, models, monitor, oom, rundir
+from . import demo, distributed, models, monitor, oom, rundir, standby
 from . import recipe as recipe_mod
 from .events import EventWriter
 from .plugin_api import MethodContext, TrainerContext
@@ -420,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--lock-fd", type=int, default=None)
     args = parser.parse_args(argv)
+    launched_with = dict(os.environ)  # before this process sets its defaults below
     run_dir = args.run_dir.resolve()
     supervised = distributed.world_size() > 1 or os.environ.get("FINETTY_SUPERVISED") == "1"
     requests = Requests()
@@ -457,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
         events.close()
         if lock_fd is not None:
             os.close(lock_fd)  # the final event is written: free the run now, not after the slow interpreter exit
+        if not supervised and standby.enabled():
+            standby.ensure(launched_with)  # warm for the next launch, now that this run no longer needs the CPU
 
 
 if __name__ == "__main__":

@@ -104,28 +104,32 @@ def test_new_run_through_the_form_then_monitor_stop_and_list(runs_dir, demo_mode
 
 
 @pytest.mark.slow
-def test_a_launch_from_new_run_is_served_by_the_standby_worker(runs_dir, demo_model):
+def test_a_launch_from_new_run_is_served_by_the_standby_worker(runs_dir, demo_model, monkeypatch):
     """New run starts a standby worker; the launch hands it the run, and it trains exactly like a cold worker."""
+    from finetty.core import standby
+
+    monkeypatch.setenv(standby.ENV, "1")
 
     async def scenario():
-        app = make_app(runs_dir, clock=time.time, standby=True)
+        app = make_app(runs_dir, clock=time.time)
         async with app.run_test(size=(100, 30)) as pilot:
             form = await open_form(pilot, app)
-            standby = app._standby
-            assert standby is not None and standby.alive()
+            await until(pilot, standby.ready, timeout=120, what="the standby worker's imports")
+            waiting = standby.pid()
             monitor = await launch_form(pilot, app, form, {"max_steps": "12", "logging_steps": "1"})
             await until(pilot, lambda: monitor.history.status == "finished", timeout=120, what="the run to finish")
-            assert app._standby is None  # it was used, not kept
-        return standby
+        return waiting
 
-    standby = run(scenario())
+    try:
+        waiting = run(scenario())
+    finally:
+        standby.stop()
     run_dir = only_run(runs_dir)
     started = [e for e in _events(run_dir) if e["type"] == "worker_started"]
-    assert [e["pid"] for e in started] == [standby.pid]  # the standby process became the run's worker
+    assert [e["pid"] for e in started] == [waiting]  # the standby process became the run's worker
     steps = [e for e in _events(run_dir) if e["type"] == "step"]
     assert len(steps) == 12 and steps[-1]["loss"] < steps[0]["loss"]
     assert (run_dir / rundir.FINAL / "adapter_model.safetensors").is_file()
-    assert standby.process.wait(timeout=60) == 0
     assert not rundir.is_live(run_dir)
 
 
@@ -227,20 +231,6 @@ def test_with_gpus_new_run_offers_one_process_per_gpu_and_every_engine(runs_dir,
             assert form.recipe.launch["distributed_type"] == "deepspeed" and form.recipe.launch["zero_stage"] == 3
 
     run(scenario())
-
-
-def test_an_unused_standby_worker_exits_with_the_app(runs_dir):
-    async def scenario():
-        app = make_app(runs_dir, standby=True)
-        async with app.run_test(size=(100, 30)) as pilot:
-            await open_form(pilot, app)
-            await until(pilot, lambda: app._standby is not None, what="the standby worker")
-            standby = app._standby
-            await pilot.press("escape")
-        return standby
-
-    standby = run(scenario())
-    assert standby.process.wait(timeout=60) == 0  # its socket closed with the app: it left on its own
 
 
 def only_run(runs: Path) -> Path:

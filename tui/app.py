@@ -38,8 +38,7 @@ class FinettyApp(App):
     def __init__(self, runs: Path | None = None, registry=None, clock: Callable[[], float] = time.time,
                  settings: Settings | None = None, notify_write: Callable[[str], None] | None = None,
                  first_run: bool | None = None, poll_interval: float = 1.0, open_run: Path | None = None,
-                 base_dir: Path | None = None, preview: Callable[[dict], dict] | None = None,
-                 standby: bool | None = None):
+                 base_dir: Path | None = None, preview: Callable[[dict], dict] | None = None):
         self.settings = settings or Settings.load()
         super().__init__()
         self.runs = Path(runs) if runs else paths.runs_dir()
@@ -51,11 +50,6 @@ class FinettyApp(App):
         self.base_dir = Path(base_dir) if base_dir else Path.cwd()
         self.preview = preview
         """computes the New run screen's dataset preview (default: a child process, see finetty.tui.preview)"""
-        from finetty.core import standby as standby_mod
-
-        self.use_standby = standby_mod.enabled() if standby is None else standby
-        """start a standby worker when New run opens, so a launch skips the heavy imports (core/standby.py)"""
-        self._standby = None
         self.tracker = RunsTracker(self.runs, since=clock() - 5)
         self.queue_state = None
         self.notifier = Notifier(notify_write or self._write_terminal, self.settings)
@@ -86,21 +80,10 @@ class FinettyApp(App):
 
     def warm_standby(self) -> None:
         """Have a standby worker importing torch & co. while the person fills in the New run form."""
-        from finetty.core import standby as standby_mod
+        from finetty.core import standby
 
-        if self.use_standby and (self._standby is None or not self._standby.alive()):
-            self._standby = standby_mod.start()
-
-    def launch(self, run_dir: Path) -> None:
-        """Start ``run_dir``'s worker: the standby when it can serve the run, else a fresh one.
-
-        Raises what :func:`finetty.core.launch.start_worker` raises."""
-        from finetty.core import launch
-
-        if self._standby is not None and self._standby.launch(run_dir):
-            self._standby = None  # it is the run's worker now
-            return
-        launch.start_worker(run_dir)
+        if standby.enabled():
+            standby.ensure()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="request")
     def request(self, run_dir: Path, what: str) -> None:
@@ -122,10 +105,6 @@ class FinettyApp(App):
         self.call_from_thread(self.notify, message)
         if what == "resume":
             self.call_from_thread(self.refresh_runs)
-
-    def on_unmount(self) -> None:
-        if self._standby is not None:
-            self._standby.close()  # an unused standby exits when its socket closes
 
     def _has_runs(self) -> bool:
         from finetty.core.rundir import RECIPE_FILE

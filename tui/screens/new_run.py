@@ -561,7 +561,7 @@ class NewRunScreen(Screen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="launch")
     def _start(self, data: dict, how: str) -> None:
-        from finetty.core import queue, recipe as recipe_mod, rundir
+        from finetty.core import launch, queue, recipe as recipe_mod, rundir
         from finetty.core.errors import InputError, RunBusyError
 
         runs = self.app.runs
@@ -575,7 +575,7 @@ class NewRunScreen(Screen):
                                                                 f"else trains")
                 return
             run_dir = rundir.create(runs, recipe.method, recipe.to_yaml())
-            self.app.launch(run_dir)
+            launch.start_worker(run_dir)  # the standby worker takes it when it can
         except (InputError, RunBusyError, OSError) as exc:
             self.app.call_from_thread(self._failed, exc)
             return

@@ -1,0 +1,117 @@
+"""The standby worker: a launch is taken by a process that has done its imports, and trains as a cold one would."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from finetty.core import standby
+
+from .conftest import RECIPES, events, finetty, losses
+
+STEPS = 8
+
+
+@pytest.fixture
+def standby_on(monkeypatch):
+    """Standby workers allowed (the suite turns them off); whichever is left is ended afterwards."""
+    monkeypatch.setenv(standby.ENV, "1")
+    monkeypatch.setenv(standby.IDLE_ENV, "300")
+    yield
+    standby.stop()
+    wait_for(lambda: standby.pid() is None, "the standby to end")
+
+
+def wait_for(condition, what: str, timeout: float = 120.0):
+    """A deadline for a condition another process brings about (there is no event to await across processes)."""
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def train(runs, *extra: str, env: dict | None = None):
+    before = set(runs.iterdir()) if runs.exists() else set()
+    finetty("train", str(RECIPES / "demo-lora.yaml"), "--runs-dir", str(runs), "--set", f"train.max_steps={STEPS}",
+            "--set", "train.logging_steps=1", *extra, env=env, check=True)
+    (run_dir,) = set(runs.iterdir()) - before
+    return run_dir
+
+
+def worker_pid(run_dir) -> int:
+    (started,) = [e for e in events(run_dir) if e["type"] == "worker_started"]
+    return started["pid"]
+
+
+@pytest.mark.slow
+def test_a_second_train_is_taken_by_the_standby_and_learns_exactly_what_a_cold_worker_did(
+        standby_on, tmp_path, demo_model):
+    cold = train(tmp_path / "cold")  # no standby yet: a fresh worker, and a standby started for the next launch
+    waiting = wait_for(lambda: standby.ready() and standby.pid(), "the standby to finish its imports")
+    assert "from the standby" not in (cold / "worker.log").read_text()
+
+    warm = train(tmp_path / "warm")
+    assert worker_pid(warm) == waiting  # the standby became this run's worker
+    assert "started from the standby" in (warm / "worker.log").read_text()
+    assert len(losses(warm)) == STEPS and losses(warm) == pytest.approx(losses(cold), abs=1e-5)
+    assert (warm / "final" / "adapter_model.safetensors").is_file()
+
+    after = wait_for(standby.pid, "the next standby")  # the launch started another for the next one
+    assert after != waiting
+    place = standby._file(".sock").parent
+    assert place.stat().st_mode & 0o777 == 0o700  # nobody else can reach it
+
+
+@pytest.mark.slow
+def test_a_standby_refuses_a_launcher_with_another_environment_and_makes_way(standby_on, tmp_path, demo_model):
+    standby.ensure()
+    old = wait_for(lambda: standby.ready() and standby.pid(), "the standby to finish its imports")
+
+    run_dir = train(tmp_path / "runs", env={"FINETTY_SOMETHING_NEW": "1"})  # read at import time, for all it knows
+    assert worker_pid(run_dir) != old  # a fresh worker trained it
+    assert "from the standby" not in (run_dir / "worker.log").read_text()
+    assert [e for e in events(run_dir) if e["type"] == "run_finished"]
+    wait_for(lambda: not alive(old), "the stale standby to leave")
+    assert wait_for(standby.pid, "a standby for the new environment") != old
+
+
+def test_an_idle_standby_leaves_on_its_own(standby_on, monkeypatch):
+    monkeypatch.setenv(standby.IDLE_ENV, "1")
+    standby.ensure()
+    pid = wait_for(standby.pid, "the standby to start")
+    wait_for(lambda: not alive(pid), "the idle standby to leave", timeout=180)
+    assert not standby._file(".sock").exists()
+
+
+def test_a_run_a_standby_was_not_warmed_for_gets_a_fresh_worker(tmp_path):
+    from finetty.core import recipe as recipe_mod
+    from finetty.core.registry import load_plugins
+
+    registry = load_plugins()
+    lora = recipe_mod.load(RECIPES / "demo-lora.yaml", [], registry)
+    assert standby.serves(lora)
+    assert not standby.serves(recipe_mod.load(RECIPES / "demo-qlora.yaml", [], registry))  # bitsandbytes
+    assert not standby.serves(recipe_mod.load(RECIPES / "demo-lora.yaml", ["launch.num_processes=2"], registry))
+    assert not standby.serves(recipe_mod.load(RECIPES / "demo-lora.yaml", ["train.optim=adamw_bnb_8bit"], registry))
+
+
+def test_the_fingerprint_follows_what_the_imports_read_and_not_the_terminal():
+    env = dict(os.environ)
+    same = standby.fingerprint(env)
+    assert standby.fingerprint({**env, "SSH_CONNECTION": "10.0.0.1 5 10.0.0.2 22", "TERM": "screen",
+                                "COLUMNS": "80", "PWD": "/elsewhere"}) == same
+    assert standby.fingerprint({**env, "HF_HUB_OFFLINE": "0"}) != same
+    assert standby.fingerprint({**env, "CUDA_VISIBLE_DEVICES": "1"}) != same
+
