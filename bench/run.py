@@ -10,7 +10,8 @@ B C A, ... so load from anything else on the machine falls on all of them):
    ``finetty train`` without and with ``train.packing`` against
    ``bench/plain_baseline.py`` on the same model, data and hyperparameters;
 2. time from the command's start to the first optimizer step (finetty with
-   its tokenization cache warm: a warm-up run fills it first);
+   its tokenization cache warm: a warm-up run fills it first), with the
+   standby worker the previous launch left and without it (``finetty-cold``);
 3. the TUI's first frame and key-to-repaint latency while a run trains, in a
    real pseudo-terminal (``bench/tui_latency.py``);
 4. step time with the memory monitor on and off (``bench/monitor_cost.py``);
@@ -60,11 +61,41 @@ train:
 """
 
 
-def _env(work: Path) -> dict:
+def _env(work: Path, standby: bool = True) -> dict:
     env = dict(os.environ)
     env.update(FINETTY_HOME=str(work / "home"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", FINETTY_STANDBY="1" if standby else "0")
     return env
+
+
+def _standby_ready(work: Path, timeout: float = 60.0) -> bool:
+    """Wait (a deadline) for the standby worker the last launch started, as a person's next command would find it."""
+    from finetty.core import standby
+
+    saved = dict(os.environ)
+    os.environ.update(_env(work))
+    try:
+        deadline = time.monotonic() + timeout
+        while not standby.ready():
+            if standby.pid() is None or time.monotonic() > deadline:  # none is starting, or it takes too long
+                return False
+            time.sleep(0.2)
+        return True
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _stop_standby(work: Path) -> None:
+    from finetty.core import standby
+
+    saved = dict(os.environ)
+    os.environ.update(_env(work))
+    try:
+        standby.stop()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _rate(points: list[tuple[float, int]]) -> float:
@@ -73,7 +104,10 @@ def _rate(points: list[tuple[float, int]]) -> float:
     return (n1 - n0) / (t1 - t0)
 
 
-def run_finetty(work: Path, steps: int, packing: bool) -> dict:
+def run_finetty(work: Path, steps: int, packing: bool, standby: bool = True) -> dict:
+    """``finetty train`` as a person runs it: with the standby worker the previous launch left (``standby``),
+    or with ``FINETTY_STANDBY=0``, a cold process that imports everything itself."""
+    warm = standby and _standby_ready(work)
     runs = work / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     before = set(runs.iterdir())
@@ -81,7 +115,7 @@ def run_finetty(work: Path, steps: int, packing: bool) -> dict:
                "--set", f"train.max_steps={steps}", "--set", f"train.packing={'true' if packing else 'false'}"]
     started = time.time()
     with open(work / "last-finetty.log", "w") as log:
-        code = subprocess.call(command, env=_env(work), stdout=log, stderr=subprocess.STDOUT, cwd=work)
+        code = subprocess.call(command, env=_env(work, standby), stdout=log, stderr=subprocess.STDOUT, cwd=work)
     (run,) = set(runs.iterdir()) - before
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines() if line.strip()]
     steps_ = [e for e in events if e["type"] == "step"]
@@ -91,7 +125,10 @@ def run_finetty(work: Path, steps: int, packing: bool) -> dict:
     result = {"tokens_per_second": _rate([(e["ts"], e["tokens"]) for e in steps_]),
               "first_step": steps_[0]["ts"] - started,
               "phases": {k: round(first[k], 2) for k in ("worker_started", "data", "run_started") if k in first},
-              "cached": "from the cache" in (run / "worker.log").read_text()}
+              "cached": "from the cache" in (run / "worker.log").read_text(),
+              "standby": "from the standby" in (run / "worker.log").read_text()}
+    if warm and not result["standby"]:
+        raise SystemExit(f"the standby worker did not take the run; see {run}/worker.log")
     shutil.rmtree(run)
     return result
 
@@ -114,7 +151,9 @@ def bench_training(work: Path, model: Path, data: Path, rounds: int, steps: int)
     kinds = {"plain": lambda n: run_plain(work, model, data, n),
              "plain-grouped": lambda n: run_plain(work, model, data, n, grouped=True),
              "finetty": lambda n: run_finetty(work, n, packing=False),
-             "finetty-packed": lambda n: run_finetty(work, n, packing=True)}
+             "finetty-packed": lambda n: run_finetty(work, n, packing=True),
+             "finetty-cold": lambda n: run_finetty(work, n, packing=False, standby=False)}
+    _stop_standby(work)  # one left by an earlier bench may predate the code measured now
     print("warm-up: one short run of each (fills finetty's tokenization cache and the page cache)", flush=True)
     for run in kinds.values():
         run(WARM_STEPS + 1)
@@ -122,6 +161,7 @@ def bench_training(work: Path, model: Path, data: Path, rounds: int, steps: int)
     results = {name: [] for name in kinds}
     for r in range(rounds):
         for name in order[r % len(order):] + order[:r % len(order)]:
+            _standby_ready(work)  # the standby the last run left has done its imports: nothing else uses the CPU
             result = kinds[name](steps)
             results[name].append(result)
             print(f"  round {r + 1}/{rounds} {name:15s} {result['tokens_per_second']:8.0f} real tok/s   "
@@ -222,7 +262,7 @@ def report(results: dict) -> str:
              "", "| | real tokens/s (median) | vs plain | target | first step (s) | vs plain | target |",
              "| --- | ---: | ---: | --- | ---: | ---: | --- |"]
     targets = {"finetty": ">= 1.0x", "finetty-packed": ">= 1.5x"}
-    for name in ("plain", "plain-grouped", "finetty", "finetty-packed"):
+    for name in ("plain", "plain-grouped", "finetty", "finetty-packed", "finetty-cold"):
         m = med[name]
         ratio = m["tokens_per_second"] / plain["tokens_per_second"]
         first = m["first_step"] / plain["first_step"]
@@ -238,12 +278,16 @@ def report(results: dict) -> str:
     lines += ["", "Seconds from the command to the first optimizer step (median):"]
     lines += [f"{name:15s} {_bar(m['first_step'], scale)} {m['first_step']:.1f}" for name, m in med.items()]
     lines += ["```"]
-    phases = [r["phases"] for r in train["finetty"] if r.get("phases")]
-    if phases:
-        p = {k: statistics.median(x[k] for x in phases if k in x) for k in phases[0]}
-        lines.append("finetty's path to the first step (median seconds since the command started): "
-                     + ", ".join(f"{k} {v:.1f}" for k, v in p.items())
-                     + f", first step {med['finetty']['first_step']:.1f}")
+    lines.append("finetty and finetty-packed are served by the standby worker the previous launch left "
+                 f"({sum(r.get('standby', False) for r in train['finetty'] + train['finetty-packed'])} of "
+                 f"{len(train['finetty']) + len(train['finetty-packed'])} runs); finetty-cold has FINETTY_STANDBY=0.")
+    for name in ("finetty", "finetty-cold"):
+        phases = [r["phases"] for r in train[name] if r.get("phases")]
+        if phases:
+            p = {k: statistics.median(x[k] for x in phases if k in x) for k in phases[0]}
+            lines.append(f"{name}'s path to the first step (median seconds since the command started): "
+                         + ", ".join(f"{k} {v:.2f}" for k, v in p.items())
+                         + f", first step {med[name]['first_step']:.2f}")
     a = results["attach"]
     lines += ["", f"Attach, {a['events']} events: import {a['import']:.2f} s, read {a['read']:.2f} s, "
                   f"summarize {a['summarize']:.2f} s; whole fresh process {a['process']:.2f} s (median of 5)"]
@@ -274,7 +318,10 @@ def main(argv: list[str] | None = None) -> int:
                "workload": f"Llama-style, {workload.parameters(model) / 1e6:.1f}M parameters; {workload.RECORDS} "
                            f"alpaca records of ~29-394 tokens; LoRA r=16 all-linear; batch 4; max_length 512; "
                            f"{rounds} rounds of {steps} steps"}
-    results["training"] = bench_training(work, model, data, rounds, steps)
+    try:
+        results["training"] = bench_training(work, model, data, rounds, steps)
+    finally:
+        _stop_standby(work)
     results["attach"] = bench_attach(work)
     print("the terminal app: first frame, and key to repaint while a run trains", flush=True)
     results["tui"] = tui_latency.measure(launches=3 if args.quick else 5, keys=30 if args.quick else 60,

@@ -159,7 +159,8 @@ def launch_to_first_step(runs: Path, standby: bool, think: float = 8.0) -> float
     from finetty.tui.screens.new_run import NewRunScreen
 
     async def scenario() -> float:
-        app = FinettyApp(runs=runs, first_run=True, standby=standby, notify_write=lambda text: None)
+        os.environ["FINETTY_STANDBY"] = "1" if standby else "0"
+        app = FinettyApp(runs=runs, first_run=True, notify_write=lambda text: None)
         async with app.run_test(size=(80, 24)) as pilot:
             while not isinstance(app.screen, NewRunScreen):
                 await pilot.pause(0.05)
@@ -204,8 +205,13 @@ def measure(launches: int = 5, keys: int = 60, work: Path | None = None) -> dict
     # one finished run so the app opens on Runs (not the first-run New run screen)
     subprocess.run(cli + ["train", str(REPO / "recipes/demo-lora.yaml"), "--set", "train.max_steps=4"], env=env,
                    check=True, capture_output=True)
+    os.environ.update(env)  # the app below runs in this process: the same environment as the commands
+    from finetty.core import standby
+
+    deadline = time.monotonic() + 60
+    while not standby.ready() and time.monotonic() < deadline:  # that launch left one: let it finish importing
+        time.sleep(0.2)
     frames = first_frames(env, launches)
-    os.environ.update(FINETTY_HOME=str(home), HF_HUB_OFFLINE="1", FINETTY_NOTIFY="0")
     launch = {"cold": [], "standby": []}
     for round_ in range(max(1, launches // 2)):
         for warm in ((False, True) if round_ % 2 == 0 else (True, False)):
@@ -225,6 +231,12 @@ def measure(launches: int = 5, keys: int = 60, work: Path | None = None) -> dict
         steps = sum(1 for line in events.read_text().splitlines() if '"type": "step"' in line)
     finally:
         subprocess.run(cli + ["stop", run_id], env=env, capture_output=True)
+        from finetty.core import rundir
+
+        deadline = time.monotonic() + 60
+        while rundir.is_live(events.parent) and time.monotonic() < deadline:  # its end leaves a standby: wait
+            time.sleep(0.2)
+        standby.stop()
     shutil.rmtree(work, ignore_errors=True)
     return {"first_frame": frames, "first_frame_median": statistics.median(frames),
             "latencies": latencies, "latency_median": statistics.median(latencies), "latency_p95": p95(latencies),

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -46,6 +47,36 @@ def demo_model(finetty_env) -> Path:
     from finetty.core import demo
 
     return demo.ensure_demo()
+
+
+@pytest.fixture
+def standby_on(monkeypatch):
+    """Standby workers allowed (the suite turns them off), leaving soon when idle; the one left is ended after."""
+    from finetty.core import standby
+
+    monkeypatch.setenv(standby.ENV, "1")
+    monkeypatch.setenv(standby.IDLE_ENV, "30")
+    yield
+    standby.stop()
+    wait_for(lambda: standby.pid() is None, "the standby to end")
+
+
+def wait_for(condition, what: str, timeout: float = 120.0):
+    """A deadline for what another process brings about (there is no event to await across processes)."""
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @pytest.fixture

@@ -3,43 +3,14 @@
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
 from finetty.core import standby
 
-from .conftest import RECIPES, events, finetty, losses
+from .conftest import RECIPES, alive, events, finetty, losses, wait_for
 
 STEPS = 8
-
-
-@pytest.fixture
-def standby_on(monkeypatch):
-    """Standby workers allowed (the suite turns them off); whichever is left is ended afterwards."""
-    monkeypatch.setenv(standby.ENV, "1")
-    monkeypatch.setenv(standby.IDLE_ENV, "300")
-    yield
-    standby.stop()
-    wait_for(lambda: standby.pid() is None, "the standby to end")
-
-
-def wait_for(condition, what: str, timeout: float = 120.0):
-    """A deadline for a condition another process brings about (there is no event to await across processes)."""
-    deadline = time.monotonic() + timeout
-    while not (found := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def train(runs, *extra: str, env: dict | None = None):
@@ -115,3 +86,14 @@ def test_the_fingerprint_follows_what_the_imports_read_and_not_the_terminal():
     assert standby.fingerprint({**env, "HF_HUB_OFFLINE": "0"}) != same
     assert standby.fingerprint({**env, "CUDA_VISIBLE_DEVICES": "1"}) != same
 
+
+
+def test_no_standby_in_a_folder_others_can_enter(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    shared = tmp_path / f"finetty-{os.getuid()}"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    assert standby._place() is None
+    assert standby.hand_over(tmp_path, 0) is None and not standby.ready()
+    standby.ensure()
+    assert list(shared.iterdir()) == []  # nothing started, nothing written there

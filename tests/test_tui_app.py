@@ -104,11 +104,9 @@ def test_new_run_through_the_form_then_monitor_stop_and_list(runs_dir, demo_mode
 
 
 @pytest.mark.slow
-def test_a_launch_from_new_run_is_served_by_the_standby_worker(runs_dir, demo_model, monkeypatch):
+def test_a_launch_from_new_run_is_served_by_the_standby_worker(runs_dir, demo_model, standby_on):
     """New run starts a standby worker; the launch hands it the run, and it trains exactly like a cold worker."""
     from finetty.core import standby
-
-    monkeypatch.setenv(standby.ENV, "1")
 
     async def scenario():
         app = make_app(runs_dir, clock=time.time)
@@ -120,10 +118,7 @@ def test_a_launch_from_new_run_is_served_by_the_standby_worker(runs_dir, demo_mo
             await until(pilot, lambda: monitor.history.status == "finished", timeout=120, what="the run to finish")
         return waiting
 
-    try:
-        waiting = run(scenario())
-    finally:
-        standby.stop()
+    waiting = run(scenario())
     run_dir = only_run(runs_dir)
     started = [e for e in _events(run_dir) if e["type"] == "worker_started"]
     assert [e["pid"] for e in started] == [waiting]  # the standby process became the run's worker
