@@ -12,7 +12,7 @@ import pytest
 from finetty.core import queue, rundir
 from finetty.core.events import EventWriter
 
-from .tui_runs import FROZEN, make_runs, memory_events, recorded, with_broken_plugin, write_run
+from .tui_runs import FROZEN, START, make_runs, memory_events, recorded, with_broken_plugin, write_run
 
 
 def make_app(runs: Path, **kwargs):
@@ -268,6 +268,37 @@ def test_attach_to_a_finished_run_shows_the_whole_loss_history(runs_dir):
             assert labels[0].startswith("step-000040") and labels[-1].startswith("final")
 
     run(scenario())
+
+
+def test_a_long_finished_history_is_replayed_in_order_and_never_shown_lost(runs_dir, monkeypatch):
+    """Chunk by chunk, with the monitor's own polls ticking meanwhile: each step folded once, no "lost" on the way."""
+    from finetty.tui import history
+    from finetty.tui.screens.monitor import MonitorScreen
+
+    monkeypatch.setattr(history, "READ_CHUNK", 8192)  # about 40 steps a chunk: ~50 chunks
+    events = recorded()
+    start, end = events[0], events[-1]
+    steps = [{**events[2], "type": "step", "step": n, "loss": 3.0 - n / 1000, "ts": START + n} for n in range(1, 2001)]
+    run_dir = write_run(runs_dir, "261122-110826-lora-f667", [start, events[1], *steps,
+                                                               {**end, "step": 2000, "ts": START + 2001}])
+    seen = set()
+
+    async def scenario():
+        app = make_app(runs_dir, open_run=run_dir, poll_interval=0.02)  # polls overlap the replay
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, MonitorScreen))
+            monitor = app.screen
+
+            def done():
+                seen.add(monitor.history.status)
+                return monitor.history.status == "finished"
+
+            await until(pilot, done, what="the replay")
+            assert [s for s, _ in monitor.history.train] == list(range(1, 2001))
+            assert monitor.history.events == len(steps) + 3
+
+    run(scenario())
+    assert "lost" not in seen
 
 
 def test_two_apps_follow_one_run_as_it_grows(runs_dir):

@@ -113,8 +113,13 @@ class FinettyApp(App):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="runs")
     def refresh_runs(self) -> None:
-        batch = self.tracker.read()
-        self.call_from_thread(self._apply_runs, batch)
+        if not self.tracker.busy.acquire(blocking=False):
+            return  # the last refresh is still reading
+        try:
+            batch = self.tracker.read()
+            self.call_from_thread(self._apply_runs, batch)
+        finally:
+            self.tracker.busy.release()
 
     def _apply_runs(self, batch) -> None:
         for run_id, event in self.tracker.apply(batch):

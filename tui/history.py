@@ -7,6 +7,7 @@ from the start end in the same state.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,9 @@ class RunFollower:
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
         self.reader = EventReader(self.run_dir)
+        self.busy = threading.Lock()
+        """held by the thread that reads and applies: a poll that finds it taken skips its turn (thread workers
+        are not interrupted, so a new one must not read alongside a long replay, nor apply out of order)"""
         self.history = RunHistory(self.run_dir)
 
     def read(self, log_lines: int = 40) -> dict[str, Any]:
@@ -205,7 +209,7 @@ class RunFollower:
         if summary.status in TERMINAL_STATUSES:
             if summary.status in ("stopped", "failed") and batch["live"]:
                 summary.status = "running"  # resumed after its old end
-        elif not batch["live"]:
+        elif not batch["live"] and not batch["more"]:  # (a long history is still being replayed otherwise)
             summary.status = "lost"
             summary.reason = summary.reason or "the worker ended without a final event (killed?); resume to go on"
         return notable
@@ -232,6 +236,8 @@ class RunsTracker:
         self.since = since
         self.readers: dict[str, EventReader] = {}
         self.summaries: dict[str, rundir.RunSummary] = {}
+        self.busy = threading.Lock()
+        """as :attr:`RunFollower.busy`"""
 
     def read(self) -> RunsBatch:
         from finetty.core import queue

@@ -83,11 +83,16 @@ class MonitorScreen(Screen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="follow")
     def poll(self) -> None:
-        while True:
-            batch = self.follower.read()
-            self.app.call_from_thread(self._apply, batch)
-            if not batch["more"]:  # a long history arrives in chunks, each drawn once
-                return
+        if not self.follower.busy.acquire(blocking=False):
+            return  # the last poll is still replaying a long history; it reads on to the end
+        try:
+            while True:
+                batch = self.follower.read()
+                self.app.call_from_thread(self._apply, batch)
+                if not batch["more"]:  # a long history arrives in chunks, each drawn once
+                    return
+        finally:
+            self.follower.busy.release()
 
     def _apply(self, batch: dict) -> None:
         before = (self.history.events, self.history.status)
