@@ -15,7 +15,8 @@ B C A, ... so load from anything else on the machine falls on all of them):
 3. the TUI's first frame and key-to-repaint latency while a run trains, in a
    real pseudo-terminal (``bench/tui_latency.py``);
 4. step time with the memory monitor on and off (``bench/monitor_cost.py``);
-5. attaching to a run with 100,000 events: reading them and summarizing.
+5. attaching to a run with 100,000 events: reading them and summarizing, and
+   the app opened on that run until its monitor shows every step.
 
 The workload (``bench/workload.py``) is built locally into the work folder:
 a ~11M-parameter Llama-style model and 1000 alpaca records of 29-394 tokens.
@@ -208,8 +209,37 @@ def bench_attach(work: Path, count: int = 100_000) -> dict:
         sample = json.loads(out.stdout)
         sample["process"] = time.perf_counter() - started
         samples.append(sample)
+    shown = [_attach_in_app(work, run) for _ in range(3)]
     return {k: statistics.median(s[k] for s in samples) for k in ("import", "read", "summarize", "process")} | {
-        "events": samples[0]["events"], "status": samples[0]["status"]}
+        "events": samples[0]["events"], "status": samples[0]["status"], "app": statistics.median(shown),
+        "app_runs": shown}
+
+
+def _attach_in_app(work: Path, run: Path) -> float:
+    """Seconds from a fresh process's start until the app, opened on ``run``, shows its monitor with every step
+    folded in and drawn (headless, 80x24: Textual renders as it would to a terminal)."""
+    code = (
+        "import asyncio, time\n"
+        "t0 = time.perf_counter()\n"
+        "from pathlib import Path\n"
+        "from finetty.tui.app import FinettyApp\n"
+        "from finetty.tui.screens.monitor import MonitorScreen\n"
+        f"run = Path({str(run)!r})\n"
+        "async def main():\n"
+        "    app = FinettyApp(runs=run.parent, open_run=run, first_run=False, notify_write=lambda text: None)\n"
+        "    async with app.run_test(size=(80, 24)) as pilot:\n"
+        "        while not (isinstance(app.screen, MonitorScreen) and app.screen.history.status == 'finished'):\n"
+        "            await pilot.pause(0.01)\n"
+        "        await pilot.pause()\n"
+        "        print(time.perf_counter() - t0, app.screen.history.summary.step)\n"
+        "asyncio.run(main())\n"
+    )
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], env=_env(work), capture_output=True, text=True, check=True)
+    step = out.stdout.split()[-1]
+    if int(step) < 99_000:
+        raise SystemExit(f"the monitor showed step {step} of the 100,000-event run")
+    return time.perf_counter() - started
 
 
 def _monitor(rounds: int, steps: int, work: Path) -> dict:
@@ -290,7 +320,9 @@ def report(results: dict) -> str:
                          + f", first step {med[name]['first_step']:.2f}")
     a = results["attach"]
     lines += ["", f"Attach, {a['events']} events: import {a['import']:.2f} s, read {a['read']:.2f} s, "
-                  f"summarize {a['summarize']:.2f} s; whole fresh process {a['process']:.2f} s (median of 5)"]
+                  f"summarize {a['summarize']:.2f} s; whole fresh process {a['process']:.2f} s (median of 5); "
+                  f"the app opened on the run, from its process's start to the monitor drawn with every step: "
+                  f"{a['app']:.2f} s (median of 3)"]
     t = results["tui"]
     lines += [f"TUI: first frame {t['first_frame_median'] * 1e3:.0f} ms (median of {len(t['first_frame'])} fresh "
               f"launches; target < 500 ms); key to repaint while a run trains: median {t['latency_median'] * 1e3:.1f} ms, "
