@@ -271,34 +271,41 @@ def test_attach_to_a_finished_run_shows_the_whole_loss_history(runs_dir):
 
 
 def test_a_long_finished_history_is_replayed_in_order_and_never_shown_lost(runs_dir, monkeypatch):
-    """Chunk by chunk, with the monitor's own polls ticking meanwhile: each step folded once, no "lost" on the way."""
+    """Chunk by chunk, with the monitor's own polls ticking meanwhile: each step folded once, in order; what
+    each draw shows meanwhile is the replay's progress, never "lost" or a running run's ETA."""
     from finetty.tui import history
     from finetty.tui.screens.monitor import MonitorScreen
 
     monkeypatch.setattr(history, "READ_CHUNK", 8192)  # about 40 steps a chunk: ~50 chunks
     events = recorded()
-    start, end = events[0], events[-1]
-    steps = [{**events[2], "type": "step", "step": n, "loss": 3.0 - n / 1000, "ts": START + n} for n in range(1, 2001)]
-    run_dir = write_run(runs_dir, "261122-110826-lora-f667", [start, events[1], *steps,
-                                                               {**end, "step": 2000, "ts": START + 2001}])
-    seen = set()
+    head = [{**e, "total_steps": 2000} if e["type"] == "run_started" else e
+            for e in events if e["type"] in ("worker_started", "data", "run_started")]
+    step, end = next(e for e in events if e["type"] == "step"), events[-1]
+    steps = [{**step, "step": n, "loss": 3.0 - n / 1000, "ts": START + n} for n in range(1, 2001)]
+    run_dir = write_run(runs_dir, "261122-110826-lora-f667",
+                        [*head, *steps, {**end, "step": 2000, "ts": START + 2001}])
+    shown = []
+    draw = MonitorScreen._draw
+
+    def drawn(screen):
+        draw(screen)
+        shown.append(str(screen.query_one("#monitor-status").render()))
+
+    monkeypatch.setattr(MonitorScreen, "_draw", drawn)
 
     async def scenario():
         app = make_app(runs_dir, open_run=run_dir, poll_interval=0.02)  # polls overlap the replay
         async with app.run_test(size=(80, 24)) as pilot:
             await until(pilot, lambda: isinstance(app.screen, MonitorScreen))
             monitor = app.screen
-
-            def done():
-                seen.add(monitor.history.status)
-                return monitor.history.status == "finished"
-
-            await until(pilot, done, what="the replay")
+            await until(pilot, lambda: monitor.history.status == "finished", what="the replay")
             assert [s for s, _ in monitor.history.train] == list(range(1, 2001))
-            assert monitor.history.events == len(steps) + 3
+            assert monitor.history.events == len(head) + len(steps) + 1
 
     run(scenario())
-    assert "lost" not in seen
+    replay = shown[:-1]
+    assert len(replay) > 10 and all(line.startswith(("starting", "reading the history")) for line in replay)
+    assert shown[-1].startswith("finished  step 2000/2000")
 
 
 def test_two_apps_follow_one_run_as_it_grows(runs_dir):

@@ -47,6 +47,8 @@ class MonitorScreen(Screen):
         self._recipe_text = None
         self._log: list[str] = []
         self._warned = 0
+        self._replaying = True
+        """until the first read that reaches the end of events.jsonl"""
 
     @property
     def history(self):
@@ -101,6 +103,7 @@ class MonitorScreen(Screen):
             self._checkpoints, self._final, self._recipe_text, self._log)
         self._checkpoints, self._final = batch["checkpoints"], batch["final"]
         self._recipe_text, self._log = batch["recipe"], batch["log"]
+        self._replaying = batch["more"]
         if files_changed or before != (self.history.events, self.history.status) or self.history.status == "running":
             self._draw()
 
@@ -109,6 +112,11 @@ class MonitorScreen(Screen):
         summary = history.summary
         now = self.app.clock()
         status = Text()
+        if self._replaying and history.events:
+            status.append(f"reading the history: step {summary.step}", style="dim")  # its status comes at the end
+            self.query_one("#monitor-status", Static).update(status)
+            self.query_one(LossChart).show(history.train, history.eval, summary.total)
+            return
         status.append_text(status_text(summary.status))
         total = f"/{summary.total}" if summary.total else ""
         status.append(f"  step {summary.step}{total}")
