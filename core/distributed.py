@@ -218,10 +218,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--lock-fd", type=int, default=None)
     args = parser.parse_args(argv)
+    from . import standby
+
+    launched_with = dict(os.environ)
     run_dir = args.run_dir.resolve()
     if args.lock_fd is None:
         rundir.acquire_lock(run_dir)  # kept open, and so held, until this process ends
-    return supervise(run_dir, args.resume)
+    try:
+        return supervise(run_dir, args.resume)
+    finally:
+        if standby.enabled():
+            standby.ensure(launched_with)  # as a single-process worker does when it ends
 
 
 if __name__ == "__main__":

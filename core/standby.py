@@ -3,12 +3,12 @@
 Every launch (``finetty train``, resume, the queue, the app) goes through
 :func:`finetty.core.launch.start_worker`, which first offers the run to the
 standby: one waiting process per user, Python environment and finetty home,
-started in its own session by :func:`ensure`. A worker calls it as it ends,
-for the next launch, and the New run screen as it opens. (Not at a launch:
-its imports would then take CPU from the run that just started.) Like a
-build daemon, it imports what a run needs (torch, transformers and its
-Trainer, datasets, peft), then listens on a Unix socket in a private (0700)
-directory.
+started in its own session by :func:`ensure`. A worker (or the supervisor of
+several) calls it as it ends, for the next launch, and the New run screen as
+it opens. (Not at a launch: its imports would then take CPU from the run that
+just started.) Like a build daemon, it imports what a run needs (torch,
+transformers and its Trainer, datasets, peft), then listens on a Unix socket
+in a private (0700) directory.
 
 :func:`hand_over` sends it the run directory and the run's lock descriptor
 itself (``SCM_RIGHTS``), taken by the launcher first, so the run is never
