@@ -85,6 +85,17 @@ def test_the_fingerprint_follows_what_the_imports_read_and_not_the_terminal():
                                 "COLUMNS": "80", "PWD": "/elsewhere"}) == same
     assert standby.fingerprint({**env, "HF_HUB_OFFLINE": "0"}) != same
     assert standby.fingerprint({**env, "CUDA_VISIBLE_DEVICES": "1"}) != same
+    assert standby.differences(same, standby.fingerprint({**env, "HF_HOME": "/elsewhere"})) == ["HF_HOME"]
+
+
+def test_the_fingerprint_changes_when_a_package_is_installed(monkeypatch, tmp_path):
+    packages = tmp_path / "site-packages"
+    packages.mkdir()
+    monkeypatch.syspath_prepend(str(packages))
+    before = standby.fingerprint()
+    (packages / "newpkg-1.0.dist-info").mkdir()  # what pip install leaves
+    os.utime(packages, ns=(0, os.stat(packages).st_mtime_ns + 1_000_000))  # a coarse clock may not tick by itself
+    assert standby.differences(before, standby.fingerprint()) == ["software"]
 
 
 
