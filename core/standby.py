@@ -54,7 +54,7 @@ ENV = "FINETTY_STANDBY"
 IDLE_ENV = "FINETTY_STANDBY_IDLE"
 IDLE_DEFAULT = 1200.0
 
-# what differs between two shells of one person without changing what a run does
+# what differs between two shells (or test runs) of one person without changing what a run does
 _SESSION_VARS = {"_", "PWD", "OLDPWD", "SHLVL", "TERM", "TERM_PROGRAM", "TERM_PROGRAM_VERSION", "COLORTERM",
                  "COLUMNS", "LINES", "TMUX", "TMUX_PANE", "STY", "WINDOW", "WINDOWID", "DISPLAY", "XAUTHORITY",
                  "PS1", "PS2", "PROMPT_COMMAND", "LS_COLORS", "MAIL", "GPG_TTY", "XDG_SESSION_ID",
