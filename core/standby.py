@@ -189,7 +189,7 @@ def ensure(env: dict | None = None) -> None:
         return
     log = _file(".log")
     try:
-        with open(log, "wb") as out:
+        with open(log, "ab") as out:  # kept across standbys: it says why the last one stepped aside
             subprocess.Popen([sys.executable, "-m", "finetty.core.standby"], stdin=subprocess.DEVNULL,
                              stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
                              cwd=str(lock.parent), env=env)

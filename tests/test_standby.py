@@ -56,6 +56,7 @@ def test_a_standby_refuses_a_launcher_with_another_environment_and_makes_way(sta
     assert [e for e in events(run_dir) if e["type"] == "run_finished"]
     wait_for(lambda: not alive(old), "the stale standby to leave")
     assert wait_for(standby.pid, "a standby for the new environment") != old
+    assert "differs in FINETTY_SOMETHING_NEW" in standby._file(".log").read_text()
 
 
 def test_an_idle_standby_leaves_on_its_own(standby_on, monkeypatch):
