@@ -41,7 +41,7 @@ def cmd_estimate(args) -> int:
     found = estimate_mod.estimate(recipe, gpus=gpus)
     if args.json:
         print(json.dumps(found.to_dict(), indent=2))
-        return 0 if found.fits is not False else 1
+        return 0 if found.fits_here is not False else 1
     gib = estimate_mod.gib
     console.print(f"[bold]{escape(recipe.model)}[/]  {recipe.method}"
                   + (f" on a {recipe.quantizer} base" if recipe.quantizer != "none" else "")
@@ -64,7 +64,7 @@ def cmd_estimate(args) -> int:
     for verdict in found.gpus:
         colour = "green" if verdict.under_watermark else "yellow" if verdict.fits else "red"
         console.print(f"[{colour}]{escape(verdict.describe(found.watermark))}[/]")
-    colour = {True: "green", False: "red", None: "yellow"}[found.fits]
+    colour = {True: "green", False: "red", None: "yellow"}[found.fits_here]
     console.print(f"[bold {colour}]{escape(found.verdict())}[/]")
     if found.suggestions:
         console.print("what would change it:" if found.gpus else "what would lower it:")
@@ -73,7 +73,7 @@ def cmd_estimate(args) -> int:
             console.print(f"  {escape(suggestion.change)}: {gib(suggestion.total)}{mark} ({escape(suggestion.why)})")
     for note in found.notes:
         console.print(f"[dim]note: {escape(note)}[/]")
-    return 0 if found.fits is not False else 1
+    return 0 if found.fits_here is not False else 1
 
 
 def add_commands(add) -> None:

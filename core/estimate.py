@@ -237,12 +237,28 @@ class Estimate:
     watermark: float
     exact_trainable: bool = True
     gpus: list[GpuVerdict] = field(default_factory=list)
+    host_available: int | None = None
+    """with no GPU, the host memory available now (the run then trains on the CPU)"""
     suggestions: list[Suggestion] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
         return self.weights + self.gradients + self.optimizer + self.activations + self.margin
+
+    @property
+    def host_total(self) -> int:
+        """On the CPU, the same parts without the CUDA context (the interpreter and its libraries not counted)."""
+        return self.total - CONTEXT_BYTES
+
+    @property
+    def host_fits(self) -> bool | None:
+        return None if self.host_available is None else self.host_total <= self.host_available
+
+    @property
+    def fits_here(self) -> bool | None:
+        """On this machine: the GPUs' verdict, or with none the host's; None when there is nothing to compare with."""
+        return self.fits if self.gpus else self.host_fits
 
     @property
     def fits(self) -> bool | None:
@@ -253,8 +269,13 @@ class Estimate:
 
     def verdict(self) -> str:
         if not self.gpus:
-            return (f"needs about {gib(self.total)} per GPU ({gib(CONTEXT_BYTES)} of it the CUDA context); "
-                    f"no GPU visible to compare with")
+            text = (f"needs about {gib(self.total)} per GPU ({gib(CONTEXT_BYTES)} of it the CUDA context); "
+                    f"no GPU visible, so it trains on the CPU: about {gib(self.host_total)} of RAM for the model "
+                    f"and its training state")
+            if self.host_available is not None:
+                text += (f", {gib(self.host_available)} available" if self.host_fits else
+                         f", more than the {gib(self.host_available)} available")
+            return text
         bad = [v for v in self.gpus if not v.under_watermark]
         if not bad:
             return f"fits: about {gib(self.total)} per GPU, under the {self.watermark:.0%} watermark"
@@ -265,7 +286,8 @@ class Estimate:
     def summary(self) -> str:
         """One line for a form: the verdict, and the first change that would make it fit when it does not."""
         if not self.gpus:  # (short enough for one line at 80 columns)
-            return f"memory: about {gib(self.total)} per GPU ({CONTEXT_BYTES >> 20} MiB CUDA context); no GPU visible"
+            text = f"memory: no GPU visible; on the CPU about {gib(self.host_total)} of RAM"
+            return text if self.host_fits is not False else f"{text}, more than the {gib(self.host_available)} free"
         text = f"memory: {self.verdict()}"
         if self.fits is False and self.suggestions:
             text += f"; try {self.suggestions[0].change}"
@@ -275,6 +297,8 @@ class Estimate:
         data = dataclasses.asdict(self)
         data["total"] = self.total
         data["fits"] = self.fits
+        data["host_total"] = self.host_total
+        data["fits_here"] = self.fits_here
         data["verdict"] = self.verdict()
         return data
 
@@ -515,6 +539,16 @@ def visible_gpus(max_age: float = 30.0) -> list:
     return _GPU_CACHE[1]
 
 
+def _host_available() -> int | None:
+    from . import gpu
+
+    try:
+        reading = gpu.host()
+        return reading.total - reading.used
+    except Exception:  # an estimate is advice: no reading, no comparison
+        return None
+
+
 def _verdicts(total: int, gpus: list, watermark: float, processes: int) -> list[GpuVerdict]:
     used = gpus[:max(1, processes)] if processes <= len(gpus) else gpus
     return [GpuVerdict(index=g.index, name=g.name, total=g.total, fraction=total / g.total if g.total else 1.0,
@@ -594,9 +628,12 @@ def _suggest(arch: Architecture, spec: Spec, gpus: list, watermark: float) -> li
     return made
 
 
-def estimate(recipe, gpus: list | None = None, base_dir: Path | None = None) -> Estimate:
+def estimate(recipe, gpus: list | None = None, base_dir: Path | None = None,
+             host_available: int | None = None) -> Estimate:
     """Predict ``recipe``'s peak memory per GPU; ``gpus`` (readings with index, name, total) default to the visible ones.
 
+    With no GPU the run trains on the CPU: the verdict is then about host memory,
+    against ``host_available`` bytes (default: what the host has available now).
     Light: no torch, no weights; reads config.json only.
     """
     config, source = find_config(recipe.model, base_dir)
@@ -623,6 +660,8 @@ def estimate(recipe, gpus: list | None = None, base_dir: Path | None = None) -> 
                       gradient_checkpointing=spec.gradient_checkpointing, watermark=watermark,
                       exact_trainable=parts["exact"], notes=notes)
     result.gpus = _verdicts(result.total, gpus, watermark, spec.processes)
+    if not gpus:
+        result.host_available = _host_available() if host_available is None else host_available
     if not result.fits:
         result.suggestions = _suggest(arch, spec, result.gpus and gpus, watermark)
     return result

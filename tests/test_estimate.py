@@ -168,6 +168,18 @@ def test_unknown_model_is_a_clear_input_error(tmp_path):
     assert "nobody/nothing-7b" in str(info.value) and "huggingface-cli download" in str(info.value)
 
 
+def test_without_a_gpu_the_verdict_is_about_the_hosts_memory():
+    recipe = _recipe(path=RECIPES / "llama-3.1-8b-qlora.yaml")
+    roomy = estimate_mod.estimate(recipe, gpus=[], host_available=64 * GIB)
+    assert roomy.fits is None and roomy.fits_here is True  # no GPU to judge; the host has room
+    assert roomy.host_total == roomy.total - estimate_mod.CONTEXT_BYTES  # the same tensors, no CUDA context
+    assert "trains on the CPU" in roomy.verdict() and "64.0 GiB available" in roomy.verdict()
+    short = estimate_mod.estimate(recipe, gpus=[], host_available=4 * GIB)
+    assert short.fits_here is False and short.summary().endswith("more than the 4.0 GiB free")
+    on_gpu = estimate_mod.estimate(recipe, gpus=[GpuReading(0, "big", 0, 80 * GIB, None, None)])
+    assert on_gpu.host_available is None and on_gpu.fits_here is on_gpu.fits is True
+
+
 def test_estimate_command_prints_breakdown_and_verdict(demo_model):
     out = finetty("estimate", str(RECIPES / "demo-lora.yaml"), "--gpu-memory", "24GiB")
     assert out.returncode == 0, out.stderr
@@ -180,6 +192,8 @@ def test_estimate_command_prints_breakdown_and_verdict(demo_model):
     data = json.loads(out.stdout)
     assert data["fits"] is True and data["total"] == sum(data[k] for k in ("weights", "gradients", "optimizer",
                                                                            "activations", "margin"))
+    out = finetty("estimate", str(RECIPES / "demo-lora.yaml"), env={"CUDA_VISIBLE_DEVICES": ""})  # no GPU here
+    assert out.returncode == 0 and "trains on the CPU" in out.stdout and "available" in out.stdout
     out = finetty("estimate", str(RECIPES / "demo-lora.yaml"), "--gpu-memory", "lots")
     assert out.returncode == 2 and "--gpu-memory" in out.stderr
 

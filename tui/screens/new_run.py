@@ -435,7 +435,7 @@ class NewRunScreen(Screen):
             result = estimate(recipe)
         except Exception as exc:  # an estimate is advice: never block the form on it
             return Text(f"memory estimate unavailable: {exc}", style="dim")
-        style = {True: "green", False: "bold red", None: "dim"}[result.fits]
+        style = {True: "green", False: "bold red", None: "dim"}[result.fits_here]
         return Text(result.summary(), style=style)
 
     def _show_problem(self, problem: str, field_key: str | None) -> None:
