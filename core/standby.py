@@ -321,17 +321,17 @@ def _serve(listener: socket.socket, expected: dict, leave) -> tuple[dict, int] |
                 _answer(conn, {})  # a probe (see ready())
                 continue
             lock_fd = fds[0]
+            if not _peer_is_us(conn):
+                os.close(lock_fd)
+                _answer(conn, {"refused": "another user"})
+                continue
             stale = differences(expected, request.get("fingerprint") or {})
             if stale:
                 print(f"standby: a launcher differs in {', '.join(stale)}: leaving for a fresh standby", flush=True)
-            if stale or not _peer_is_us(conn):
                 os.close(lock_fd)
-                if stale:
-                    leave()  # the launcher starts a worker, and a fresh standby for what it has now
-                _answer(conn, {"refused": "stale" if stale else "peer"})
-                if stale:
-                    return None
-                continue
+                leave()  # the launcher starts a worker, whose end leaves a standby for what it has now
+                _answer(conn, {"refused": "stale"})
+                return None
             rundir.record_holder(lock_fd)  # before answering: a stop from now on names this process
             leave()
             if _answer(conn, {"pid": os.getpid()}):
@@ -355,8 +355,8 @@ def _step_back() -> None:
     shared between sessions first, so niceness alone would not help: the
     standby lowers its session's group to nice 19, and a taken standby starts
     a session (and group) of its own, back at nice 0. A session leader cannot
-    start another session, so the standby first leaves the one
-    :func:`ensure` started for it to a child."""
+    start another session, so the process :func:`ensure` started forks once
+    and leaves the waiting to its child."""
     if os.getsid(0) == os.getpid():
         if os.fork() > 0:
             os._exit(0)
