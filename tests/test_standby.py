@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
-from finetty.core import standby
+from finetty.core import rundir, standby
 
 from .conftest import RECIPES, alive, events, finetty, losses, wait_for
 
@@ -43,6 +44,39 @@ def test_a_second_train_is_taken_by_the_standby_and_learns_exactly_what_a_cold_w
     assert after != waiting
     place = standby._file(".sock").parent
     assert place.stat().st_mode & 0o777 == 0o700  # nobody else can reach it
+
+
+def _autogroup_nice(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+
+
+def _thread_nices(pid: int) -> dict[str, int]:
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        name = (task / "comm").read_text().strip()
+        found[f"{name}-{task.name}"] = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="no autogroup scheduling here")
+def test_a_waiting_standby_gives_way_and_the_run_it_takes_does_not(standby_on, tmp_path, demo_model):
+    standby.ensure()
+    waiting = wait_for(lambda: standby.ready() and standby.pid(), "the standby to finish its imports")
+    assert _autogroup_nice(waiting) == 19  # while it waits, any training run has the CPU first
+    runs = tmp_path / "runs"
+    finetty("train", str(RECIPES / "demo-lora.yaml"), "--runs-dir", str(runs), "--detach", "--set",
+            "train.max_steps=100000", "--set", "train.save_steps=100000", check=True)
+    (run_dir,) = runs.iterdir()
+    wait_for(lambda: any(e["type"] == "step" for e in events(run_dir)), "the first step")
+    try:
+        assert worker_pid(run_dir) == waiting
+        assert _autogroup_nice(waiting) == 0  # a session and group of its own, at normal priority
+        computing = {name: nice for name, nice in _thread_nices(waiting).items() if not name.startswith("jemalloc")}
+        assert set(computing.values()) == {0}, computing  # no thread the run computes on kept the imports' nice
+    finally:
+        finetty("stop", run_dir.name, "--runs-dir", str(runs))
+        wait_for(lambda: not rundir.is_live(run_dir), "the run to stop")
 
 
 @pytest.mark.slow
