@@ -239,6 +239,7 @@ class Estimate:
     gpus: list[GpuVerdict] = field(default_factory=list)
     host_available: int | None = None
     """with no GPU, the host memory available now (the run then trains on the CPU)"""
+    processes: int = 1
     suggestions: list[Suggestion] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -248,8 +249,9 @@ class Estimate:
 
     @property
     def host_total(self) -> int:
-        """On the CPU, the same parts without the CUDA context (the interpreter and its libraries not counted)."""
-        return self.total - CONTEXT_BYTES
+        """On the CPU, the same parts without the CUDA context, for every process of the run (the interpreter and
+        its libraries not counted)."""
+        return (self.total - CONTEXT_BYTES) * self.processes
 
     @property
     def host_fits(self) -> bool | None:
@@ -658,7 +660,7 @@ def estimate(recipe, gpus: list | None = None, base_dir: Path | None = None,
                       activations_detail=parts["activations_detail"], margin=parts["margin"],
                       micro_batch=spec.micro_batch, accumulation=spec.accumulation, max_length=spec.max_length,
                       gradient_checkpointing=spec.gradient_checkpointing, watermark=watermark,
-                      exact_trainable=parts["exact"], notes=notes)
+                      exact_trainable=parts["exact"], notes=notes, processes=spec.processes)
     result.gpus = _verdicts(result.total, gpus, watermark, spec.processes)
     if not gpus:
         result.host_available = _host_available() if host_available is None else host_available

@@ -176,6 +176,9 @@ def test_without_a_gpu_the_verdict_is_about_the_hosts_memory():
     assert "trains on the CPU" in roomy.verdict() and "64.0 GiB available" in roomy.verdict()
     short = estimate_mod.estimate(recipe, gpus=[], host_available=4 * GIB)
     assert short.fits_here is False and short.summary().endswith("more than the 4.0 GiB free")
+    two = estimate_mod.estimate(_recipe("launch.num_processes=2", path=RECIPES / "llama-3.1-8b-qlora.yaml"),
+                                gpus=[], host_available=64 * GIB)
+    assert two.host_total == 2 * (two.total - estimate_mod.CONTEXT_BYTES)  # each CPU process holds its copy
     on_gpu = estimate_mod.estimate(recipe, gpus=[GpuReading(0, "big", 0, 80 * GIB, None, None)])
     assert on_gpu.host_available is None and on_gpu.fits_here is on_gpu.fits is True
 
