@@ -170,4 +170,4 @@ def test_finetty_serve_answers_a_streaming_request(identity_run):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    assert process.returncode == 0
+    assert process.returncode == 0, process.stderr.read()[-4000:]  # (it once ended with SIGABRT: say why if again)
