@@ -21,6 +21,7 @@ import hmac
 import ipaddress
 import json
 import socket
+import threading
 import time
 import uuid
 from http import HTTPStatus
@@ -250,7 +251,12 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class APIServer(ThreadingHTTPServer):
-    daemon_threads = True
+    # Handler threads are joined when the server closes: a daemon thread still running at interpreter exit
+    # is ended inside whatever C++ it is in, and the process aborts ("terminate called without an active
+    # exception"). Closing first shuts every open connection, so an idle keep-alive client cannot hold it
+    # open and a generation for a client that is gone stops.
+    daemon_threads = False
+    block_on_close = True
 
     def __init__(self, loaded: inference.Loaded, host: str = "127.0.0.1", port: int = 8000,
                  api_key: str | None = None, max_tokens: int = 512, verbose: bool = False):
@@ -258,7 +264,28 @@ class APIServer(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.loaded, self.api_key, self.max_tokens, self.verbose = loaded, api_key, max_tokens, verbose
         self.created = int(time.time())
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
         super().__init__((host, port), Handler)
+
+    def process_request(self, request, client_address) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def server_close(self) -> None:
+        with self._open_lock:
+            for connection in self._open:
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        super().server_close()  # joins the handler threads
 
     def model_card(self) -> dict:
         return {"id": self.loaded.model_id, "object": "model", "created": self.created, "owned_by": "finetty"}
