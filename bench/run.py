@@ -26,6 +26,7 @@ Results are printed and written to ``<work>/results.json`` and ``<work>/results.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -69,34 +70,36 @@ def _env(work: Path, standby: bool = True) -> dict:
     return env
 
 
+@contextlib.contextmanager
+def _suite_env(work: Path):
+    """This process with the suite's environment (the standby's files are keyed by FINETTY_HOME)."""
+    saved = dict(os.environ)
+    os.environ.update(_env(work))
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def _standby_ready(work: Path, timeout: float = 60.0) -> bool:
     """Wait (a deadline) for the standby worker the last launch started, as a person's next command would find it."""
     from finetty.core import standby
 
-    saved = dict(os.environ)
-    os.environ.update(_env(work))
-    try:
+    with _suite_env(work):
         deadline = time.monotonic() + timeout
         while not standby.ready():
             if standby.pid() is None or time.monotonic() > deadline:  # none is starting, or it takes too long
                 return False
             time.sleep(0.2)
         return True
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def _stop_standby(work: Path) -> None:
     from finetty.core import standby
 
-    saved = dict(os.environ)
-    os.environ.update(_env(work))
-    try:
+    with _suite_env(work):
         standby.stop()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def _rate(points: list[tuple[float, int]]) -> float:
