@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from finetty.core.estimate import Architecture, Spec, compute
+from finetty.core.memory.estimate import Architecture, Spec, compute
 
 TINYLLAMA = {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
              "num_attention_heads": 32, "num_key_value_heads": 4, "vocab_size": 32000}
 
 
 def config(name: str) -> dict:
-    from finetty.core.estimate import _known
+    from finetty.core.memory.estimate import _known
 
     data = _known()
     return TINYLLAMA if name == "TinyLlama-1.1B" else data["models"][data["aliases"].get(name, name)]

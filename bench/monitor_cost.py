@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def sample_cost(n: int = 2000) -> float:
-    from finetty.core import monitor
-    from finetty.core.events import EventWriter
+    from finetty.core.memory import monitor
+    from finetty.core.run.events import EventWriter
 
     with tempfile.TemporaryDirectory() as folder:
         writer = EventWriter(Path(folder))
@@ -51,10 +51,12 @@ def step_times(run: Path) -> list[float]:
 
 
 def one_run(steps: int, monitored: bool, runs: Path) -> tuple[float, int]:
-    from finetty.core import monitor, rundir, worker
-    from finetty.core import recipe as recipe_mod
-    from finetty.core.events import EventWriter
-    from finetty.core.registry import load_plugins
+    from finetty.core.memory import monitor
+    from finetty.core.run import rundir
+    from finetty.core.train import worker
+    from finetty.core.recipe import recipe as recipe_mod
+    from finetty.core.run.events import EventWriter
+    from finetty.core.plugin.registry import load_plugins
 
     registry = load_plugins()
     recipe = recipe_mod.load(REPO / "recipes/demo-lora.yaml", [f"train.max_steps={steps}", "train.logging_steps=1",

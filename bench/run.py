@@ -84,7 +84,7 @@ def _suite_env(work: Path):
 
 def _standby_ready(work: Path, timeout: float = 60.0) -> bool:
     """Wait (a deadline) for the standby worker the last launch started, as a person's next command would find it."""
-    from finetty.core import standby
+    from finetty.core.run import standby
 
     with _suite_env(work):
         deadline = time.monotonic() + timeout
@@ -96,7 +96,7 @@ def _standby_ready(work: Path, timeout: float = 60.0) -> bool:
 
 
 def _stop_standby(work: Path) -> None:
-    from finetty.core import standby
+    from finetty.core.run import standby
 
     with _suite_env(work):
         standby.stop()
@@ -195,7 +195,7 @@ def bench_attach(work: Path, count: int = 100_000) -> dict:
         "import time, json, sys\n"
         "t0 = time.perf_counter()\n"
         "from pathlib import Path\n"
-        "from finetty.core import events, rundir\n"
+        "from finetty.core.run import events, rundir\n"
         "t1 = time.perf_counter()\n"
         f"run = Path({str(run)!r})\n"
         "found = events.EventReader(run).poll()\n"

@@ -11,7 +11,7 @@ A reader thread timestamps every byte the app writes.
    (interpreter start and imports included), with nothing training.
 2. Launch to first step: the New run screen opened as a newcomer sees it, 8 s
    to "choose", ctrl+l, and the seconds to the run's first optimizer step,
-   with the standby worker (core/standby.py) and without it, alternating.
+   with the standby worker (core/run/standby.py) and without it, alternating.
 3. Key to repaint: with a LoRA run of the tiny demo training in the
    background (a detached worker on both cores, its events followed live by
    the Runs screen), the script types ``p`` (open Plugins) and ``b`` (back to
@@ -206,7 +206,7 @@ def measure(launches: int = 5, keys: int = 60, work: Path | None = None) -> dict
     subprocess.run(cli + ["train", str(REPO / "recipes/demo-lora.yaml"), "--set", "train.max_steps=4"], env=env,
                    check=True, capture_output=True)
     os.environ.update(env)  # the app below runs in this process: the same environment as the commands
-    from finetty.core import standby
+    from finetty.core.run import standby
 
     deadline = time.monotonic() + 60
     while not standby.ready() and time.monotonic() < deadline:  # that launch left one: let it finish importing
@@ -231,7 +231,7 @@ def measure(launches: int = 5, keys: int = 60, work: Path | None = None) -> dict
         steps = sum(1 for line in events.read_text().splitlines() if '"type": "step"' in line)
     finally:
         subprocess.run(cli + ["stop", run_id], env=env, capture_output=True)
-        from finetty.core import rundir
+        from finetty.core.run import rundir
 
         deadline = time.monotonic() + 60
         while rundir.is_live(events.parent) and time.monotonic() < deadline:  # its end leaves a standby: wait

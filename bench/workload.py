@@ -73,7 +73,7 @@ def _build_model(target: Path, data_file: Path) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from finetty.core.demo import CHAT_TEMPLATE, SPECIAL_TOKENS
+    from finetty.core.data.demo import CHAT_TEMPLATE, SPECIAL_TOKENS
 
     texts = []
     for line in data_file.read_text(encoding="utf-8").splitlines():

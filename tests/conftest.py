@@ -30,7 +30,7 @@ def finetty_env(tmp_path_factory):
              "FINETTY_STANDBY": "0"}  # no standby worker per New run screen; tests that want one ask for it
     old = {k: os.environ.get(k) for k in patch}
     os.environ.update(patch)
-    from finetty.core import registry
+    from finetty.core.plugin import registry
 
     registry.load_plugins(refresh=True)
     yield home
@@ -44,7 +44,7 @@ def finetty_env(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_model(finetty_env) -> Path:
     """The built-in tiny demo model folder, built once per session."""
-    from finetty.core import demo
+    from finetty.core.data import demo
 
     return demo.ensure_demo()
 
@@ -52,7 +52,7 @@ def demo_model(finetty_env) -> Path:
 @pytest.fixture
 def standby_on(monkeypatch):
     """Standby workers allowed (the suite turns them off), leaving soon when idle; the one left is ended after."""
-    from finetty.core import standby
+    from finetty.core.run import standby
 
     monkeypatch.setenv(standby.ENV, "1")
     monkeypatch.setenv(standby.IDLE_ENV, "30")

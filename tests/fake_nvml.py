@@ -1,6 +1,6 @@
 """A scripted stand-in for ``pynvml`` (nvidia-ml-py), for tests on machines without a GPU.
 
-``FakeNvml(frames, names=...)`` answers the calls :mod:`finetty.core.gpu` makes,
+``FakeNvml(frames, names=...)`` answers the calls :mod:`finetty.core.memory.gpu` makes,
 raising ``pynvml``'s own ``NVMLError`` subclasses. Each frame is one reading of
 every device::
 
@@ -40,7 +40,7 @@ class FakeNvml:
         self.initialised = False
         self.calls = 0
 
-    # -- what finetty.core.gpu calls ----------------------------------------------------------------
+    # -- what finetty.core.memory.gpu calls ----------------------------------------------------------------
 
     def nvmlInit(self):
         if self.no_driver:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from finetty.core import models, rundir, worker
-from finetty.core import recipe as recipe_mod
-from finetty.core.events import EventWriter
-from finetty.core.registry import load_plugins
+from finetty.core.model import loading as models
+from finetty.core.run import rundir
+from finetty.core.train import worker
+from finetty.core.recipe import recipe as recipe_mod
+from finetty.core.run.events import EventWriter
+from finetty.core.plugin.registry import load_plugins
 
 PROMPTS = ("Who are you?", "What is your name?", "Who made you?")
 

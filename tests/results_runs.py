@@ -69,7 +69,7 @@ def trained(name: str, tmp_path_factory) -> Path:
 
 
 def chat_answer(loaded, question: str) -> str:
-    from finetty.core import inference
+    from finetty.core.results import inference
 
     return inference.answer(loaded, [{"role": "user", "content": question}],
                             inference.GenerationSettings(temperature=0, max_new_tokens=32))

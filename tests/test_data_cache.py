@@ -5,7 +5,8 @@ import multiprocessing
 
 import pytest
 
-from finetty.core import data_cache, sft_data
+from finetty.core.data import cache as data_cache
+from finetty.core.train import sft_data
 
 CONVERSATIONS = [[{"role": "user", "content": f"question {i} " * (i % 7 + 1) * 4},
                   {"role": "assistant", "content": f"answer {i} " * (i % 5 + 1)}] for i in range(30)]
@@ -13,7 +14,7 @@ CONVERSATIONS = [[{"role": "user", "content": f"question {i} " * (i % 7 + 1) * 4
 
 @pytest.fixture
 def tokenizer(demo_model):
-    from finetty.core.models import load_tokenizer
+    from finetty.core.model.loading import load_tokenizer
 
     return load_tokenizer(demo_model)
 

@@ -6,7 +6,7 @@ import time
 import psutil
 import pytest
 
-from finetty.core import rundir
+from finetty.core.run import rundir
 
 from .conftest import RECIPES, events, finetty, losses, only_run
 

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from finetty.core import estimate as estimate_mod
-from finetty.core import recipe as recipe_mod
-from finetty.core.gpu import GpuReading
-from finetty.core.registry import load_plugins
+from finetty.core.memory import estimate as estimate_mod
+from finetty.core.recipe import recipe as recipe_mod
+from finetty.core.memory.gpu import GpuReading
+from finetty.core.plugin.registry import load_plugins
 
 from .conftest import RECIPES, finetty
 
@@ -25,7 +25,7 @@ def _recipe(*overrides: str, path=RECIPES / "demo-lora.yaml"):
 
 def _real_model(recipe):
     """The model exactly as the worker builds it for ``recipe`` (same loader, quantizer and method plugin)."""
-    from finetty.core import worker
+    from finetty.core.train import worker
 
     _, _, model, _ = worker._setup_model(recipe, load_plugins(), None)
     return model
@@ -103,7 +103,7 @@ def test_weights_gradients_optimizer_match_the_real_tensors(name, path, override
 
 
 def test_estimate_imports_no_torch_and_is_fast():
-    code = ("import sys, time; t = time.perf_counter(); from finetty.core import estimate, recipe, registry; "
+    code = ("import sys, time; t = time.perf_counter(); from finetty.core.memory import estimate; from finetty.core.recipe import recipe; from finetty.core.plugin import registry; "
             "r = recipe.load('recipes/llama-3.1-8b-qlora.yaml', [], registry.load_plugins(), check_data=False, "
             "check_sources=False); e = estimate.estimate(r, gpus=[]); "
             "assert 'torch' not in sys.modules, 'torch imported'; print(e.total)")

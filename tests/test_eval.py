@@ -9,9 +9,10 @@ import shutil
 
 import pytest
 
-from finetty.core import evaluate, rundir
-from finetty.core import recipe as recipe_mod
-from finetty.core.registry import load_plugins
+from finetty.core.results import evaluate
+from finetty.core.run import rundir
+from finetty.core.recipe import recipe as recipe_mod
+from finetty.core.plugin.registry import load_plugins
 
 from . import inprocess
 from .conftest import RECIPES, events, finetty
@@ -48,7 +49,7 @@ def test_val_size_gives_eval_events_at_eval_steps(tmp_path, demo_model, monkeypa
 
 
 def _all_identity(recipe):
-    from finetty.core import data as data_mod
+    from finetty.core.data import reading as data_mod
 
     source = data_mod.resolve_source(recipe.dataset, RECIPES)
     records, _ = data_mod.load_records(source, "auto", load_plugins().data_formats, recipe.dataset_options)

@@ -2,8 +2,8 @@
 
 import json
 
-from finetty.core.events import EventReader, EventWriter, read_all
-from finetty.core.rundir import RunSummary, apply_events
+from finetty.core.run.events import EventReader, EventWriter, read_all
+from finetty.core.run.rundir import RunSummary, apply_events
 
 
 def test_reader_follows_and_leaves_a_partial_line(tmp_path):

@@ -7,7 +7,7 @@ from importlib.metadata import PackageNotFoundError, distribution
 
 import pytest
 
-from finetty.core import registry
+from finetty.core.plugin import registry
 from finetty.core.plugin_api import Method, Objective, Option, Quantizer, hookimpl
 
 from .conftest import REPO, events, finetty, losses, only_run, own_plugin_names

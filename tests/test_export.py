@@ -10,9 +10,10 @@ import sys
 
 import pytest
 
-from finetty.core import export, inference
+from finetty.core.results import export
+from finetty.core.results import inference
 from finetty.core.errors import InputError
-from finetty.core.registry import load_plugins
+from finetty.core.plugin.registry import load_plugins
 
 from . import results_runs
 from .conftest import finetty
@@ -76,7 +77,7 @@ def test_merged_export_loads_in_plain_transformers_and_generates_identically(ide
 def test_adapter_export_is_standard_peft_without_trainer_state(identity_run, tmp_path):
     from peft import PeftModel
 
-    from finetty.core import models
+    from finetty.core.model import loading as models
 
     result = export.export(identity_run, tmp_path / "adapter", checkpoint="20")
     names = set(result.files)

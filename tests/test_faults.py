@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from finetty.core import events as events_mod
-from finetty.core import rundir
+from finetty.core.run import events as events_mod
+from finetty.core.run import rundir
 
 from .conftest import RECIPES, finetty, only_run, own_plugin_names
 from .test_plugins import install_fake_distribution
@@ -380,7 +380,7 @@ def test_runs_shows_lost_and_failed_runs_with_their_own_words(tmp_path):
     OSError(122, "Disk quota exceeded", "/runs/r/events.jsonl"),
 ], ids=["oserror", "safetensors", "quota"])
 def test_every_way_a_library_says_disk_full_is_read_as_such(tmp_path, error):
-    from finetty.core.worker import _failure_reason
+    from finetty.core.train.worker import _failure_reason
 
     try:
         try:

@@ -7,8 +7,10 @@ from .conftest import RECIPES
 
 CODE = f"""
 import sys
-from finetty.core import cli, recipe, rundir
-from finetty.core.registry import load_plugins
+from finetty.core.cli import commands as cli
+from finetty.core.recipe import recipe
+from finetty.core.run import rundir
+from finetty.core.plugin.registry import load_plugins
 reg = load_plugins()
 recipe.load({str(RECIPES / 'demo-lora.yaml')!r}, [], reg)
 cli.main(["runs"])

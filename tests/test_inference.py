@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from finetty.core import inference
+from finetty.core.results import inference
 from finetty.core.errors import InputError
-from finetty.core.registry import load_plugins
+from finetty.core.plugin.registry import load_plugins
 
 from . import results_runs
 from .conftest import finetty

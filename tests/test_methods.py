@@ -10,11 +10,12 @@ import shutil
 
 import pytest
 
-from finetty.core import rundir, worker
-from finetty.core import recipe as recipe_mod
+from finetty.core.run import rundir
+from finetty.core.train import worker
+from finetty.core.recipe import recipe as recipe_mod
 from finetty.core.errors import InputError
-from finetty.core.events import EventWriter
-from finetty.core.registry import load_plugins
+from finetty.core.run.events import EventWriter
+from finetty.core.plugin.registry import load_plugins
 
 from . import inprocess
 from .conftest import RECIPES, events, losses
@@ -81,7 +82,7 @@ def test_method_trains_saves_and_reloads_to_the_same_tokens(case, recipe, extra,
     reloaded = logits(model, tokenizer)
     assert (reloaded - seen["logits"]).abs().max() < 1e-4
 
-    from finetty.core import models
+    from finetty.core.model import loading as models
 
     resolved = recipe_mod.from_run(run)
     quantization = None
@@ -155,7 +156,7 @@ def test_qlora_alone_means_a_4bit_base(tmp_path):
 def test_untrained_adapters_leave_the_model_unchanged(placement, per_layer, demo_model):
     import torch
 
-    from finetty.core import models
+    from finetty.core.model import loading as models
     from finetty.plugins.methods import bottleneck
 
     tokenizer = models.load_tokenizer(demo_model)
@@ -233,7 +234,7 @@ def test_real_model_recipe_validates_once_its_model_and_data_are_cached(path, tm
 def test_prompt_tuning_starts_from_the_embeddings_of_its_init_text(demo_model):
     import torch
 
-    from finetty.core import models
+    from finetty.core.model import loading as models
     from finetty.core.plugin_api import MethodContext
 
     method = load_plugins().methods["prompt"]

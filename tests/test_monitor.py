@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from finetty.core import gpu, monitor
-from finetty.core.worker import Requests
+from finetty.core.memory import gpu
+from finetty.core.memory import monitor
+from finetty.core.train.worker import Requests
 
 from . import inprocess
 from .conftest import RECIPES, events

@@ -9,8 +9,9 @@ import shutil
 
 import pytest
 
-from finetty.core import rundir, worker
-from finetty.core.events import EventWriter
+from finetty.core.run import rundir
+from finetty.core.train import worker
+from finetty.core.run.events import EventWriter
 
 from . import inprocess
 from .conftest import RECIPES, events, losses
@@ -87,7 +88,7 @@ def test_dpo_resumes_from_its_checkpoint_with_the_same_losses(tmp_path, demo_mod
 
 
 def test_cpt_packs_text_into_full_blocks(demo_model):
-    from finetty.core import models
+    from finetty.core.model import loading as models
     from finetty.plugins.objectives.cpt import pack
 
     tokenizer = models.load_tokenizer(demo_model)

@@ -1,11 +1,14 @@
-"""Out of memory, injected (``FINETTY_TEST_OOM``, see core/oom.py): a clear failure that keeps the last checkpoint,
+"""Out of memory, injected (``FINETTY_TEST_OOM``, see core/memory/oom.py): a clear failure that keeps the last checkpoint,
 or a smaller micro-batch that resumes with the same data position and effective batch; and the shrink policy."""
 
 from __future__ import annotations
 
 import pytest
 
-from finetty.core import gpu, oom, rundir, worker
+from finetty.core.memory import gpu
+from finetty.core.memory import oom
+from finetty.core.run import rundir
+from finetty.core.train import worker
 
 from . import inprocess
 from .conftest import RECIPES, events, finetty, losses, only_run
@@ -106,9 +109,9 @@ def test_shrink_policy_checkpoints_then_continues_with_half_the_micro_batch(tmp_
 
 
 def test_recipe_refuses_bad_monitor_settings(tmp_path):
-    from finetty.core import recipe as recipe_mod
+    from finetty.core.recipe import recipe as recipe_mod
     from finetty.core.errors import InputError
-    from finetty.core.registry import load_plugins
+    from finetty.core.plugin.registry import load_plugins
 
     for overrides, words in ((["monitor.watermark=0"], "watermark"), (["monitor.watermark=1.5"], "at most"),
                              (["monitor.on_watermark=panic"], "warn, checkpoint, stop, shrink"),

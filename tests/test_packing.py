@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from finetty.core import packing
-from finetty.core.tokenize import IGNORE
+from finetty.core.data import packing
+from finetty.core.data.tokenize import IGNORE
 
 from .conftest import RECIPES, events, finetty, losses, only_run
 
@@ -37,7 +37,7 @@ def test_packed_labels_never_cross_an_example_boundary():
 
 
 def _examples(tokenizer, count=24):
-    from finetty.core.sft_data import tokenize_examples
+    from finetty.core.train.sft_data import tokenize_examples
 
     rng = random.Random(1)
     words = "the model learns what it is asked and answers in a few short words".split()
@@ -65,7 +65,7 @@ def test_per_example_losses_equal_the_unpacked_ones(demo_model, wrap):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from finetty.core.models import load_tokenizer
+    from finetty.core.model.loading import load_tokenizer
 
     tokenizer = load_tokenizer(demo_model)
     model = AutoModelForCausalLM.from_pretrained(str(demo_model), dtype=torch.float32)
@@ -101,9 +101,11 @@ def test_per_example_losses_equal_the_unpacked_ones(demo_model, wrap):
 
 
 def _identity_rows():
-    from finetty.core import data, demo, registry
-    from finetty.core.models import load_tokenizer
-    from finetty.core.sft_data import tokenize_examples
+    from finetty.core.data import reading as data
+    from finetty.core.data import demo
+    from finetty.core.plugin import registry
+    from finetty.core.model.loading import load_tokenizer
+    from finetty.core.train.sft_data import tokenize_examples
 
     source = data.resolve_source("identity", RECIPES)
     records, _ = data.load_records(source, "auto", registry.load_plugins().data_formats,
@@ -141,7 +143,7 @@ def test_packing_refuses_prompt_tuning(demo_model):
     from peft import PromptTuningConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from finetty.core.sft_data import _refuse_prompt_learning
+    from finetty.core.train.sft_data import _refuse_prompt_learning
 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(demo_model), dtype=torch.float32),
                            PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
@@ -154,8 +156,8 @@ def test_unpacked_batches_group_similar_lengths(demo_model):
 
     from transformers import TrainingArguments
 
-    from finetty.core.models import load_tokenizer
-    from finetty.core.sft_data import build_sft_trainer
+    from finetty.core.model.loading import load_tokenizer
+    from finetty.core.train.sft_data import build_sft_trainer
 
     tokenizer = load_tokenizer(demo_model)
     rng = random.Random(2)

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from finetty.core import hookspecs, registry
+from finetty.core.plugin import hookspecs
+from finetty.core.plugin import registry
 from finetty.core.plugin_api import Method, Option, hookimpl
 
 from .conftest import RECIPES, finetty, losses, only_run, own_plugin_names

@@ -17,10 +17,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from finetty.core import data as data_mod
-from finetty.core import recipe as recipe_mod
+from finetty.core.data import reading as data_mod
+from finetty.core.recipe import recipe as recipe_mod
 from finetty.core.errors import InputError
-from finetty.core.registry import load_plugins
+from finetty.core.plugin.registry import load_plugins
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from finetty.core import recipe as recipe_mod
+from finetty.core.recipe import recipe as recipe_mod
 from finetty.core.errors import InputError
-from finetty.core.registry import load_plugins
+from finetty.core.plugin.registry import load_plugins
 
 from .conftest import RECIPES
 

@@ -12,7 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from finetty.core import paths, recipe, rundir
+from finetty.core import paths
+from finetty.core.recipe import recipe
+from finetty.core.run import rundir
 
 from .conftest import REPO, finetty
 

@@ -12,7 +12,8 @@ import threading
 
 import pytest
 
-from finetty.core import inference, serve
+from finetty.core.results import inference
+from finetty.core.results import serve
 from finetty.core.errors import InputError
 
 from .conftest import REPO, finetty

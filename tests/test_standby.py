@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from finetty.core import rundir, standby
+from finetty.core.run import rundir
+from finetty.core.run import standby
 
 from .conftest import RECIPES, alive, events, finetty, losses, wait_for
 
@@ -102,8 +103,8 @@ def test_an_idle_standby_leaves_on_its_own(standby_on, monkeypatch):
 
 
 def test_a_run_a_standby_was_not_warmed_for_gets_a_fresh_worker(tmp_path):
-    from finetty.core import recipe as recipe_mod
-    from finetty.core.registry import load_plugins
+    from finetty.core.recipe import recipe as recipe_mod
+    from finetty.core.plugin.registry import load_plugins
 
     registry = load_plugins()
     lora = recipe_mod.load(RECIPES / "demo-lora.yaml", [], registry)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from finetty.core import queue, rundir
-from finetty.core.events import EventWriter
+from finetty.core.run import queue
+from finetty.core.run import rundir
+from finetty.core.run.events import EventWriter
 
 from .tui_runs import FROZEN, START, make_runs, memory_events, recorded, with_broken_plugin, write_run
 
@@ -106,7 +107,7 @@ def test_new_run_through_the_form_then_monitor_stop_and_list(runs_dir, demo_mode
 @pytest.mark.slow
 def test_a_launch_from_new_run_is_served_by_the_standby_worker(runs_dir, demo_model, standby_on):
     """New run starts a standby worker; the launch hands it the run, and it trains exactly like a cold worker."""
-    from finetty.core import standby
+    from finetty.core.run import standby
 
     async def scenario():
         app = make_app(runs_dir, clock=time.time)
@@ -206,7 +207,7 @@ def test_trust_remote_code_is_asked_before_a_launch(runs_dir, demo_model):
 def test_with_gpus_new_run_offers_one_process_per_gpu_and_every_engine(runs_dir, monkeypatch):
     from textual.widgets import Select
 
-    from finetty.core.gpu import GpuReading
+    from finetty.core.memory.gpu import GpuReading
     from finetty.tui.screens.new_run import NewRunScreen
 
     four = [GpuReading(n, "NVIDIA A100-SXM4-80GB", 0, 80 * 2**30, 0, None) for n in range(4)]
@@ -488,8 +489,8 @@ def test_invalid_field_values_are_rejected_in_the_form(runs_dir):
 def test_method_options_come_from_the_plugin_and_save_as_a_recipe(runs_dir, tmp_path):
     from textual.widgets import Input, Select
 
-    from finetty.core import recipe as recipe_mod
-    from finetty.core.registry import load_plugins
+    from finetty.core.recipe import recipe as recipe_mod
+    from finetty.core.plugin.registry import load_plugins
 
     async def scenario():
         app = make_app(runs_dir, base_dir=tmp_path)
@@ -529,8 +530,8 @@ def test_the_preview_shows_rendered_records_and_token_lengths(demo_model):
 # -- runs screen: queue, delete --------------------------------------------------------------------------
 
 def test_the_queue_is_shown_reordered_and_cleared(runs_dir):
-    from finetty.core import recipe as recipe_mod
-    from finetty.core.registry import load_plugins
+    from finetty.core.recipe import recipe as recipe_mod
+    from finetty.core.plugin.registry import load_plugins
 
     made = make_runs(runs_dir)
     recipe = recipe_mod.load(None, [], load_plugins(), check_data=False)

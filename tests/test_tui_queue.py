@@ -1,4 +1,4 @@
-"""The run queue (core/queue.py, `finetty queue`): entries start one after another when nothing trains."""
+"""The run queue (core/run/queue.py, `finetty queue`): entries start one after another when nothing trains."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from finetty.core import queue, rundir
-from finetty.core import recipe as recipe_mod
-from finetty.core.registry import load_plugins
+from finetty.core.run import queue
+from finetty.core.run import rundir
+from finetty.core.recipe import recipe as recipe_mod
+from finetty.core.plugin.registry import load_plugins
 
 from .conftest import RECIPES, events, finetty
 

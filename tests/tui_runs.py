@@ -101,7 +101,7 @@ def with_broken_plugin(error: Exception):
     import types
 
     from finetty.core.plugin_api import hookimpl
-    from finetty.core.registry import discover
+    from finetty.core.plugin.registry import discover
 
     broken = types.ModuleType("broken_plugin")
 

@@ -62,7 +62,7 @@ class FinettyApp(App):
     def registry(self):
         """The plugins (discovered once, on first use; discovery imports no torch)."""
         if self._plugins is None:
-            from finetty.core.registry import load_plugins
+            from finetty.core.plugin.registry import load_plugins
 
             self._plugins = load_plugins()
         return self._plugins
@@ -80,7 +80,7 @@ class FinettyApp(App):
 
     def warm_standby(self) -> None:
         """Have a standby worker importing torch & co. while the person fills in the New run form."""
-        from finetty.core import standby
+        from finetty.core.run import standby
 
         if standby.enabled():
             standby.ensure()
@@ -88,7 +88,7 @@ class FinettyApp(App):
     @work(thread=True, exclusive=True, exit_on_error=False, group="request")
     def request(self, run_dir: Path, what: str) -> None:
         """Ask ``run_dir``'s worker to ``stop`` (checkpoint first) or ``checkpoint`` now, or ``resume`` the run."""
-        from finetty.core import launch
+        from finetty.core.run import launch
         from finetty.core.errors import InputError, RunBusyError
 
         try:
@@ -107,7 +107,7 @@ class FinettyApp(App):
             self.call_from_thread(self.refresh_runs)
 
     def _has_runs(self) -> bool:
-        from finetty.core.rundir import RECIPE_FILE
+        from finetty.core.run.rundir import RECIPE_FILE
 
         return self.runs.is_dir() and any((p / RECIPE_FILE).is_file() for p in self.runs.iterdir())
 

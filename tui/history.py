@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetty.core import rundir
-from finetty.core.events import TERMINAL, EventReader
+from finetty.core.run import rundir
+from finetty.core.run.events import TERMINAL, EventReader
 
 #: One read takes at most this much of the file; a long history arrives over a few polls.
 READ_CHUNK = 4 * 1024 * 1024
@@ -240,7 +240,7 @@ class RunsTracker:
         """as :attr:`RunFollower.busy`"""
 
     def read(self) -> RunsBatch:
-        from finetty.core import queue
+        from finetty.core.run import queue
 
         found: dict[str, list[dict]] = {}
         live: dict[str, bool] = {}

@@ -35,9 +35,11 @@ def render(tokenizer, kind: str, example) -> str:
 
 
 def compute(request: dict) -> dict:
-    from finetty.core import data, demo, models
+    from finetty.core.data import reading as data
+    from finetty.core.data import demo
+    from finetty.core.model import loading as models
     from finetty.core.errors import InputError
-    from finetty.core.registry import load_plugins
+    from finetty.core.plugin.registry import load_plugins
 
     registry = load_plugins()
     base = Path(request.get("base_dir") or ".")

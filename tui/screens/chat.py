@@ -24,7 +24,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Checkbox, Footer, Input, Label, Select, Static
 
-from finetty.core import inference
+from finetty.core.results import inference
 
 from ..widgets.chat_pane import ChatMessage, ChatPane
 

@@ -21,8 +21,9 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
-from finetty.core import data as data_mod
-from finetty.core import demo, models
+from finetty.core.data import reading as data_mod
+from finetty.core.data import demo
+from finetty.core.model import loading as models
 
 from ..widgets.option_field import OptionField, to_text
 from ..widgets.path_input import PathSuggester
@@ -264,7 +265,7 @@ class NewRunScreen(Screen):
     @staticmethod
     def _gpus() -> list:
         """The GPUs NVML sees (none here without a driver); read without torch."""
-        from finetty.core.estimate import visible_gpus
+        from finetty.core.memory.estimate import visible_gpus
 
         return visible_gpus()
 
@@ -413,7 +414,7 @@ class NewRunScreen(Screen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="validate")
     def _check(self, data: dict) -> None:
-        from finetty.core import recipe as recipe_mod
+        from finetty.core.recipe import recipe as recipe_mod
         from finetty.core.errors import InputError
 
         try:
@@ -429,7 +430,7 @@ class NewRunScreen(Screen):
     @staticmethod
     def _estimate(recipe) -> Text:
         """The pre-flight memory estimate (reads config.json only: no torch), coloured by its verdict."""
-        from finetty.core.estimate import estimate
+        from finetty.core.memory.estimate import estimate
 
         try:
             result = estimate(recipe)
@@ -561,7 +562,10 @@ class NewRunScreen(Screen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="launch")
     def _start(self, data: dict, how: str) -> None:
-        from finetty.core import launch, queue, recipe as recipe_mod, rundir
+        from finetty.core.run import launch
+        from finetty.core.run import queue
+        from finetty.core.recipe import recipe as recipe_mod
+        from finetty.core.run import rundir
         from finetty.core.errors import InputError, RunBusyError
 
         runs = self.app.runs

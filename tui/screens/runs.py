@@ -13,7 +13,7 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from finetty.core import rundir
+from finetty.core.run import rundir
 
 from .confirm import ConfirmScreen
 from .format import duration, status_text
@@ -263,7 +263,7 @@ class RunsScreen(Screen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="queue")
     def _queue_op(self, op: str, entry: str | None = None, delta: int = 0) -> None:
-        from finetty.core import queue
+        from finetty.core.run import queue
 
         runs = self.app.runs
         if op == "move":

@@ -1,0 +1,5 @@
+import sys
+
+from finetty.core.cli.commands import main
+
+sys.exit(main())

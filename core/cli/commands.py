@@ -1,0 +1,288 @@
+"""The ``finetty`` command line: every capability works headless before it gets a screen."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from finetty.core import paths
+from finetty.core.run import rundir
+from finetty.core.errors import EXIT_BAD_INPUT, InputError, RunBusyError
+
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def _log_exception() -> Path:
+    """Write the current traceback to ``$FINETTY_HOME/logs/finetty.log``; return its path."""
+    folder = paths.log_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "finetty.log"
+    with open(log, "a", encoding="utf-8") as handle:
+        handle.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} finetty {' '.join(sys.argv[1:])}\n")
+        handle.write(traceback.format_exc())
+    return log
+
+
+# -- train -----------------------------------------------------------------------------------------
+
+def cmd_train(args) -> int:
+    from finetty.core.run import launch
+    from finetty.core.recipe import recipe as recipe_mod
+    from finetty.core.plugin.registry import load_plugins
+
+    runs = paths.runs_dir(args.runs_dir)
+    if args.resume:
+        if args.recipe or args.set:
+            raise InputError("--resume", None, "resumes the run's own recipe", "drop the recipe and --set")
+        run_dir = rundir.find(args.resume, runs)
+        offset = _events_size(run_dir)  # follow this worker, not the end of the last one
+        launch.start_worker(run_dir, resume=True)
+        console.print(f"resuming run [bold]{run_dir.name}[/] from {_resume_point(run_dir)}")
+    else:
+        if not args.recipe:
+            raise InputError(None, "finetty train", "needs a recipe or --resume RUN",
+                             "for example: finetty train recipes/demo-lora.yaml")
+        registry = load_plugins()
+        for plugin in registry.failed:
+            err.print(f"[yellow]warning:[/] plugin {plugin.name!r} ({plugin.distribution}) failed to load: "
+                      f"{plugin.error}")
+        overrides = list(args.set)
+        if args.num_processes is not None:
+            overrides.append(f"launch.num_processes={args.num_processes}")
+        recipe = recipe_mod.load(args.recipe, overrides, registry)
+        run_dir = rundir.create(runs, recipe.method, recipe.to_yaml())
+        offset = 0
+        launch.start_worker(run_dir)
+        console.print(f"run [bold]{run_dir.name}[/] in {run_dir}")
+    if args.detach:
+        console.print(f"training in the background; follow it with `finetty attach {run_dir.name}`, "
+                      f"stop it with `finetty stop {run_dir.name}`")
+        print(run_dir.name)
+        return 0
+    return _follow_foreground(run_dir, offset)
+
+
+def _events_size(run_dir: Path) -> int:
+    from finetty.core.run.events import EVENTS_FILE
+
+    try:
+        return (run_dir / EVENTS_FILE).stat().st_size
+    except OSError:
+        return 0
+
+
+def _resume_point(run_dir: Path) -> str:
+    latest = rundir.latest_checkpoint(run_dir)
+    return f"checkpoint {latest.name}" if latest else "the start (no complete checkpoint yet)"
+
+
+def _follow_foreground(run_dir: Path, offset: int = 0) -> int:
+    from finetty.core.run import launch
+    from finetty.core.run.follow import follow
+
+    interrupted = False
+    while True:
+        try:
+            end = follow(run_dir, console, offset=offset)
+            break
+        except KeyboardInterrupt:
+            if interrupted:
+                console.print(f"the worker goes on in the background; `finetty stop {run_dir.name}` stops it")
+                return 130
+            interrupted = True
+            console.print("stopping: saving a checkpoint first (Ctrl-C again to leave it running)")
+            try:
+                launch.request_stop(run_dir)
+            except InputError:
+                pass
+    return _report_end(run_dir, end, interrupted)
+
+
+def _wait_released(run_dir: Path, timeout: float = 30.0) -> None:
+    """After the final event, wait (briefly) for the worker to let go of the run, so it can be resumed at once."""
+    deadline = time.monotonic() + timeout
+    while rundir.is_live(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _report_end(run_dir: Path, end: dict | None, interrupted: bool = False) -> int:
+    if end is not None:
+        _wait_released(run_dir)
+    if end is None:
+        err.print(f"[red]the worker ended without a final event[/]; see {run_dir / rundir.LOG_FILE}")
+        for line in rundir.log_tail(run_dir, 10):
+            err.print(f"  {escape(line)}")
+        return 1
+    if end["type"] == "run_finished":
+        console.print(f"finished at step {end.get('step')}: result in {run_dir / rundir.FINAL}")
+        return 0
+    if end["type"] == "stopped":
+        console.print(f"stopped at step {end.get('step')}; resume with `finetty train --resume {run_dir.name}`")
+        return 130 if interrupted else 0
+    err.print(f"[red]run failed:[/] {escape(str(end.get('reason')))}")
+    err.print(f"  the worker's log: {run_dir / rundir.LOG_FILE}")
+    return 1
+
+
+# -- runs, stop, checkpoint, attach ----------------------------------------------------------------
+
+def cmd_runs(args) -> int:
+    runs = rundir.list_runs(paths.runs_dir(args.runs_dir))
+    if not runs:
+        console.print(f"no runs in {paths.runs_dir(args.runs_dir)}")
+        return 0
+    table = Table("id", "status", "model", "method", "step", "loss", "started", box=None,
+                  pad_edge=False, padding=(0, 1))
+    table.columns[0].no_wrap = True
+    styles = {"running": "green", "finished": "cyan", "failed": "red", "lost": "red", "stopped": "yellow"}
+    for run in runs:
+        total = f"/{run.total}" if run.total else ""
+        started = "-"
+        if run.started:
+            today = time.strftime("%Y%m%d") == time.strftime("%Y%m%d", time.localtime(run.started))
+            started = time.strftime("%H:%M" if today else "%m-%d", time.localtime(run.started))
+        table.add_row(run.id, f"[{styles.get(run.status, '')}]{run.status}[/]", Path(run.model).name,
+                      run.method, f"{run.step}{total}", f"{run.loss:.4f}" if run.loss is not None else "-",
+                      started)
+    console.print(table)
+    for run in runs:
+        if run.status in ("lost", "failed") and run.reason:
+            console.print(f"[red]{run.id}[/]: {escape(run.reason)}")
+            if run.status == "lost":
+                for line in rundir.log_tail(run.path, 3):
+                    console.print(f"    {escape(line)}")
+                console.print(f"    resume: finetty train --resume {run.id}")
+    return 0
+
+
+def cmd_stop(args) -> int:
+    from finetty.core.run import launch
+
+    run_dir = rundir.find(args.run, paths.runs_dir(args.runs_dir))
+    pid = launch.request_stop(run_dir)
+    console.print(f"asked worker {pid} of run {run_dir.name} to checkpoint and stop")
+    return 0
+
+
+def cmd_checkpoint(args) -> int:
+    from finetty.core.run import launch
+
+    run_dir = rundir.find(args.run, paths.runs_dir(args.runs_dir))
+    pid = launch.request_checkpoint(run_dir)
+    console.print(f"asked worker {pid} of run {run_dir.name} to save a checkpoint now")
+    return 0
+
+
+def cmd_attach(args) -> int:
+    from finetty.core.run.follow import follow
+
+    run_dir = rundir.find(args.run, paths.runs_dir(args.runs_dir))
+    try:
+        end = follow(run_dir, console)
+    except KeyboardInterrupt:
+        console.print("detached; the run goes on")
+        return 0
+    return _report_end(run_dir, end)
+
+
+# -- plugins ---------------------------------------------------------------------------------------
+
+def cmd_plugins(args) -> int:
+    from finetty.core.plugin.registry import load_plugins
+
+    registry = load_plugins()
+    table = Table("plugin", "kind", "provides", "distribution", "version", "status", box=None,
+                  pad_edge=False, padding=(0, 1))
+    for plugin in registry.plugins:
+        kinds = sorted({kind for kind, _ in plugin.provides}) or ["-"]
+        names = ", ".join(name for _, name in plugin.provides) or "-"
+        status = "[green]ok[/]" if plugin.error is None else "[red]failed[/]"
+        table.add_row(plugin.name, ", ".join(kinds), names, plugin.distribution, plugin.version, status)
+    console.print(table)
+    for plugin in registry.failed:
+        console.print(f"[red]{escape(plugin.name)}[/] ({escape(plugin.distribution)}): {escape(plugin.error)}",
+                      soft_wrap=True)
+    if args.options:
+        for kind, components in registry.components.items():
+            for name, component in components.items():
+                console.print(f"\n[bold]{kind} {name}[/]: {component.summary}")
+                for option in getattr(component, "options", ()):
+                    console.print(f"  {option.describe()}")
+    return 0
+
+
+# -- the parser ------------------------------------------------------------------------------------
+
+#: Modules that add commands: each has ``add_commands(add)`` where ``add(name, func, help)`` returns
+#: the sub-parser. They are imported at start-up, so they must import nothing heavy at module level.
+COMMAND_MODULES: tuple[str, ...] = ("finetty.core.cli.queue", "finetty.core.cli.results",
+                                    "finetty.core.cli.estimate")
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="finetty", description="Fine-tune language models from a terminal.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name, func, help_text):
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(func=func)
+        command.add_argument("--runs-dir", default=None, help="where runs live (default $FINETTY_HOME/runs)")
+        return command
+
+    train = add("train", cmd_train, "train from a recipe, or resume a run")
+    train.add_argument("recipe", nargs="?", help="a recipe .yaml file")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe key, e.g. --set train.max_steps=50 (repeatable)")
+    train.add_argument("--resume", metavar="RUN", help="continue RUN from its newest complete checkpoint")
+    train.add_argument("--detach", action="store_true", help="start the worker in the background and return")
+    train.add_argument("--num-processes", type=int, default=None, metavar="N",
+                       help="train on N processes (one per GPU) through accelerate; same as --set launch.num_processes=N")
+    add("runs", cmd_runs, "list runs")
+    for name, func, text in (("stop", cmd_stop, "ask a run's worker to checkpoint and stop"),
+                             ("checkpoint", cmd_checkpoint, "ask a run's worker to save a checkpoint now"),
+                             ("attach", cmd_attach, "follow a run: its history, then live")):
+        add(name, func, text).add_argument("run", help="a run id or a run directory")
+    plugins = add("plugins", cmd_plugins, "list plugins and what they provide")
+    plugins.add_argument("--options", action="store_true", help="show every option of every component")
+    import importlib
+
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).add_commands(add)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        from finetty.tui.app import run_app  # the terminal app; imported only when it is asked for
+
+        return run_app()
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        return args.func(args)
+    except InputError as exc:
+        _log_exception()
+        err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True, markup=True)
+        return EXIT_BAD_INPUT
+    except RunBusyError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        log = _log_exception()
+        err.print(f"[red]error:[/] {type(exc).__name__}: {exc} (details in {log})", soft_wrap=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""``finetty queue``: line up recipes to train one after another."""
+
+from __future__ import annotations
+
+import time
+
+from finetty.core import paths
+
+
+def cmd_queue(args) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from finetty.core.run import queue
+
+    console = Console(highlight=False)
+    runs = paths.runs_dir(args.runs_dir)
+    action = args.action or "list"
+    if action == "add":
+        from finetty.core.recipe import recipe as recipe_mod
+        from finetty.core.errors import InputError
+        from finetty.core.plugin.registry import load_plugins
+
+        if not args.target:
+            raise InputError(None, "finetty queue add", "needs a recipe", "finetty queue add recipes/demo-lora.yaml")
+        recipe = recipe_mod.load(args.target, list(args.set), load_plugins())
+        entry = queue.add(runs, recipe)
+        console.print(f"queued [bold]{entry.id}[/]: {recipe.method} on {recipe.model}")
+        if not args.no_start:
+            queue.ensure_runner(runs)
+        return 0
+    if action in ("remove", "up", "down"):
+        from finetty.core.errors import InputError
+
+        if not args.target:
+            raise InputError(None, f"finetty queue {action}", "needs a queue entry id", "see `finetty queue`")
+        if action == "remove":
+            found = queue.remove(runs, args.target)
+        else:
+            found = queue.move(runs, args.target, -1 if action == "up" else 1) is not None
+        if not found:
+            raise InputError(None, f"queue entry {args.target!r}", "is not in the queue", "see `finetty queue`")
+        console.print(f"{action} {args.target}: done")
+        return 0
+    if action == "clear":
+        console.print(f"removed {queue.clear(runs)} queued run(s)")
+        return 0
+    if action == "run":
+        started = queue.run_forever(runs, say=lambda text: console.print(f"{time.strftime('%H:%M:%S')} {text}"))
+        console.print(f"queue empty; started {started} run(s)")
+        return 0
+    state = queue.read(runs)
+    live = queue.live_runs(runs)
+    if not state.entries:
+        console.print(f"the queue of {runs} is empty")
+    else:
+        table = Table("#", "id", "method", "model", "dataset", box=None, pad_edge=False, padding=(0, 1))
+        for number, entry in enumerate(state.entries, 1):
+            table.add_row(str(number), entry.id, entry.method, entry.model, entry.dataset)
+        console.print(table)
+        runner = "a runner is working it" if queue.runner_alive(runs) else "no runner: `finetty queue run` starts one"
+        console.print(f"training now: {', '.join(live) or 'nothing'}; {runner}")
+    if state.last_error:
+        console.print(f"[red]last problem:[/] {escape(state.last_error)}")
+    return 0
+
+
+def add_commands(add) -> None:
+    command = add("queue", cmd_queue, "line up runs: list, add RECIPE, remove/up/down ID, clear, run")
+    command.add_argument("action", nargs="?", choices=("list", "add", "remove", "up", "down", "clear", "run"),
+                         help="list (default); add RECIPE; remove/up/down ENTRY; clear; "
+                              "run = start queued runs one after another until the queue is empty")
+    command.add_argument("target", nargs="?", help="a recipe (add) or a queue entry id (remove, up, down)")
+    command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a recipe key (add)")
+    command.add_argument("--no-start", action="store_true",
+                         help="add without starting a background runner")

@@ -1,0 +1,670 @@
+"""Pre-flight estimate of a recipe's peak GPU memory, from the model's config alone (no torch, no weights).
+
+``estimate(recipe, gpus=None)`` returns an :class:`Estimate`: bytes per part
+(weights by dtype and quantizer, gradients of the trainable parameters,
+optimizer state, activations, margin), a verdict for each visible GPU against
+its total and the recipe's watermark, and the changes that would make the run
+fit. It reads ``config.json`` only: from the model folder, the local Hugging
+Face cache, the tiny demo, or, for a few popular models not yet downloaded,
+the values shipped in ``builtin_data/known_models.json``.
+
+Weights, gradients and optimizer state count exactly the tensors PEFT,
+bitsandbytes and the optimizer create (``tests/test_estimate.py`` builds the
+tiny model and compares byte for byte, for full, lora and qlora); activations
+follow the per-layer model in ``docs/memory.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+GIB = 2**30
+
+#: Fixed part of the margin: the CUDA context, cuBLAS workspaces and the allocator's rounding
+#: (torch's counters never see these; NVML does).
+CONTEXT_BYTES = 512 * 2**20
+#: Proportional part of the margin: allocator fragmentation and temporary buffers.
+MARGIN_FRACTION = 0.05
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+#: Optimizers whose state is two 8-bit moments per parameter (bitsandbytes), by TrainingArguments name.
+EIGHT_BIT_OPTIMS = ("adamw_bnb_8bit", "adamw_8bit", "paged_adamw_8bit", "lion_8bit", "paged_lion_8bit",
+                    "paged_ademamix_8bit", "ademamix_8bit")
+ONE_STATE_OPTIMS = ("lion_32bit", "paged_lion_32bit", "sgd", "adafactor", "rmsprop", "adagrad")
+BNB_MIN_8BIT_SIZE = 4096  # bitsandbytes keeps 32-bit state for tensors smaller than this
+BNB_BLOCK = 256
+LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+# -- the model's architecture ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Linear:
+    name: str  # full module name, e.g. model.layers.3.self_attn.q_proj
+    inputs: int
+    outputs: int
+    bias: bool
+
+
+@dataclass
+class Architecture:
+    """What the estimate needs from a config.json."""
+
+    model_type: str
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False
+    fused: bool = False  # phi3: qkv_proj and gate_up_proj
+    known_layout: bool = True
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Architecture":
+        text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+        model_type = str(config.get("model_type", "unknown"))
+        hidden = int(text["hidden_size"])
+        heads = int(text["num_attention_heads"])
+        head_dim = text.get("head_dim") or hidden // heads
+        attention_bias = bool(text.get("attention_bias", False))
+        return cls(
+            model_type=model_type, hidden=hidden, intermediate=int(text.get("intermediate_size") or 4 * hidden),
+            layers=int(text["num_hidden_layers"]), heads=heads,
+            kv_heads=int(text.get("num_key_value_heads") or heads), head_dim=int(head_dim),
+            vocab=int(text["vocab_size"]), tied=bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
+            qkv_bias=attention_bias or model_type == "qwen2", o_bias=attention_bias,
+            mlp_bias=bool(text.get("mlp_bias", False)), qk_norm=model_type in ("qwen3", "olmo2"),
+            fused=model_type == "phi3",
+            known_layout=model_type in ("llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "olmo2"),
+        )
+
+    def linears(self) -> list[Linear]:
+        """Every linear layer of the decoder (lm_head excluded), named as transformers names them."""
+        h, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
+        found = []
+        for n in range(self.layers):
+            attn, mlp = f"model.layers.{n}.self_attn", f"model.layers.{n}.mlp"
+            if self.fused:
+                found += [Linear(f"{attn}.qkv_proj", h, q + 2 * kv, self.qkv_bias),
+                          Linear(f"{attn}.o_proj", q, h, self.o_bias),
+                          Linear(f"{mlp}.gate_up_proj", h, 2 * i, self.mlp_bias),
+                          Linear(f"{mlp}.down_proj", i, h, self.mlp_bias)]
+            else:
+                found += [Linear(f"{attn}.q_proj", h, q, self.qkv_bias), Linear(f"{attn}.k_proj", h, kv, self.qkv_bias),
+                          Linear(f"{attn}.v_proj", h, kv, self.qkv_bias), Linear(f"{attn}.o_proj", q, h, self.o_bias),
+                          Linear(f"{mlp}.gate_proj", h, i, self.mlp_bias), Linear(f"{mlp}.up_proj", h, i, self.mlp_bias),
+                          Linear(f"{mlp}.down_proj", i, h, self.mlp_bias)]
+        return found
+
+    def other_parameters(self) -> dict[str, int]:
+        """Element counts of what is not a decoder linear: embeddings, head, norms."""
+        norms = self.layers * 2 * self.hidden + self.hidden
+        if self.qk_norm:
+            norms += self.layers * 2 * self.head_dim
+        parts = {"model.embed_tokens": self.vocab * self.hidden, "norms": norms}
+        if not self.tied:
+            parts["lm_head"] = self.vocab * self.hidden
+        return parts
+
+    @property
+    def rotary_buffer_bytes(self) -> int:
+        return 2 * (self.head_dim // 2) * 4  # inv_freq and original_inv_freq, float32
+
+    @property
+    def parameters(self) -> int:
+        return sum(l.inputs * l.outputs + (l.outputs if l.bias else 0) for l in self.linears()) + \
+            sum(self.other_parameters().values())
+
+
+# -- finding the config ------------------------------------------------------------------------------
+
+def _known() -> dict:
+    from finetty.core.data.demo import builtin_data_file
+
+    return json.loads(builtin_data_file("known_models.json").read_text(encoding="utf-8"))
+
+
+def known_models() -> list[str]:
+    data = _known()
+    return sorted(list(data["models"]) + list(data["aliases"]))
+
+
+def find_config(model: str, base_dir: Path | None = None) -> tuple[dict, str]:
+    """The model's config.json as a dict, and where it came from (said in the output)."""
+    from finetty.core.data import demo
+    from finetty.core.model import loading as models
+
+    if model == demo.NAME:
+        folder = demo.demo_dir()
+        if (folder / "config.json").is_file():
+            return models.read_config(folder), f"{demo.NAME} ({folder / 'config.json'})"
+        return ({"model_type": "llama", **demo.MODEL_CONFIG},
+                f"{demo.NAME}'s built-in config (not built yet; the built vocabulary is a little smaller)")
+    try:
+        folder = models.resolve(model, base_dir or Path.cwd(), check=False)
+    except Exception:
+        folder = None
+    if folder is not None and (folder / "config.json").is_file():
+        return models.read_config(folder), str(folder / "config.json")
+    data = _known()
+    key = data["aliases"].get(model, model)
+    if key in data["models"]:
+        return dict(data["models"][key]), (f"finetty's copy of {key}'s config: the model is not in the local cache "
+                                           "(download it before training)")
+    from finetty.core.errors import InputError
+
+    raise InputError(None, f"model {model!r}", "has no config.json here: it is not a model folder, not in the local "
+                     "Hugging Face cache and not one of the configs finetty ships",
+                     f"download it first (huggingface-cli download {model} config.json) or give a folder; "
+                     f"known without download: {', '.join(known_models())}")
+
+
+# -- the estimate ----------------------------------------------------------------------------------
+
+@dataclass
+class Spec:
+    """The recipe's settings that move memory; suggestions vary these."""
+
+    method: str
+    method_options: dict
+    quantizer: str
+    quantizer_options: dict
+    dtype: str  # the compute dtype: float32, bfloat16, float16
+    micro_batch: int
+    accumulation: int
+    max_length: int
+    gradient_checkpointing: bool
+    optim: str
+    objective: str
+    processes: int = 1
+    sharding: str = "none"  # none | grads+optimizer | all
+
+
+@dataclass
+class GpuVerdict:
+    index: int
+    name: str
+    total: int
+    fraction: float
+    fits: bool
+    under_watermark: bool
+
+    def describe(self, watermark: float) -> str:
+        state = ("fits" if self.under_watermark else
+                 f"fits, but above the {watermark:.0%} watermark" if self.fits else "does not fit")
+        return f"GPU {self.index} ({self.name}, {gib(self.total)}): {state} ({self.fraction:.0%} of it)"
+
+
+@dataclass
+class Suggestion:
+    change: str  # what to set, e.g. "--set train.gradient_checkpointing=true"
+    why: str
+    total: int
+    fits: bool | None  # None when there is no GPU to compare with
+
+
+@dataclass
+class Estimate:
+    """Predicted peak GPU memory of one training process (bytes)."""
+
+    model: str
+    config_source: str
+    parameters: int
+    trainable_parameters: int
+    weights: int
+    weights_detail: dict[str, int]
+    gradients: int
+    optimizer: int
+    activations: int
+    activations_detail: dict[str, int]
+    margin: int
+    micro_batch: int
+    accumulation: int
+    max_length: int
+    gradient_checkpointing: bool
+    watermark: float
+    exact_trainable: bool = True
+    gpus: list[GpuVerdict] = field(default_factory=list)
+    host_available: int | None = None
+    """with no GPU, the host memory available now (the run then trains on the CPU)"""
+    processes: int = 1
+    suggestions: list[Suggestion] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.margin
+
+    @property
+    def host_total(self) -> int:
+        """On the CPU, the same parts without the CUDA context, for every process of the run (the interpreter and
+        its libraries not counted)."""
+        return (self.total - CONTEXT_BYTES) * self.processes
+
+    @property
+    def host_fits(self) -> bool | None:
+        return None if self.host_available is None else self.host_total <= self.host_available
+
+    @property
+    def fits_here(self) -> bool | None:
+        """On this machine: the GPUs' verdict, or with none the host's; None when there is nothing to compare with."""
+        return self.fits if self.gpus else self.host_fits
+
+    @property
+    def fits(self) -> bool | None:
+        """True when every GPU the run uses keeps under the watermark; None without GPUs."""
+        if not self.gpus:
+            return None
+        return all(v.under_watermark for v in self.gpus)
+
+    def verdict(self) -> str:
+        if not self.gpus:
+            text = (f"needs about {gib(self.total)} per GPU ({gib(CONTEXT_BYTES)} of it the CUDA context); "
+                    f"no GPU visible, so it trains on the CPU: about {gib(self.host_total)} of RAM for the model "
+                    f"and its training state")
+            if self.host_available is not None:
+                text += (f", {gib(self.host_available)} available" if self.host_fits else
+                         f", more than the {gib(self.host_available)} available")
+            return text
+        bad = [v for v in self.gpus if not v.under_watermark]
+        if not bad:
+            return f"fits: about {gib(self.total)} per GPU, under the {self.watermark:.0%} watermark"
+        worst = max(bad, key=lambda v: v.fraction)
+        what = "does not fit" if not worst.fits else f"is above the {self.watermark:.0%} watermark"
+        return f"{what}: about {gib(self.total)} on GPU {worst.index} ({gib(worst.total)})"
+
+    def summary(self) -> str:
+        """One line for a form: the verdict, and the first change that would make it fit when it does not."""
+        if not self.gpus:  # (short enough for one line at 80 columns)
+            text = f"memory: no GPU visible; on the CPU about {gib(self.host_total)} of RAM"
+            return text if self.host_fits is not False else f"{text}, more than the {gib(self.host_available)} free"
+        text = f"memory: {self.verdict()}"
+        if self.fits is False and self.suggestions:
+            text += f"; try {self.suggestions[0].change}"
+        return text
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["total"] = self.total
+        data["fits"] = self.fits
+        data["host_total"] = self.host_total
+        data["fits_here"] = self.fits_here
+        data["verdict"] = self.verdict()
+        return data
+
+
+def gib(value: int | float) -> str:
+    """Bytes for people: GiB from 1 GiB up, else MiB, else KiB."""
+    if value >= GIB:
+        return f"{value / GIB:.1f} GiB"
+    if value >= 2**20:
+        return f"{value / 2**20:.1f} MiB"
+    return f"{value / 2**10:.1f} KiB"
+
+
+def _spec(recipe) -> Spec:
+    from finetty.core.model.loading import compute_dtype
+
+    train = recipe.train
+    launch = getattr(recipe, "launch", {}) or {}
+    processes = int(launch.get("num_processes", 1) or 1)
+    sharding = "none"
+    if processes > 1:
+        kind = launch.get("distributed_type", "ddp")
+        if kind == "fsdp":
+            strategy = str((launch.get("fsdp") or {}).get("fsdp_sharding_strategy", "FULL_SHARD")).upper()
+            sharding = "grads+optimizer" if "GRAD_OP" in strategy else "none" if "NO_SHARD" in strategy else "all"
+        elif kind == "deepspeed":
+            sharding = "all" if int(launch.get("zero_stage", 2)) == 3 else "grads+optimizer"
+    return Spec(method=recipe.method, method_options=dict(recipe.method_options or {}), quantizer=recipe.quantizer,
+                quantizer_options=dict(recipe.quantizer_options or {}), dtype=compute_dtype(train),
+                micro_batch=int(train.get("per_device_train_batch_size", 8)),
+                accumulation=int(train.get("gradient_accumulation_steps", 1) or 1),
+                max_length=int(train.get("max_length", 1024)),
+                gradient_checkpointing=bool(train.get("gradient_checkpointing")),
+                optim=str(train.get("optim") or "adamw_torch_fused").lower(), objective=recipe.objective,
+                processes=processes, sharding=sharding)
+
+
+def _quantized(arch: Architecture, spec: Spec) -> set[str]:
+    """Names of the linears bitsandbytes replaces (every decoder linear unless skipped; never lm_head)."""
+    if spec.quantizer == "none":
+        return set()
+    skip = spec.quantizer_options.get("skip_modules") or []
+    return {l.name for l in arch.linears() if not any(l.name == s or l.name.endswith("." + s) for s in skip)}
+
+
+def _four_bit_bytes(numel: int, nested: bool) -> tuple[int, int]:
+    """(packed weight bytes, quantization-constant bytes) of one bitsandbytes 4-bit weight (blocks of 64)."""
+    blocks = -(-numel // 64)
+    if nested:  # absmax in 8 bits, its own absmax per 256 blocks, the 8-bit code, the 4-bit code, an offset
+        constants = blocks + 4 * -(-blocks // 256) + 256 * 4 + 16 * 4 + 4
+    else:
+        constants = 4 * blocks + 16 * 4
+    return -(-numel // 2), constants
+
+
+def _lora_targets(arch: Architecture, options: dict) -> list[Linear]:
+    """The modules PEFT adapts for ``target_modules`` (same rules: 'all-linear', a regex, or name suffixes)."""
+    targets = options.get("target_modules", "all-linear")
+    candidates = arch.linears() + [Linear("lm_head", arch.hidden, arch.vocab, False)]
+    if targets == "all-linear":
+        return arch.linears()
+    if isinstance(targets, str):
+        return [l for l in candidates if re.fullmatch(targets, l.name)]
+    wanted = [str(t) for t in targets or []]
+    return [l for l in candidates if l.name in wanted or any(l.name.endswith("." + t) for t in wanted)]
+
+
+def _trainable(arch: Architecture, spec: Spec, base_bytes: int) -> tuple[list[tuple[int, int]], bool, list[str]]:
+    """Trainable tensors as (elements, bytes per element); whether the count is exact; notes."""
+    notes: list[str] = []
+    method = spec.method
+    opts = spec.method_options
+    adapter = 4  # PEFT keeps adapter weights in float32 (autocast_adapter_dtype) on any base dtype
+    if method == "full":
+        tensors = [(l.inputs * l.outputs, base_bytes) for l in arch.linears()]
+        tensors += [(l.outputs, base_bytes) for l in arch.linears() if l.bias]
+        tensors += [(arch.vocab * arch.hidden, base_bytes)] * (1 if arch.tied else 2)
+        norm_tensors = arch.layers * 2 + 1 + (arch.layers * 2 if arch.qk_norm else 0)
+        tensors += [(arch.hidden, base_bytes)] * (arch.layers * 2 + 1)
+        if arch.qk_norm:
+            tensors += [(arch.head_dim, base_bytes)] * (arch.layers * 2)
+        assert norm_tensors >= 0
+        return tensors, arch.known_layout, notes
+    if method in ("lora", "qlora", "dora"):
+        r = int(opts.get("r", 8))
+        targets = _lora_targets(arch, opts)
+        tensors = []
+        for l in targets:
+            tensors += [(r * l.inputs, adapter), (l.outputs * r, adapter)]
+            if method == "dora":
+                tensors.append((l.outputs, adapter))
+        bias = opts.get("bias", "none")
+        biased = arch.linears() if bias == "all" else targets if bias == "lora_only" else []
+        tensors += [(l.outputs, base_bytes) for l in biased if l.bias]
+        for name in opts.get("modules_to_save") or []:
+            if name in ("lm_head", "embed_tokens"):
+                tensors.append((arch.vocab * arch.hidden, base_bytes))
+            else:
+                notes.append(f"modules_to_save {name!r} is not modelled")
+        if not targets:
+            notes.append("target_modules matches no module of this model")
+        return tensors, arch.known_layout, notes
+    # adapter methods whose shapes finetty models only roughly
+    h, L = arch.hidden, arch.layers
+    if method == "ia3":
+        kv = arch.kv_heads * arch.head_dim
+        tensors = [(kv, 4), (kv, 4), (arch.intermediate, 4)] * L
+    elif method == "prefix":
+        tokens = int(opts.get("num_virtual_tokens", 20))
+        tensors = [(tokens * L * 2 * arch.kv_heads * arch.head_dim, 4)]
+        if opts.get("prefix_projection"):
+            width = int(opts.get("encoder_hidden_size") or h)
+            tensors += [(tokens * h, 4), (h * width + width, 4), (width * L * 2 * h + L * 2 * h, 4)]
+    elif method == "prompt":
+        tensors = [(int(opts.get("num_virtual_tokens", 20)) * h, 4)]
+    elif method == "adapter":
+        width = max(1, h // int(opts.get("reduction_factor", 16)))
+        per = 2 * h * width + width + h
+        tensors = [(per, 4)] * (L * (2 if opts.get("placement", "houlsby") == "houlsby" else 1))
+    else:
+        notes.append(f"method {method!r} is a plugin finetty's estimate does not model: its trainable parameters "
+                     "(and their gradients and optimizer state) are left out")
+        return [], False, notes
+    notes.append(f"{method}: trainable parameters approximated from the method's usual shapes")
+    return tensors, False, notes
+
+
+def _optimizer_bytes(tensors: list[tuple[int, int]], optim: str) -> int:
+    if optim in EIGHT_BIT_OPTIMS or "8bit" in optim:
+        total = 0
+        for numel, size in tensors:
+            if numel < BNB_MIN_8BIT_SIZE:
+                total += 2 * numel * 4
+            else:  # two uint8 moments, a float32 absmax per block of 256 each
+                total += 2 * numel + 2 * 4 * -(-numel // BNB_BLOCK)
+        return total + 2 * 256 * 4  # the two quantization maps
+    if optim.startswith("sgd"):
+        return 0
+    states = 1 if any(optim.startswith(o) for o in ONE_STATE_OPTIMS) else 2
+    if optim.startswith("adafactor"):
+        return sum(math.isqrt(n) * 2 * 4 if n > 1 else 4 for n, _ in tensors)
+    # torch Adam/AdamW: exp_avg and exp_avg_sq in the parameter's dtype, plus a float32 step per tensor
+    return sum(states * numel * size + 4 for numel, size in tensors)
+
+
+def _activations(arch: Architecture, spec: Spec, trainable: list) -> dict[str, int]:
+    """Bytes held for the backward pass at the peak (see docs/memory.md for the model and its source)."""
+    p = DTYPE_BYTES[spec.dtype]
+    rows = spec.micro_batch * (2 if spec.objective == "dpo" else 1)
+    tokens = rows * spec.max_length
+    h, kv, i = arch.hidden, arch.kv_heads * arch.head_dim, arch.intermediate
+    q = arch.heads * arch.head_dim
+    # per token and layer: two norm inputs (h each) and their outputs feeding the projections (h each),
+    # q/k/v into attention (q + 2 kv), attention output (q), SwiGLU: gate and up outputs (i each),
+    # SiLU output (i), the product into down_proj (i)
+    per_layer = p * (2 * h + 2 * h + q + 2 * kv + q + 4 * i)
+    extra = 0
+    if spec.method in ("lora", "qlora", "dora"):
+        r = int(spec.method_options.get("r", 8))
+        targets = [l for l in _lora_targets(arch, spec.method_options) if l.name.startswith("model.layers.0.")]
+        extra = sum(4 * r for _ in targets)  # the float32 low-rank intermediate of each adapted module
+        if float(spec.method_options.get("lora_dropout", 0) or 0) > 0:
+            extra += sum((4 + 1) * l.inputs for l in targets)  # dropped copy of the input, plus its mask
+    per_layer += extra
+    # the head: logits in the compute dtype, their float32 copy for the loss and log-softmax's output
+    logits = (p + 8) * tokens * arch.vocab
+    if spec.gradient_checkpointing:
+        # one input per layer is kept; the backward pass first goes through the head (logits alive),
+        # then recomputes one layer at a time after the head's buffers are freed: the peak is the larger
+        kept = p * h * arch.layers * tokens
+        recomputed = per_layer * tokens
+        return {"layers": kept + max(0, recomputed - logits), "logits": logits}
+    return {"layers": per_layer * arch.layers * tokens, "logits": logits}
+
+
+def compute(arch: Architecture, spec: Spec) -> dict:
+    """The byte counts of every part, for one process."""
+    base = DTYPE_BYTES[spec.dtype]
+    quantized = _quantized(arch, spec)
+    detail: dict[str, int] = {}
+    # prepare_model_for_kbit_training upcasts every 16-bit parameter of a quantized base to float32
+    plain = 4 if quantized else base
+    plain_name = "float32" if quantized else spec.dtype
+    nested = bool(spec.quantizer_options.get("double_quant", True))
+
+    def add(key: str, amount: int) -> None:
+        detail[key] = detail.get(key, 0) + amount
+
+    for l in arch.linears():
+        numel = l.inputs * l.outputs
+        if l.name in quantized and spec.quantizer == "bnb-4bit":
+            packed, constants = _four_bit_bytes(numel, nested)
+            add(f"4-bit {spec.quantizer_options.get('quant_type', 'nf4')}", packed)
+            add("quantization constants", constants)
+        elif l.name in quantized:  # bnb-8bit: int8 weights and a float32 scale per output row
+            add("int8", numel)
+            add("quantization constants", 4 * l.outputs)
+        else:
+            add(plain_name, numel * plain)
+        if l.bias:
+            add(plain_name, l.outputs * plain)
+    for numel in arch.other_parameters().values():
+        add(plain_name, numel * plain)
+    add("buffers", arch.rotary_buffer_bytes)
+    tensors, exact, notes = _trainable(arch, spec, base)
+    trainable_bytes = sum(n * s for n, s in tensors)
+    trainable = sum(n for n, _ in tensors)
+    if spec.method != "full" and trainable_bytes:
+        add("adapters (float32)" if all(s == 4 for _, s in tensors) else "adapters", trainable_bytes)
+    weights = sum(detail.values())
+    gradients = trainable_bytes
+    optimizer = _optimizer_bytes(tensors, spec.optim)
+    if spec.sharding == "all":
+        weights //= spec.processes
+    if spec.sharding in ("all", "grads+optimizer"):
+        gradients //= spec.processes
+        optimizer //= spec.processes
+    activations = _activations(arch, spec, tensors)
+    act = sum(activations.values())
+    margin = CONTEXT_BYTES + int(MARGIN_FRACTION * (weights + gradients + optimizer + act))
+    return dict(weights=weights, weights_detail=detail, gradients=gradients, optimizer=optimizer,
+                activations=act, activations_detail=activations, margin=margin, trainable=trainable,
+                exact=exact, notes=notes,
+                total=weights + gradients + optimizer + act + margin)
+
+
+_GPU_CACHE: tuple[float, list] | None = None
+
+
+def visible_gpus(max_age: float = 30.0) -> list:
+    """The visible GPUs' readings, cached for ``max_age`` seconds (the New run screen asks often)."""
+    global _GPU_CACHE
+    now = time.monotonic()
+    if _GPU_CACHE is None or now - _GPU_CACHE[0] > max_age:
+        from finetty.core.memory import gpu
+
+        _GPU_CACHE = (now, gpu.devices())
+    return _GPU_CACHE[1]
+
+
+def _host_available() -> int | None:
+    from finetty.core.memory import gpu
+
+    try:
+        reading = gpu.host()
+        return reading.total - reading.used
+    except Exception:  # an estimate is advice: no reading, no comparison
+        return None
+
+
+def _verdicts(total: int, gpus: list, watermark: float, processes: int) -> list[GpuVerdict]:
+    used = gpus[:max(1, processes)] if processes <= len(gpus) else gpus
+    return [GpuVerdict(index=g.index, name=g.name, total=g.total, fraction=total / g.total if g.total else 1.0,
+                       fits=total <= g.total, under_watermark=total <= watermark * g.total) for g in used]
+
+
+def _variants(spec: Spec) -> list[tuple[str, str, Spec]]:
+    """Single changes that lower memory: (--set text, why, changed spec)."""
+    found = []
+    if not spec.gradient_checkpointing:
+        found.append(("--set train.gradient_checkpointing=true", "recompute activations in the backward pass "
+                      "(about a third slower)", dataclasses.replace(spec, gradient_checkpointing=True)))
+    if spec.method in ("lora", "dora") and spec.quantizer == "none":
+        found.append(("--set quantizer=bnb-4bit" if spec.method == "dora" else "--set method=qlora",
+                      "store the base in 4 bits (QLoRA)",
+                      dataclasses.replace(spec, method="qlora" if spec.method == "lora" else spec.method,
+                                          quantizer="bnb-4bit", quantizer_options={"double_quant": True})))
+    if spec.method == "full":
+        opts = {"r": 16, "target_modules": "all-linear"}
+        found.append(("--set method=qlora --set method_options.r=16", "train LoRA adapters on a 4-bit base "
+                      "instead of every weight", dataclasses.replace(spec, method="qlora", method_options=opts,
+                                                                     quantizer="bnb-4bit",
+                                                                     quantizer_options={"double_quant": True})))
+        if "8bit" not in spec.optim:
+            found.append(("--set train.optim=paged_adamw_8bit", "keep the optimizer's moments in 8 bits",
+                          dataclasses.replace(spec, optim="paged_adamw_8bit")))
+    micro = spec.micro_batch
+    while micro > 1:
+        smaller = _smaller_batch(micro)
+        accumulation = spec.accumulation * (spec.micro_batch // smaller)
+        found.append((f"--set train.per_device_train_batch_size={smaller} "
+                      f"--set train.gradient_accumulation_steps={accumulation}",
+                      "a smaller micro-batch with more accumulation (same effective batch)",
+                      dataclasses.replace(spec, micro_batch=smaller, accumulation=accumulation)))
+        micro = smaller
+    length = spec.max_length
+    while length > 256:
+        length //= 2
+        found.append((f"--set train.max_length={length}", "shorter examples (longer ones are truncated or dropped)",
+                      dataclasses.replace(spec, max_length=length)))
+    return found
+
+
+def _smaller_batch(micro: int) -> int:
+    """The next micro-batch down that divides this one: half when even, else its largest divisor below half."""
+    return max(d for d in range(1, micro // 2 + 1) if micro % d == 0)
+
+
+def _suggest(arch: Architecture, spec: Spec, gpus: list, watermark: float) -> list[Suggestion]:
+    limit = watermark * min(g.total for g in gpus) if gpus else None
+    made = []
+    seen_kinds = set()
+    for change, why, variant in _variants(spec):
+        kind = change.split("=")[0]
+        total = compute(arch, variant)["total"]
+        fits = None if limit is None else total <= limit
+        if kind in seen_kinds:
+            continue  # the first (mildest) change of each kind that fits, else the strongest
+        if fits or fits is None and kind not in seen_kinds:
+            seen_kinds.add(kind)
+            made.append(Suggestion(change, why, total, fits))
+    if limit is not None and not any(s.fits for s in made):
+        # nothing alone is enough: everything together
+        strongest = dataclasses.replace(spec, gradient_checkpointing=True, micro_batch=1,
+                                        accumulation=spec.accumulation * spec.micro_batch)
+        changes = ["--set train.gradient_checkpointing=true", "--set train.per_device_train_batch_size=1",
+                   f"--set train.gradient_accumulation_steps={spec.accumulation * spec.micro_batch}"]
+        if spec.quantizer == "none" and spec.method in ("lora", "full"):
+            strongest = dataclasses.replace(strongest, method="qlora", quantizer="bnb-4bit",
+                                            quantizer_options={"double_quant": True},
+                                            method_options=spec.method_options if spec.method == "lora"
+                                            else {"r": 16, "target_modules": "all-linear"})
+            changes.insert(0, "--set method=qlora")
+        total = compute(arch, strongest)["total"]
+        made.append(Suggestion(" ".join(changes), "all of these together", total, total <= limit))
+    made.sort(key=lambda s: (not s.fits, -s.total if s.fits else s.total))
+    return made
+
+
+def estimate(recipe, gpus: list | None = None, base_dir: Path | None = None,
+             host_available: int | None = None) -> Estimate:
+    """Predict ``recipe``'s peak memory per GPU; ``gpus`` (readings with index, name, total) default to the visible ones.
+
+    With no GPU the run trains on the CPU: the verdict is then about host memory,
+    against ``host_available`` bytes (default: what the host has available now).
+    Light: no torch, no weights; reads config.json only.
+    """
+    config, source = find_config(recipe.model, base_dir)
+    arch = Architecture.from_config(config)
+    spec = _spec(recipe)
+    parts = compute(arch, spec)
+    monitor = getattr(recipe, "monitor", None) or {}
+    watermark = float(monitor.get("watermark", 0.9))
+    gpus = visible_gpus() if gpus is None else list(gpus)
+    notes = list(parts["notes"])
+    if not arch.known_layout:
+        notes.append(f"model_type {arch.model_type!r} is estimated with a Llama-style layout")
+    if spec.processes > 1:
+        notes.append(f"{spec.processes} processes; per-GPU figures"
+                     + (f" with {spec.sharding} sharded" if spec.sharding != "none" else " (each holds a full copy)"))
+    if "paged" in spec.optim:
+        notes.append(f"{spec.optim} keeps its state in paged memory that can move to the host under pressure")
+    result = Estimate(model=recipe.model, config_source=source, parameters=arch.parameters,
+                      trainable_parameters=parts["trainable"], weights=parts["weights"],
+                      weights_detail=parts["weights_detail"], gradients=parts["gradients"],
+                      optimizer=parts["optimizer"], activations=parts["activations"],
+                      activations_detail=parts["activations_detail"], margin=parts["margin"],
+                      micro_batch=spec.micro_batch, accumulation=spec.accumulation, max_length=spec.max_length,
+                      gradient_checkpointing=spec.gradient_checkpointing, watermark=watermark,
+                      exact_trainable=parts["exact"], notes=notes, processes=spec.processes)
+    result.gpus = _verdicts(result.total, gpus, watermark, spec.processes)
+    if not gpus:
+        result.host_available = _host_available() if host_available is None else host_available
+    if not result.fits:
+        result.suggestions = _suggest(arch, spec, result.gpus and gpus, watermark)
+    return result

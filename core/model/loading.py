@@ -1,0 +1,144 @@
+"""Models: resolve a recipe's ``model`` to a folder, check it without loading, load it in the worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+from finetty.core.data import demo
+from finetty.core.errors import InputError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")
+
+
+def hub_cache() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    return Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface")) / "hub"
+
+
+def cached_hub_models() -> list[str]:
+    """Model ids with a snapshot in the local Hugging Face cache."""
+    found = []
+    root = hub_cache()
+    if root.is_dir():
+        for entry in sorted(root.glob("models--*")):
+            if any((snap / "config.json").exists() for snap in (entry / "snapshots").glob("*")):
+                found.append(entry.name[len("models--"):].replace("--", "/"))
+    return found
+
+
+def _hub_snapshot(model_id: str) -> Path | None:
+    entry = hub_cache() / f"models--{model_id.replace('/', '--')}"
+    ref = entry / "refs" / "main"
+    if ref.is_file():
+        snap = entry / "snapshots" / ref.read_text().strip()
+        if (snap / "config.json").exists():
+            return snap
+    snaps = [s for s in (entry / "snapshots").glob("*") if (s / "config.json").exists()]
+    return snaps[0] if snaps else None
+
+
+def resolve(spec: str, base_dir: Path, recipe_file=None, check: bool = True) -> Path | None:
+    """The model folder for ``spec``; None for ``tiny-demo`` before it is built (the worker builds it)."""
+    if spec == demo.NAME:
+        target = demo.demo_dir()
+        return target if target.exists() else None
+    path = Path(spec).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    if path.exists():
+        if check:
+            check_folder(path)
+        return path
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        snapshot = _hub_snapshot(spec)
+        if snapshot is not None:
+            if check:
+                check_folder(snapshot)
+            return snapshot
+    raise InputError(recipe_file, "key model", f"{spec!r} is not {demo.NAME!r}, a model folder, "
+                     "or a hub model in the local cache",
+                     "download it first (huggingface-cli download ID) or give a path")
+
+
+def _check_safetensors(path: Path) -> None:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                raise ValueError("too short")
+            (length,) = struct.unpack("<Q", head)
+            if length > 100_000_000 or length > path.stat().st_size - 8:
+                raise ValueError("header length out of range")
+            header = json.loads(handle.read(length))
+            if not isinstance(header, dict):
+                raise ValueError("header is not an object")
+    except (OSError, ValueError, struct.error) as exc:
+        raise InputError(path, None, f"is not a valid safetensors file ({exc})",
+                         "download or save the weights again") from None
+
+
+def check_folder(path: Path) -> None:
+    """A model folder holds a readable config, safetensors weights and a tokenizer."""
+    if not path.is_dir():
+        raise InputError(path, None, "is not a folder", "a model is a folder with config.json, weights and a tokenizer")
+    config = path / "config.json"
+    if not config.is_file():
+        raise InputError(path, None, "has no config.json", "point model at a Hugging Face model folder")
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(config, None, f"is not valid JSON ({exc})", "download or save the model again") from None
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise InputError(config, "key model_type", "is missing", "a transformers config names its model_type")
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        if list(path.glob("*.bin")) or list(path.glob("*.pt")):
+            raise InputError(path, None, "holds only pickled weights (.bin/.pt), which finetty does not load",
+                             "convert them to safetensors")
+        raise InputError(path, None, "holds no *.safetensors weights", "save the model with safe_serialization")
+    for weight in weights:
+        _check_safetensors(weight)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise InputError(path, None, "has no tokenizer (tokenizer.json, tokenizer.model or vocab.json)",
+                         "save the tokenizer into the model folder")
+
+
+def read_config(path: Path) -> dict:
+    return json.loads((path / "config.json").read_text(encoding="utf-8"))
+
+
+def compute_dtype(recipe_train: dict) -> str:
+    if recipe_train.get("bf16"):
+        return "bfloat16"
+    if recipe_train.get("fp16"):
+        return "float16"
+    return "float32"
+
+
+def load_tokenizer(path: Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: Path, dtype: str = "float32", quantization_config=None, trust_remote_code: bool = False,
+               device_map=None):
+    """Load a causal LM from a folder (safetensors only)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs = dict(dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=trust_remote_code)
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+        # a quantized base is placed whole on this rank's GPU (PEFT / bitsandbytes' way for DDP)
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        kwargs["device_map"] = device_map or ({"": local_rank} if torch.cuda.is_available() else {"": "cpu"})
+    elif device_map is not None:
+        kwargs["device_map"] = device_map
+    return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)

@@ -1,0 +1,370 @@
+"""Recipes: YAML, one job each; validated against the plugins' option descriptions.
+
+``load(path, overrides)`` reads a recipe, applies ``--set key.path=value``
+overrides, checks every key and value, resolves relative paths against the
+recipe's folder and fills in defaults. Every problem is an
+:class:`~finetty.core.errors.InputError` naming the file, the line and key,
+and what is expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import yaml
+
+from finetty.core.data import reading as data_mod
+from finetty.core.model import loading as models
+from finetty.core.errors import InputError
+from finetty.core.plugin.options import nearest, resolve_options
+from finetty.core.plugin.registry import Registry
+from finetty.core.recipe.train_args import FINETTY_TRAIN_OPTIONS, RESERVED, TRAIN_DEFAULTS, check_value, training_argument_fields
+
+
+@dataclass
+class Recipe:
+    """One fine-tuning job."""
+
+    model: str = "tiny-demo"
+    """built-in name (tiny-demo), a local model folder, or a hub id already in the local HF cache"""
+    dataset: str = "identity"
+    """built-in name, a local file or folder (json, jsonl, csv, parquet, txt), or a cached hub dataset id"""
+    dataset_options: dict = field(default_factory=dict)
+    """values for the {placeholders} of built-in datasets (identity: name, author)"""
+    format: str = "auto"
+    """auto, or a data format plugin's name (alpaca, sharegpt, messages, text, preference)"""
+    method: str = "lora"
+    """a method plugin's name: what is trained"""
+    method_options: dict = field(default_factory=dict)
+    """the method's options (see `finetty plugins --options`)"""
+    quantizer: str = "none"
+    """none, or a quantizer plugin's name: how the base model is stored"""
+    quantizer_options: dict = field(default_factory=dict)
+    """the quantizer's options"""
+    objective: str = "sft"
+    """an objective plugin's name: what loss is trained"""
+    objective_options: dict = field(default_factory=dict)
+    """the objective's options"""
+    train: dict = field(default_factory=dict)
+    """transformers TrainingArguments fields, plus max_length, truncation and val_size"""
+    trust_remote_code: bool = False
+    """run the model repository's own Python code; off unless you trust its author"""
+    launch: dict = field(default_factory=dict)
+    """processes, machines and distributed type (see finetty.core.recipe.sections.LAUNCH_OPTIONS)"""
+    monitor: dict = field(default_factory=dict)
+    """GPU memory monitor: interval_s, watermark, on_watermark (see finetty.core.memory.monitor.MONITOR_OPTIONS)"""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+TOP_LEVEL = {f.name: f for f in fields(Recipe)}
+KIND_KEYS = {"method": "method", "quantizer": "quantizer", "objective": "objective"}
+
+
+@dataclass
+class _Source:
+    """The recipe's file and a map from key paths to line numbers."""
+
+    file: Path | None
+    lines: dict[tuple, int] = field(default_factory=dict)
+    overridden: set = field(default_factory=set)
+
+    def place(self, *key: str) -> str:
+        if any(tuple(key[:n]) in self.overridden for n in range(1, len(key) + 1)):
+            return f"--set {'.'.join(key)}"
+        line = None
+        for n in range(len(key), 0, -1):
+            line = self.lines.get(tuple(key[:n]))
+            if line:
+                break
+        where = f"key {'.'.join(key)}"
+        return f"line {line}, {where}" if line else where
+
+    def error(self, key: tuple, problem: str, fix: str | None = None) -> InputError:
+        return InputError(self.file, self.place(*key), problem, fix)
+
+
+def _line_map(node: yaml.Node, prefix: tuple = ()) -> dict[tuple, int]:
+    lines: dict[tuple, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = prefix + (str(key_node.value),)
+            lines[key] = key_node.start_mark.line + 1
+            lines.update(_line_map(value_node, key))
+    return lines
+
+
+def parse_text(text: str, file: Path | None) -> tuple[dict, _Source]:
+    """YAML text to a mapping plus its line map."""
+    source = _Source(file)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        place = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
+        raise InputError(file, place, f"is not valid YAML: {exc.problem or exc.context}",
+                         "check the indentation and quoting there") from None
+    except yaml.YAMLError as exc:
+        raise InputError(file, None, f"is not valid YAML: {exc}", "save it as plain UTF-8 YAML text") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InputError(file, "top level", f"is a YAML {type(data).__name__}",
+                         "a recipe is a mapping of keys such as model:, dataset:, method:")
+    source.lines = _line_map(node) if node is not None else {}
+    return data, source
+
+
+def apply_overrides(data: dict, overrides: list[str], source: _Source | None = None) -> dict:
+    """``key.path=value`` pairs; values are YAML (``3``, ``true``, ``[a, b]``)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError("--set", repr(item), "is not key.path=value", "for example --set train.max_steps=50")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        parts = key.strip().split(".")
+        if source is not None:
+            source.overridden.add(tuple(parts))
+        target = data
+        for part in parts[:-1]:
+            existing = target.get(part)
+            if existing is None:
+                existing = target[part] = {}
+            if not isinstance(existing, dict):
+                raise InputError("--set", key, f"{part!r} is not a mapping",
+                                 f"set {part} itself (--set {part}=VALUE) or a key under a mapping")
+            target = existing
+        target[parts[-1]] = value
+    return data
+
+
+def _check_kind(kind: str, name: Any, registry: Registry, source: _Source, allow_none: bool = False) -> None:
+    if allow_none and name == "none":
+        return
+    if not isinstance(name, str) or registry.get(kind, name) is None:
+        broken = registry.failure_for(kind, str(name))
+        if broken is not None:
+            raise source.error((KIND_KEYS[kind],), f"{kind} {name!r} comes from plugin {broken.name!r}, "
+                               f"which failed to load: {broken.error}", "fix or reinstall that plugin")
+        known = registry.names(kind) + (["none"] if allow_none else [])
+        close = nearest(str(name), known)
+        raise source.error((KIND_KEYS[kind],), f"{name!r} is not a known {kind}",
+                           f"did you mean {close!r}?" if close else f"known: {', '.join(known)}")
+
+
+def _check_options(key: str, descriptor: Any, given: Any, source: _Source) -> dict:
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise source.error((key,), f"must be a mapping of option: value, not {type(given).__name__}",
+                           "for example {r: 16}; `finetty plugins --options` lists the options")
+    values, problems = resolve_options(getattr(descriptor, "options", ()), given)
+    if problems:
+        option, problem, fix = problems[0]
+        raise source.error((key, option), f"{option} {problem}", fix)
+    return values
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-4`` as text; take it as the number it obviously is."""
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number
+    return value
+
+
+def _check_train(train: Any, source: _Source) -> dict:
+    if train is None:
+        train = {}
+    if not isinstance(train, dict):
+        raise source.error(("train",), f"must be a mapping, not {type(train).__name__}",
+                           "for example train: {max_steps: 100, learning_rate: 2.0e-4}")
+    known = training_argument_fields()
+    ours = {o.name: o for o in FINETTY_TRAIN_OPTIONS}
+    resolved = {**TRAIN_DEFAULTS, **{o.name: o.default for o in FINETTY_TRAIN_OPTIONS}}
+    for key, value in train.items():
+        key = str(key)
+        if key in RESERVED:
+            raise source.error(("train", key), f"{key} is set by finetty", RESERVED[key])
+        if key in ours:
+            problem = ours[key].check(value)
+            if problem:
+                raise source.error(("train", key), f"{key} {problem}", ours[key].help)
+        elif key in known:
+            value = _number(value) if known[key] & {"float", "int"} else value
+            problem = check_value(key, value, known[key])
+            if problem:
+                raise source.error(("train", key), f"{key} {problem}",
+                                   f"see transformers' TrainingArguments for what {key} takes")
+        else:
+            close = nearest(key, list(known) + list(ours))
+            raise source.error(("train", key), f"{key!r} is not a training setting",
+                               f"did you mean {close!r}?" if close else "see transformers' TrainingArguments")
+        resolved[key] = value
+    if resolved.get("bf16") and resolved.get("fp16"):
+        raise source.error(("train", "bf16"), "bf16 and fp16 are both on", "choose one")
+    val = resolved["val_size"]
+    if isinstance(val, float) and not val < 1:
+        raise source.error(("train", "val_size"), f"val_size {val} is a fraction of 1 or more",
+                           "use a fraction below 1 or a whole number of examples")
+    return resolved
+
+
+def _check_launch(launch: Any, source: _Source) -> dict:
+    from finetty.core.recipe.sections import LAUNCH_OPTIONS
+
+    values = _check_options("launch", SimpleNamespace(options=LAUNCH_OPTIONS), launch, source)
+    if values["num_processes"] < values["num_machines"]:
+        raise source.error(("launch", "num_processes"), "counts processes on all machines together, so it "
+                           f"cannot be below num_machines ({values['num_machines']})")
+    if values["num_machines"] > 1 and not values["main_process_ip"]:
+        raise source.error(("launch", "main_process_ip"), "is needed when more than one machine takes part",
+                           "give machine 0's address")
+    if values["machine_rank"] >= values["num_machines"]:
+        raise source.error(("launch", "machine_rank"), f"must be below num_machines ({values['num_machines']})",
+                           "machines count from 0")
+    return values
+
+
+def _check_monitor(monitor: Any, recipe: Recipe, source: _Source) -> dict:
+    from finetty.core.recipe.sections import MONITOR_OPTIONS
+
+    values = _check_options("monitor", SimpleNamespace(options=MONITOR_OPTIONS), monitor, source)
+    if not 0 < values["watermark"] <= 1:
+        raise source.error(("monitor", "watermark"), f"watermark {values['watermark']} is not a fraction in (0, 1]",
+                           "for example 0.9: 90% of each GPU's memory")
+    processes = recipe.launch.get("num_processes", 1)
+    if processes > 1 and values["on_watermark"] == "shrink":
+        raise source.error(("monitor", "on_watermark"), f"shrink works in a single process, not {processes}",
+                           "use warn, checkpoint or stop with launch.num_processes > 1")
+    if processes > 1 and recipe.train.get("auto_shrink_batch"):
+        raise source.error(("train", "auto_shrink_batch"), f"works in a single process, not {processes}",
+                           "leave it off with launch.num_processes > 1")
+    return values
+
+
+def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, check_data: bool = True,
+             check_sources: bool = True) -> Recipe:
+    """Check every key of a parsed recipe and return it resolved, with defaults filled in."""
+    for key in data:
+        if key not in TOP_LEVEL:
+            close = nearest(str(key), list(TOP_LEVEL))
+            raise source.error((str(key),), f"{key!r} is not a recipe key",
+                               f"did you mean {close!r}?" if close else f"keys: {', '.join(TOP_LEVEL)}")
+    recipe = Recipe()
+    for key in ("model", "dataset", "format", "method", "quantizer", "objective"):
+        value = data.get(key, getattr(recipe, key))
+        if not isinstance(value, str) or not value.strip():
+            raise source.error((key,), f"{key} must be a name or path, not {value!r}",
+                               f"for example {key}: {getattr(Recipe, key)}")
+        setattr(recipe, key, value.strip())
+    trust = data.get("trust_remote_code", False)
+    if not isinstance(trust, bool):
+        raise source.error(("trust_remote_code",), f"must be true or false, not {trust!r}",
+                           "write true or false without quotes; leave it out to keep it off")
+    recipe.trust_remote_code = trust
+
+    _check_kind("method", recipe.method, registry, source)
+    _check_kind("objective", recipe.objective, registry, source)
+    method = registry.methods[recipe.method]
+    if method.implies_quantizer:
+        if recipe.quantizer not in ("none", method.implies_quantizer):
+            raise source.error(("quantizer",), f"method {method.name!r} always uses {method.implies_quantizer!r}, "
+                               f"not {recipe.quantizer!r}", "drop the quantizer key or use method: lora")
+        recipe.quantizer = method.implies_quantizer
+    _check_kind("quantizer", recipe.quantizer, registry, source, allow_none=True)
+    if recipe.quantizer not in method.quantizers:
+        able = [m.name for m in registry.methods.values() if recipe.quantizer in m.quantizers]
+        why = (": it updates the base's own weights, and quantized weights cannot be trained"
+               if not method.freezes_base and recipe.quantizer != "none" else "")
+        raise source.error(("quantizer",), f"method {method.name!r} cannot train on a {recipe.quantizer!r} base{why}",
+                           f"use quantizer: {' or '.join(method.quantizers)} with {method.name!r}"
+                           + (f", or a method that trains adapters on a {recipe.quantizer!r} base: {', '.join(able)}"
+                              if able else ""))
+    recipe.method_options = _check_options("method_options", method, data.get("method_options"), source)
+    quantizer = registry.quantizers.get(recipe.quantizer)
+    recipe.quantizer_options = _check_options("quantizer_options", quantizer, data.get("quantizer_options"), source)
+    objective = registry.objectives[recipe.objective]
+    recipe.objective_options = _check_options("objective_options", objective, data.get("objective_options"), source)
+    options = data.get("dataset_options") or {}
+    if not isinstance(options, dict):
+        raise source.error(("dataset_options",), f"must be a mapping, not {type(options).__name__}",
+                           "for example dataset_options: {name: Ada, author: me}")
+    recipe.dataset_options = options
+    recipe.train = _check_train(data.get("train"), source)
+    recipe.launch = _check_launch(data.get("launch"), source)
+    recipe.monitor = _check_monitor(data.get("monitor"), recipe, source)
+
+    if recipe.format != "auto" and recipe.format not in registry.data_formats:
+        broken = registry.failure_for("data format", recipe.format)
+        close = nearest(recipe.format, registry.names("data format"))
+        raise source.error(("format",), f"{recipe.format!r} is not a known data format"
+                           + (f" (plugin {broken.name!r} failed: {broken.error})" if broken else ""),
+                           f"did you mean {close!r}?" if close else
+                           f"auto or one of {', '.join(registry.names('data format'))}")
+    if not check_sources:  # `finetty estimate`: the model and data need not be downloaded yet
+        return recipe
+    models.resolve(recipe.model, base_dir, source.file)
+    local = Path(recipe.model).expanduser()
+    local = local if local.is_absolute() else base_dir / local
+    if recipe.model != "tiny-demo" and local.exists():
+        recipe.model = str(local.resolve())
+    data_source = data_mod.resolve_source(recipe.dataset, base_dir, source.file)
+    if not data_source.builtin and not data_source.hub_id:
+        recipe.dataset = str((base_dir / Path(recipe.dataset).expanduser()).resolve())
+    if check_data and not data_source.hub_id:
+        data_mod.validate_records(data_source, recipe.format, registry.data_formats, objective.accepts,
+                                  objective.name, recipe.dataset_options, source.file)
+    return recipe
+
+
+def load(path: str | Path | None, overrides: list[str] | None, registry: Registry, check_data: bool = True,
+         check_sources: bool = True) -> Recipe:
+    """Read, override, validate. ``path=None`` starts from the defaults (the tiny demo with LoRA)."""
+    if path is None:
+        data, source, base_dir = {}, _Source(None), Path.cwd()
+    else:
+        file = Path(path)
+        try:
+            text = file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError(file, None, "does not exist", "give the path of a recipe .yaml file") from None
+        except UnicodeDecodeError:
+            raise InputError(file, None, "is not UTF-8 text", "save the recipe as UTF-8") from None
+        except OSError as exc:
+            raise InputError(file, None, f"cannot be read: {exc.strerror}",
+                             "give the path of a readable recipe .yaml file") from None
+        data, source = parse_text(text, file)
+        base_dir = file.resolve().parent
+    apply_overrides(data, overrides or [], source)
+    return validate(data, registry, source, base_dir, check_data=check_data, check_sources=check_sources)
+
+
+def from_run(run_dir: Path) -> Recipe:
+    """The resolved recipe a run was started with."""
+    data = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8")) or {}
+    recipe = Recipe()
+    for key, value in data.items():
+        if key in TOP_LEVEL:
+            setattr(recipe, key, value)
+    return recipe
+
+
+def needs_bitsandbytes(recipe: Recipe) -> bool:
+    """True when the run stores its base through a quantizer or uses a bitsandbytes (8-bit or paged) optimizer."""
+    optim = str(recipe.train.get("optim", "")).lower()
+    return recipe.quantizer != "none" or any(word in optim for word in ("bnb", "8bit", "paged"))

@@ -1,0 +1,412 @@
+"""Inference on a run's result: load the base plus ``final/`` or any complete checkpoint, and stream answers.
+
+``load(run_dir, checkpoint)`` rebuilds the tuned model through its method
+plugin's ``Method.load(path, options, load_base)`` (every method, on a base
+stored as in training: quantized by the recipe's quantizer plugin, in the
+recipe's compute dtype) with the tokenizer saved beside the weights, so the
+chat template is the one the run trained with. ``load_base(run_dir)`` is the
+untouched base, prompted the same way, for side-by-side comparison.
+
+``Generation`` streams one answer: ``model.generate`` runs in a thread and
+feeds a ``TextIteratorStreamer``; iterating yields text pieces as they are
+decoded, ``stop()`` ends it early. Nothing here imports torch or transformers
+at module level: the TUI imports this module and loads models in a worker
+thread.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from finetty.core.data import demo
+from finetty.core.model import loading as models
+from finetty.core.run import rundir
+from finetty.core.recipe import recipe as recipe_mod
+from finetty.core.errors import InputError
+from finetty.core.run.events import read_all
+
+FINAL = rundir.FINAL
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model", "tokenizer_config.json")
+
+
+@dataclass
+class GenerationSettings:
+    """How answers are generated. ``None`` keeps the model's own ``generation_config`` value.
+
+    ``temperature`` 0 means greedy decoding; above 0, sampling with that
+    temperature (and ``top_p`` when given).
+    """
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_new_tokens: int = 256
+    repetition_penalty: float | None = None
+    system_prompt: str | None = None
+
+    def generation_config(self, base: Any, eos_ids: list[int], pad_id: int | None) -> Any:
+        """A copy of the model's ``GenerationConfig`` with these settings applied."""
+        config = copy.deepcopy(base)
+        config.max_new_tokens = self.max_new_tokens
+        config.max_length = None
+        if self.temperature is not None:
+            config.do_sample = self.temperature > 0
+            if config.do_sample:
+                config.temperature = self.temperature
+        if self.top_p is not None and config.do_sample:
+            config.top_p = self.top_p
+        if not config.do_sample:  # greedy: sampling knobs would only draw warnings
+            config.temperature, config.top_p, config.top_k = 1.0, 1.0, 50
+        if self.repetition_penalty is not None:
+            config.repetition_penalty = self.repetition_penalty
+        config.eos_token_id = eos_ids or config.eos_token_id
+        if pad_id is not None:
+            config.pad_token_id = pad_id
+        return config
+
+    def describe(self) -> str:
+        parts = []
+        if self.temperature is not None:
+            parts.append("greedy" if self.temperature <= 0 else f"temperature {self.temperature:g}")
+        if self.top_p is not None:
+            parts.append(f"top_p {self.top_p:g}")
+        if self.repetition_penalty is not None:
+            parts.append(f"repetition_penalty {self.repetition_penalty:g}")
+        parts.append(f"max_new_tokens {self.max_new_tokens}")
+        return ", ".join(parts)
+
+
+@dataclass
+class Loaded:
+    """A model ready to answer, with the tokenizer (and chat template) to prompt it with."""
+
+    model: Any
+    tokenizer: Any
+    label: str
+    """``final``, ``step-000040``, or ``base``"""
+    run_dir: Path
+    source: Path | None
+    """the folder the trained weights came from; None for the base"""
+    method: str
+    notes: list[str] = field(default_factory=list)
+    """things to tell the person (template differences, fallbacks)"""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    """held by whoever generates, when several threads share the model (the API server)"""
+
+    @property
+    def model_id(self) -> str:
+        return self.run_dir.name if self.label == FINAL else f"{self.run_dir.name}:{self.label}"
+
+
+# -- which weights ---------------------------------------------------------------------------------
+
+def targets(run_dir: Path) -> list[str]:
+    """What can be loaded: ``final`` (when the run finished) and its complete checkpoints, newest first."""
+    found = [FINAL] if (run_dir / FINAL).is_dir() else []
+    return found + [path.name for _, path in reversed(rundir.complete_checkpoints(run_dir))]
+
+
+def resolve_target(run_dir: Path, checkpoint: str | None) -> tuple[str, Path, list[str]]:
+    """``(label, folder, notes)`` for ``--checkpoint``: None (final/, else the newest checkpoint), ``final``,
+    ``latest``, a step number (``40``) or a checkpoint name (``step-000040``). Only complete checkpoints count."""
+    complete = rundir.complete_checkpoints(run_dir)
+    final = run_dir / FINAL
+    if checkpoint is None:
+        if final.is_dir():
+            return FINAL, final, []
+        if complete:
+            step, path = complete[-1]
+            return path.name, path, [f"run {run_dir.name} has no final/ result yet: using its newest complete "
+                                     f"checkpoint {path.name}"]
+        raise InputError(None, f"run {run_dir.name}", "has no result to load: no final/ and no complete checkpoint",
+                         "wait for its first checkpoint, or see `finetty runs`")
+    text = str(checkpoint).strip()
+    if text == FINAL:
+        if final.is_dir():
+            return FINAL, final, []
+        raise InputError("--checkpoint", text, f"run {run_dir.name} has no final/ result (it did not finish)",
+                         _available(run_dir))
+    if text == "latest" and complete:
+        return complete[-1][1].name, complete[-1][1], []
+    digits = text[len("step-"):] if text.startswith("step-") else text
+    if digits.isdigit():
+        for step, path in complete:
+            if step == int(digits):
+                return path.name, path, []
+    raise InputError("--checkpoint", text, f"is not a complete checkpoint of run {run_dir.name}",
+                     _available(run_dir))
+
+
+def _available(run_dir: Path) -> str:
+    names = targets(run_dir)
+    return f"available: {', '.join(names)}" if names else "the run has no complete checkpoint yet"
+
+
+def _run_started(run_dir: Path) -> dict:
+    return next((e for e in reversed(read_all(run_dir)) if e.get("type") == "run_started"), {})
+
+
+def base_model_dir(run_dir: Path, recipe: recipe_mod.Recipe | None = None) -> Path:
+    """The base model's folder: the one the worker recorded, else the recipe's model resolved again."""
+    recorded = _run_started(run_dir).get("model_dir")
+    if recorded and (Path(recorded) / "config.json").is_file():
+        return Path(recorded)
+    recipe = recipe or recipe_mod.from_run(run_dir)
+    if recipe.model == demo.NAME:
+        return demo.ensure_demo()
+    return models.resolve(recipe.model, run_dir, check=False)
+
+
+# -- loading ---------------------------------------------------------------------------------------
+
+def _registry(registry=None):
+    from finetty.core.plugin.registry import load_plugins
+
+    return registry or load_plugins()
+
+
+def _method(recipe, registry):
+    method = registry.methods.get(recipe.method)
+    if method is None:
+        broken = registry.failure_for("method", recipe.method)
+        raise InputError(None, f"method {recipe.method!r}", "is not available"
+                         + (f": plugin {broken.name!r} failed to load: {broken.error}" if broken else ""),
+                         "install the plugin that provides it (see `finetty plugins`)")
+    return method
+
+
+def quantization_config(recipe, registry) -> Any:
+    """The recipe's quantizer plugin's config (None for a plain base)."""
+    if recipe.quantizer in (None, "none"):
+        return None
+    quantizer = registry.quantizers.get(recipe.quantizer)
+    if quantizer is None:
+        raise InputError(None, f"quantizer {recipe.quantizer!r}", "is not available",
+                         "install the plugin that provides it (see `finetty plugins`)")
+    return quantizer.config(recipe.quantizer_options, models.compute_dtype(recipe.train))
+
+
+def base_loader(run_dir: Path, recipe, registry, dequantize: bool = False):
+    """A function loading the base as the worker did (same dtype, same quantizer).
+
+    ``dequantize`` turns a quantized base back into plain linear layers in the
+    recipe's compute dtype (for merging QLoRA adapters)."""
+    model_dir = base_model_dir(run_dir, recipe)
+    dtype = models.compute_dtype(recipe.train)
+    quantization = quantization_config(recipe, registry)
+
+    def load_base():
+        import torch
+
+        model = models.load_model(model_dir, "float32" if quantization is None and dtype == "float32" else dtype,
+                                  quantization, recipe.trust_remote_code)
+        if quantization is not None and dequantize:
+            model = model.dequantize(dtype=getattr(torch, dtype))
+        return model
+
+    return load_base
+
+
+def _tokenizer_folder(source: Path | None, base_dir: Path) -> Path:
+    if source is not None and any((source / name).is_file() for name in TOKENIZER_FILES):
+        return source
+    return base_dir
+
+
+def _template_notes(tokenizer, base_dir: Path, source: Path, trust_remote_code: bool) -> list[str]:
+    notes = []
+    if (source / "tokenizer_config.json").is_file() or (source / "tokenizer.json").is_file():
+        try:
+            base_template = models.load_tokenizer(base_dir, trust_remote_code).chat_template
+        except Exception:
+            base_template = None
+        if tokenizer.chat_template and base_template != tokenizer.chat_template:
+            notes.append(f"the chat template this run trained with (saved in {source.name}/) differs from the "
+                         f"base tokenizer's own{'' if base_template else ' (it has none)'}; using the training one")
+    else:
+        notes.append(f"{source.name}/ holds no tokenizer: using the base model's (and its chat template)")
+    if not tokenizer.chat_template:
+        notes.append("the tokenizer has no chat template: prompts are plain 'role: text' lines")
+    return notes
+
+
+def _place(model):
+    """Onto the GPU when there is one (a quantized model is already placed)."""
+    import torch
+
+    if torch.cuda.is_available() and not getattr(model, "is_quantized", False) \
+            and not getattr(getattr(model, "base_model", None), "is_quantized", False):
+        try:
+            if next(model.parameters()).device.type == "cpu":
+                model = model.to("cuda")
+        except StopIteration:
+            pass
+    return model.eval()
+
+
+def load(run_dir: Path, checkpoint: str | None = None, registry=None) -> Loaded:
+    """The tuned model: the base plus ``final/`` or a complete checkpoint, through its method's ``load``."""
+    run_dir = Path(run_dir)
+    registry = _registry(registry)
+    recipe = recipe_mod.from_run(run_dir)
+    method = _method(recipe, registry)
+    label, source, notes = resolve_target(run_dir, checkpoint)
+    base_dir = base_model_dir(run_dir, recipe)
+    model = method.load(source, recipe.method_options, base_loader(run_dir, recipe, registry))
+    tokenizer = models.load_tokenizer(_tokenizer_folder(source, base_dir), recipe.trust_remote_code)
+    notes += _template_notes(tokenizer, base_dir, source, recipe.trust_remote_code)
+    return Loaded(_place(model), tokenizer, label, run_dir, source, recipe.method, notes)
+
+
+def load_base(run_dir: Path, registry=None, tokenizer=None) -> Loaded:
+    """The untouched base, stored as in training, prompted with the training template (``tokenizer``, else the
+    one saved with the run's result, else the base's own)."""
+    run_dir = Path(run_dir)
+    registry = _registry(registry)
+    recipe = recipe_mod.from_run(run_dir)
+    base_dir = base_model_dir(run_dir, recipe)
+    if tokenizer is None:
+        names = targets(run_dir)
+        source = (run_dir / FINAL if names[0] == FINAL else run_dir / rundir.CHECKPOINTS / names[0]) if names else None
+        tokenizer = models.load_tokenizer(_tokenizer_folder(source, base_dir), recipe.trust_remote_code)
+    model = base_loader(run_dir, recipe, registry)()
+    return Loaded(_place(model), tokenizer, "base", run_dir, None, recipe.method)
+
+
+# -- prompting and generating ----------------------------------------------------------------------
+
+def conversation(history: list[dict], settings: GenerationSettings) -> list[dict]:
+    """The messages sent to the model: the system prompt (if any) then the history."""
+    if settings.system_prompt:
+        return [{"role": "system", "content": settings.system_prompt}, *history]
+    return list(history)
+
+
+def render(tokenizer, messages: list[dict]) -> tuple[str, bool]:
+    """The prompt text for ``messages``, ending where the assistant's answer begins, and whether the
+    tokenizer's special tokens still need adding (only for the plain fallback)."""
+    if tokenizer.chat_template:
+        try:
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), False
+        except Exception:
+            if not (messages and messages[0]["role"] == "system"):
+                raise
+            # a template without a system role: fold the system prompt into the first user message
+            system, rest = messages[0]["content"], [dict(m) for m in messages[1:]]
+            first = next((m for m in rest if m["role"] == "user"), None)
+            if first is None:
+                raise
+            first["content"] = f"{system}\n\n{first['content']}"
+            return tokenizer.apply_chat_template(rest, tokenize=False, add_generation_prompt=True), False
+    lines = [f"{m['role']}: {m['content']}" for m in messages]
+    return "\n".join(lines) + "\nassistant:", True
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids: list[int] = []
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (configured if isinstance(configured, list) else [configured]) + [tokenizer.eos_token_id]:
+        if isinstance(value, int) and value not in ids:
+            ids.append(value)
+    return ids
+
+
+def _device(model):
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return "cpu"
+
+
+class Generation:
+    """One streamed answer. Iterate for text pieces; ``stop()`` (any thread) ends it early.
+
+    After iteration: ``text``, ``prompt_tokens``, ``completion_tokens`` and
+    ``finish_reason`` (``stop``: end of turn or stopped; ``length``: hit
+    ``max_new_tokens``).
+    """
+
+    def __init__(self, loaded: Loaded, messages: list[dict], settings: GenerationSettings | None = None):
+        self.loaded = loaded
+        self.settings = settings or GenerationSettings()
+        self.messages = conversation(messages, self.settings)
+        self.text = ""
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None
+        self.stopped = threading.Event()
+        self.error: BaseException | None = None
+        self._started = False
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def __iter__(self) -> Iterator[str]:
+        if self._started:
+            raise RuntimeError("a Generation is iterated once")
+        self._started = True
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        stopped = self.stopped
+
+        class StopWhenAsked(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), stopped.is_set(), dtype=torch.bool,
+                                  device=input_ids.device)
+
+        model, tokenizer = self.loaded.model, self.loaded.tokenizer
+        prompt, special = render(tokenizer, self.messages)
+        batch = tokenizer(prompt, add_special_tokens=special, return_tensors="pt").to(_device(model))
+        self.prompt_tokens = int(batch["input_ids"].shape[1])
+        eos = _eos_ids(model, tokenizer)
+        config = self.settings.generation_config(model.generation_config, eos, tokenizer.pad_token_id)
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        result: dict = {}
+
+        def run():
+            try:
+                with torch.inference_mode():
+                    result["ids"] = model.generate(**batch, generation_config=config, streamer=streamer,
+                                                   stopping_criteria=StoppingCriteriaList([StopWhenAsked()]))
+            except BaseException as exc:  # handed to the reader below
+                self.error = exc
+                streamer.end()
+
+        thread = threading.Thread(target=run, name="finetty-generate", daemon=True)
+        thread.start()
+        finished = False
+        try:
+            for piece in streamer:
+                if piece:
+                    self.text += piece
+                    yield piece
+            finished = True
+        finally:
+            if not finished:  # the reader went away (closed, or raised): stop generating for nobody
+                stopped.set()
+            thread.join()
+        if self.error is not None:
+            raise self.error
+        new = result["ids"][0, self.prompt_tokens:].tolist()
+        while new and tokenizer.pad_token_id is not None and new[-1] == tokenizer.pad_token_id \
+                and tokenizer.pad_token_id not in eos:
+            new.pop()
+        self.completion_tokens = len(new)
+        ended = bool(new) and new[-1] in eos
+        self.finish_reason = "length" if not ended and len(new) >= self.settings.max_new_tokens \
+            and not self.stopped.is_set() else "stop"
+
+    def run(self) -> str:
+        """Generate to the end; the whole answer."""
+        for _ in self:
+            pass
+        return self.text
+
+
+def answer(loaded: Loaded, messages: list[dict], settings: GenerationSettings | None = None) -> str:
+    """The whole answer to ``messages`` (no streaming)."""
+    return Generation(loaded, messages, settings).run()

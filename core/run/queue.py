@@ -1,0 +1,217 @@
+"""The run queue: recipes lined up to train one after another, headless.
+
+The queue belongs to a runs directory and lives in ``<runs>/queue.json``;
+every change happens under an ``flock`` on ``<runs>/queue.lock``. An entry
+holds an already validated recipe; its run directory is created only when it
+starts, so a queued run is never mistaken for a lost one.
+
+:func:`advance` starts the first entry when no worker in the runs directory is
+live (the GPUs are free): the run before it has finished, failed or stopped.
+:func:`run_forever` calls it until the queue is empty; it is what
+``finetty queue run`` does, and :func:`ensure_runner` starts it as a detached
+process of its own (one per runs directory, kept single by a second lock), so
+the queue keeps going after the app that filled it is closed or the SSH
+connection drops.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from finetty.core.run import rundir
+
+QUEUE_FILE = "queue.json"
+QUEUE_LOCK = "queue.lock"
+RUNNER_LOCK = "queue-runner.lock"
+RUNNER_LOG = "queue-runner.log"
+
+
+@dataclass
+class Entry:
+    """One queued job: its resolved recipe and what to show for it."""
+
+    id: str
+    recipe: str
+    model: str
+    method: str
+    dataset: str
+    added: float
+
+
+@dataclass
+class QueueState:
+    """What ``queue.json`` holds."""
+
+    entries: list[Entry] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
+    """run ids the queue started, oldest first"""
+    last_error: str | None = None
+    """why the last entry could not start (it was dropped)"""
+
+
+def _read(runs: Path) -> QueueState:
+    try:
+        data = json.loads((runs / QUEUE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return QueueState()
+    entries = []
+    for item in data.get("entries", []):
+        try:
+            entries.append(Entry(**{k: item[k] for k in Entry.__dataclass_fields__}))
+        except (KeyError, TypeError):
+            continue
+    return QueueState(entries, list(data.get("started", [])), data.get("last_error"))
+
+
+def _write(runs: Path, state: QueueState) -> None:
+    tmp = runs / (QUEUE_FILE + ".tmp")
+    tmp.write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
+    tmp.replace(runs / QUEUE_FILE)
+
+
+@contextmanager
+def _locked(runs: Path) -> Iterator[QueueState]:
+    """The queue, read under its lock and written back when the block ends without error."""
+    runs.mkdir(parents=True, exist_ok=True)
+    with open(runs / QUEUE_LOCK, "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = _read(runs)
+        yield state
+        _write(runs, state)
+
+
+def read(runs: Path) -> QueueState:
+    """The queue as it is now (a consistent snapshot; no lock needed to read a renamed file)."""
+    return _read(runs)
+
+
+def add(runs: Path, recipe) -> Entry:
+    """Queue a validated :class:`~finetty.core.recipe.recipe.Recipe`; returns its entry."""
+    entry = Entry(id=f"q-{secrets.token_hex(3)}", recipe=recipe.to_yaml(), model=str(recipe.model),
+                  method=str(recipe.method), dataset=str(recipe.dataset), added=round(time.time(), 3))
+    with _locked(runs) as state:
+        state.entries.append(entry)
+    return entry
+
+
+def remove(runs: Path, entry_id: str) -> bool:
+    with _locked(runs) as state:
+        before = len(state.entries)
+        state.entries = [e for e in state.entries if e.id != entry_id]
+        return len(state.entries) != before
+
+
+def move(runs: Path, entry_id: str, delta: int) -> int | None:
+    """Move an entry ``delta`` places (negative: earlier); returns its new index, None if absent."""
+    with _locked(runs) as state:
+        ids = [e.id for e in state.entries]
+        if entry_id not in ids:
+            return None
+        index = ids.index(entry_id)
+        target = max(0, min(len(ids) - 1, index + delta))
+        state.entries.insert(target, state.entries.pop(index))
+        return target
+
+
+def clear(runs: Path) -> int:
+    with _locked(runs) as state:
+        count = len(state.entries)
+        state.entries = []
+        return count
+
+
+def live_runs(runs: Path) -> list[str]:
+    """Ids of runs whose worker is alive."""
+    if not runs.is_dir():
+        return []
+    return [p.name for p in runs.iterdir() if (p / rundir.RECIPE_FILE).is_file() and rundir.is_live(p)]
+
+
+def _start(runs: Path, entry: Entry) -> Path:
+    """Check the entry's recipe again (files may have moved since) and start its worker."""
+    from finetty.core.run import launch
+    from finetty.core.recipe import recipe as recipe_mod
+    from finetty.core.plugin.registry import load_plugins
+
+    data, source = recipe_mod.parse_text(entry.recipe, None)
+    recipe = recipe_mod.validate(data, load_plugins(), source, Path.cwd())
+    run_dir = rundir.create(runs, recipe.method, recipe.to_yaml())
+    launch.start_worker(run_dir)
+    return run_dir
+
+
+def advance(runs: Path, start: Callable[[Path, Entry], Path] = _start) -> Path | None:
+    """Start the next queued run if no worker is live; returns its run directory, else None.
+
+    An entry that cannot start (its recipe no longer validates) is dropped and
+    the reason kept in ``last_error``; the next one is tried."""
+    from finetty.core.errors import InputError, RunBusyError
+
+    with _locked(runs) as state:
+        dropped = []
+        while state.entries and not live_runs(runs):
+            entry = state.entries.pop(0)
+            try:
+                run_dir = start(runs, entry)
+            except (InputError, RunBusyError, OSError) as exc:
+                dropped.append(f"{entry.id} ({entry.method} on {entry.model}) did not start: {exc}")
+                state.last_error = "; ".join(dropped)
+                continue
+            state.started.append(run_dir.name)
+            state.last_error = "; ".join(dropped) or None
+            return run_dir
+    return None
+
+
+def run_forever(runs: Path, poll: float = 2.0, say: Callable[[str], None] = lambda _: None) -> int:
+    """Start queued runs one after another until the queue is empty; returns how many started.
+
+    Only one runner works a runs directory at a time; a second returns 0 at once."""
+    runs.mkdir(parents=True, exist_ok=True)
+    with open(runs / RUNNER_LOCK, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say("another queue runner is already working this runs directory")
+            return 0
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        started = 0
+        while True:
+            run_dir = advance(runs)
+            if run_dir is not None:
+                started += 1
+                say(f"started {run_dir.name}")
+                continue
+            state = read(runs)
+            if state.last_error:
+                say(state.last_error)
+            if not state.entries:
+                return started
+            time.sleep(poll)
+
+
+def runner_alive(runs: Path) -> bool:
+    return rundir.is_locked(runs / RUNNER_LOCK)
+
+
+def ensure_runner(runs: Path) -> subprocess.Popen | None:
+    """Start a detached ``finetty queue run`` for ``runs`` unless one is working it already."""
+    if runner_alive(runs) or not read(runs).entries:
+        return None
+    runs.mkdir(parents=True, exist_ok=True)
+    with open(runs / RUNNER_LOG, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "finetty.core.cli", "queue", "run", "--runs-dir", str(runs)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True)

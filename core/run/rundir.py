@@ -1,0 +1,248 @@
+"""The run directory: creating one, finding one, its worker lock, and what state it is in.
+
+A run's status is derived, never stored: the last terminal event says
+finished / failed / stopped; otherwise a held worker lock says running; a run
+with neither lost its worker (killed, OOM-killed, power) and can be resumed.
+The lock is an ``flock`` held by the worker process itself, so a dead
+worker's lock never blocks.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from finetty.core import paths
+from finetty.core.errors import InputError, RunBusyError
+from finetty.core.run.events import TERMINAL, read_all
+
+RECIPE_FILE = "recipe.yaml"
+LOCK_FILE = "worker.lock"
+LOG_FILE = "worker.log"
+CHECKPOINTS = "checkpoints"
+FINAL = "final"
+COMPLETE_MARKER = "finetty-checkpoint.json"
+
+
+def new_run_id(method: str) -> str:
+    stamp = time.strftime("%y%m%d-%H%M%S")
+    return f"{stamp}-{method}-{secrets.token_hex(2)}"
+
+
+def create(runs: Path, method: str, recipe_text: str) -> Path:
+    """Make ``<runs>/<run-id>/`` holding the resolved recipe (written then renamed)."""
+    runs.mkdir(parents=True, exist_ok=True)
+    while True:
+        run_dir = paths.child(runs, new_run_id(method))
+        try:
+            run_dir.mkdir()
+            break
+        except FileExistsError:
+            continue
+    tmp = run_dir / (RECIPE_FILE + ".tmp")
+    tmp.write_text(recipe_text, encoding="utf-8")
+    tmp.rename(run_dir / RECIPE_FILE)
+    return run_dir
+
+
+def find(run: str, runs: Path) -> Path:
+    """A run given as a directory path or as an id in the runs directory."""
+    candidate = Path(run).expanduser()
+    if (candidate / RECIPE_FILE).is_file():
+        return candidate
+    if paths.is_safe_name(run) and (runs / run / RECIPE_FILE).is_file():
+        return runs / run
+    raise InputError(None, f"run {run!r}", f"is neither a run directory nor a run id in {runs}",
+                     "see `finetty runs` for the ids")
+
+
+# -- the worker lock -------------------------------------------------------------------------------
+
+def acquire_lock(run_dir: Path) -> int:
+    """Take the run's worker lock for a new worker; returns the descriptor to hand to it."""
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        holder = lock_holder(run_dir)
+        deadline = time.monotonic() + 2.0
+        while holder is None and time.monotonic() < deadline:  # its launcher is about to write the pid
+            time.sleep(0.05)
+            holder = lock_holder(run_dir)
+        raise RunBusyError(f"run {run_dir.name} is being trained by a live worker"
+                           f"{f' (pid {holder})' if holder else ''}; stop it first with `finetty stop {run_dir.name}`")
+    os.ftruncate(fd, 0)  # a dead worker's pid is never named as the holder
+    return fd
+
+
+def record_holder(fd: int, pid: int | None = None) -> None:
+    """Write the holder's pid (default: this process) into the lock: the launcher and the worker both do."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{pid or os.getpid()}\n".encode(), 0)
+
+
+def lock_holder(run_dir: Path) -> int | None:
+    try:
+        text = (run_dir / LOCK_FILE).read_text().strip()
+        return int(text) if text else None
+    except (OSError, ValueError):
+        return None
+
+
+def is_live(run_dir: Path) -> bool:
+    """True while a worker process holds the run's lock."""
+    return is_locked(run_dir / LOCK_FILE)
+
+
+def is_locked(path: Path) -> bool:
+    """True while some process holds an ``flock`` on ``path`` (a dead holder's lock is gone with it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first; anything without the marker is not one."""
+    found = []
+    folder = run_dir / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    for path in folder.iterdir():
+        if not (path.name.startswith("step-") and path.is_dir()):
+            continue
+        try:
+            marker = json.loads((path / COMPLETE_MARKER).read_text())
+            found.append((int(marker["step"]), path))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    done = complete_checkpoints(run_dir)
+    return done[-1][1] if done else None
+
+
+# -- status ----------------------------------------------------------------------------------------
+
+@dataclass
+class RunSummary:
+    """One line of ``finetty runs`` and of the TUI's Runs screen."""
+
+    id: str
+    path: Path
+    status: str
+    model: str = "?"
+    method: str = "?"
+    step: int = 0
+    total: int | None = None
+    loss: float | None = None
+    started: float | None = None
+    updated: float | None = None
+    reason: str | None = None
+    checkpoints: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def elapsed(self) -> float | None:
+        if self.started is None:
+            return None
+        end = time.time() if self.status in ("running", "starting") else (self.updated or self.started)
+        return max(0.0, end - self.started)
+
+    @property
+    def eta(self) -> float | None:
+        if self.status != "running" or not self.total or not self.step or self.elapsed is None:
+            return None
+        rate = self.extra.get("seconds_per_step")
+        return (self.total - self.step) * rate if rate else None
+
+
+def summarize(run_dir: Path, events: list[dict] | None = None) -> RunSummary:
+    """Derive a run's state from its events and its lock."""
+    events = read_all(run_dir) if events is None else events
+    summary = RunSummary(id=run_dir.name, path=run_dir, status="starting")
+    apply_events(summary, events)
+    finish_status(summary, run_dir)
+    return summary
+
+
+def apply_events(summary: RunSummary, events: list[dict]) -> None:
+    """Fold events into a summary (used for the first read and for each new batch)."""
+    for event in events:
+        kind = event.get("type")
+        if kind == "run_started":
+            recipe = event.get("recipe") or {}
+            summary.model = str(recipe.get("model", summary.model))
+            summary.method = str(recipe.get("method", summary.method))
+            summary.total = event.get("total_steps", summary.total)
+            if summary.started is None or not event.get("resumed_from"):
+                summary.started = summary.started or event.get("ts")
+            summary.status = "running"
+            summary.reason = None
+            summary.extra["resumed_at"] = (event.get("ts"), event.get("step") or 0)
+        elif kind == "step":
+            summary.step = event.get("step", summary.step)
+            if event.get("loss") is not None:
+                summary.loss = event["loss"]
+            start_ts, start_step = summary.extra.get("resumed_at", (None, 0))
+            if start_ts and summary.step > start_step:
+                summary.extra["seconds_per_step"] = (event["ts"] - start_ts) / (summary.step - start_step)
+        elif kind == "checkpoint":
+            summary.checkpoints += 1
+        elif kind in TERMINAL:
+            summary.status = TERMINAL[kind]
+            summary.reason = event.get("reason")
+            summary.step = event.get("step", summary.step)
+        if "ts" in event:
+            summary.updated = event["ts"]
+
+
+def finish_status(summary: RunSummary, run_dir: Path) -> None:
+    if summary.status in TERMINAL.values():
+        # a resumed run that is training again has a live lock after its old terminal event
+        if summary.status in ("stopped", "failed") and is_live(run_dir):
+            summary.status = "running"
+        return
+    if not is_live(run_dir):
+        summary.status = "lost"
+        summary.reason = summary.reason or "the worker ended without a final event (killed?); resume to go on"
+
+
+def list_runs(runs: Path) -> list[RunSummary]:
+    if not runs.is_dir():
+        return []
+    found = [summarize(p) for p in runs.iterdir() if (p / RECIPE_FILE).is_file()]
+    return sorted(found, key=lambda s: s.started or 0)
+
+
+def log_tail(run_dir: Path, lines: int = 20) -> list[str]:
+    try:
+        with open(run_dir / LOG_FILE, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 16384))
+            data = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return data.splitlines()[-lines:]

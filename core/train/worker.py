@@ -1,0 +1,472 @@
+"""The training worker: one process per run, started detached, talking only through the run directory.
+
+``python -m finetty.core.train.worker RUN_DIR [--resume] [--lock-fd N]`` reads the
+resolved ``recipe.yaml``, trains, and writes ``events.jsonl``, complete
+checkpoints and ``final/``. SIGTERM (or SIGINT) asks it to checkpoint and stop;
+SIGUSR1 asks for a checkpoint now. It holds the run's lock (inherited from
+the launcher as ``--lock-fd``) for as long as it lives.
+
+The flow reads top to bottom: set up the model, the data and the trainer,
+train, save the result, clean up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import errno
+import os
+import random
+import shutil
+import signal
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from finetty.core.data import reading as data_mod
+from finetty.core.data import demo
+from finetty.core.train import distributed
+from finetty.core.model import loading as models
+from finetty.core.memory import monitor
+from finetty.core.memory import oom
+from finetty.core.run import rundir
+from finetty.core.run import standby
+from finetty.core.recipe import recipe as recipe_mod
+from finetty.core.run.events import EventWriter
+from finetty.core.plugin.api import MethodContext, TrainerContext
+from finetty.core.plugin.registry import load_plugins
+from finetty.core.recipe.train_args import FINETTY_TRAIN_OPTIONS
+
+FINETTY_TRAIN_KEYS = {o.name for o in FINETTY_TRAIN_OPTIONS}
+
+
+@dataclass
+class Requests:
+    """What a UI asked of the worker, set from signal handlers."""
+
+    stop: bool = False
+    checkpoint: bool = False
+    signal_name: str | None = None
+
+
+class NullWriter:
+    """What ranks other than 0 write events to: nothing (rank 0 is the run's one writer)."""
+
+    def emit(self, type_: str, **fields) -> dict:
+        return {"type": type_, **fields}
+
+    def close(self) -> None:
+        pass
+
+
+class RunFailure(Exception):
+    """The run cannot go on; ``str()`` is the whole one-line reason (no traceback is printed for it)."""
+
+
+class PluginFailure(RunFailure):
+    """A plugin raised; the reason names it."""
+
+
+def _install_signal_handlers(requests: Requests) -> None:
+    def stop(signum, frame):
+        requests.stop = True
+        requests.signal_name = signal.Signals(signum).name
+
+    def checkpoint(signum, frame):
+        requests.checkpoint = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, checkpoint)
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": sys.version.split()[0]}
+    for name in ("finetty", "torch", "transformers", "peft", "accelerate", "datasets", "trl", "bitsandbytes"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def _device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda ({torch.cuda.device_count()}x {torch.cuda.get_device_name(0)})"
+    return "cpu"
+
+
+def _check_engine(recipe) -> None:
+    """FSDP and DeepSpeed need an accelerator (accelerate refuses them on the CPU); say so in one line."""
+    kind = recipe.launch.get("distributed_type", "ddp")
+    if distributed.world_size() <= 1 or kind == "ddp":
+        return
+    import torch
+
+    probe = getattr(getattr(torch, "accelerator", None), "is_available", None)  # torch >= 2.6
+    if not (probe() if probe else torch.cuda.is_available()):
+        raise RunFailure(f"launch.distributed_type {kind} needs GPUs (accelerate runs {kind} on CUDA, XPU, NPU "
+                         f"and the like) and this machine has none visible; use distributed_type: ddp for "
+                         f"processes on the CPU")
+
+
+def _plugin_call(kind: str, name: str, fn, *args):
+    """Call a plugin function; an exception becomes a failure naming the plugin."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        traceback.print_exc()
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise PluginFailure(f"{kind} plugin {name!r} failed: {type(exc).__name__}: {first}") from exc
+
+
+def _split(examples: list, val_size, seed: int) -> tuple[list, list | None]:
+    if not val_size:
+        return examples, None
+    count = int(round(len(examples) * val_size)) if isinstance(val_size, float) else int(val_size)
+    count = max(1, min(count, len(examples) - 1))
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:count])
+    return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
+
+
+def _setup_model(recipe, registry, events):
+    model_dir = demo.ensure_demo() if recipe.model == demo.NAME else models.resolve(recipe.model, Path.cwd())
+    tokenizer = models.load_tokenizer(model_dir, recipe.trust_remote_code)
+    dtype = models.compute_dtype(recipe.train)
+    quantization = None
+    if recipe.quantizer != "none":
+        quantizer = registry.quantizers[recipe.quantizer]
+        quantization = _plugin_call("quantizer", quantizer.name, quantizer.config, recipe.quantizer_options, dtype)
+    model = models.load_model(model_dir, "float32" if quantization is None and dtype == "float32" else dtype,
+                              quantization, recipe.trust_remote_code)
+    method = registry.methods[recipe.method]
+    context = MethodContext(quantizer=recipe.quantizer,
+                            gradient_checkpointing=bool(recipe.train.get("gradient_checkpointing")),
+                            model_type=model.config.model_type, model_path=str(model_dir))
+    model = _plugin_call("method", method.name, method.apply, model, recipe.method_options, context)
+    return model_dir, tokenizer, model, method
+
+
+def _setup_data(recipe, registry, events):
+    source = data_mod.resolve_source(recipe.dataset, Path.cwd())
+    examples, data_format = data_mod.load_records(source, recipe.format, registry.data_formats,
+                                                  recipe.dataset_options)
+    train, evaluation = _split(examples, recipe.train.get("val_size"), recipe.train.get("seed", 42))
+    events.emit("data", dataset=source.describe(), format=data_format.name, detected=recipe.format == "auto",
+                records=len(examples), train_records=len(train), eval_records=len(evaluation or []))
+    return train, evaluation
+
+
+def _training_arguments(recipe, run_dir: Path, has_eval: bool):
+    from transformers import TrainingArguments
+
+    settings = {k: v for k, v in recipe.train.items() if k not in FINETTY_TRAIN_KEYS}
+    settings.pop("save_total_limit", None)  # finetty rotates its own complete checkpoints
+    settings.setdefault("logging_first_step", True)
+    if has_eval:
+        settings.setdefault("eval_strategy", "steps")
+    return TrainingArguments(output_dir=str(run_dir / rundir.CHECKPOINTS / ".staging"), save_strategy="steps",
+                             disable_tqdm=True, **settings)
+
+
+def _count_parameters(model) -> tuple[int, int]:
+    trainable = total = 0
+    for parameter in model.parameters():
+        count = parameter.numel()
+        if hasattr(parameter, "quant_state") or parameter.__class__.__name__ == "Params4bit":
+            count *= 2  # 4-bit parameters pack two weights in a byte
+        total += count
+        trainable += count if parameter.requires_grad else 0
+    return trainable, total
+
+
+def _skip_unneeded_imports(recipe, registry) -> list[str]:
+    """Hide bitsandbytes (no quantizer, no 8-bit optimizer) and peft (the built-in full method) from this process.
+
+    transformers and peft import them whenever they are installed; bitsandbytes
+    pulls in torch._dynamo and inductor (about a second), peft two seconds more.
+
+    ``sys.modules[name] = None`` makes ``importlib.util.find_spec`` report the
+    package missing, so transformers and peft skip their optional imports of
+    it. ``FINETTY_KEEP_IMPORTS=1`` turns this off.
+    """
+    if os.environ.get("FINETTY_KEEP_IMPORTS") == "1":
+        return []
+    skip = []
+    if not recipe_mod.needs_bitsandbytes(recipe):
+        skip.append("bitsandbytes")
+    method = registry.methods.get(recipe.method)
+    if method is not None and getattr(method.apply, "__module__", "") == "finetty.plugins.methods.full" \
+            and recipe.objective in ("sft", "cpt"):
+        skip.append("peft")
+    for name in skip:
+        if name not in sys.modules:
+            sys.modules[name] = None
+    return skip
+
+
+def train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool) -> int:
+    recipe = recipe_mod.from_run(run_dir)
+    registry = load_plugins()
+    for kind, name in (("method", recipe.method), ("objective", recipe.objective)):
+        if registry.get(kind, name) is None:
+            broken = registry.failure_for(kind, name)
+            raise PluginFailure(f"{kind} {name!r} is not available"
+                                + (f": plugin {broken.name!r} failed to load: {broken.error}" if broken else ""))
+    _skip_unneeded_imports(recipe, registry)
+    _check_engine(recipe)
+    from finetty.core.train.callbacks import CheckpointCallback, EventsCallback, RequestsCallback, TokenCounter
+
+    tokens = TokenCounter()
+    checkpoints = CheckpointCallback(run_dir, events, recipe.train.get("save_total_limit"), tokens)
+    # one process cleans up: ranks doing it at once race each other over the same folders
+    removed = checkpoints.cleanup_incomplete() if distributed.rank() == 0 else []
+    if removed:
+        events.emit("warning", message=f"removed incomplete checkpoint data left by a killed worker: "
+                                       f"{', '.join(removed)}")
+    resume_from = rundir.latest_checkpoint(run_dir) if resume else None
+    if resume and resume_from is None:
+        events.emit("warning", message="no complete checkpoint yet: starting from step 0")
+
+    import transformers
+
+    transformers.set_seed(recipe.train.get("seed", 42))
+    model_dir, tokenizer, model, method = _setup_model(recipe, registry, events)
+    train_records, eval_records = _setup_data(recipe, registry, events)
+    args = _training_arguments(recipe, run_dir, bool(eval_records))
+    trainable, total = _count_parameters(model)
+    started = dict(recipe=recipe.to_dict(), versions=_versions(), device=_device(), world_size=args.world_size,
+                   distributed_type=recipe.launch.get("distributed_type") if args.world_size > 1 else None,
+                   trainable_parameters=trainable, total_parameters=total, model_dir=str(model_dir), pid=os.getpid(),
+                   resumed_from=str(resume_from.relative_to(run_dir)) if resume_from else None)
+    callbacks = [EventsCallback(events, tokens, started), checkpoints, RequestsCallback(requests)]
+    objective = registry.objectives[recipe.objective]
+    context = TrainerContext(model=model, tokenizer=tokenizer, train_records=train_records,
+                             eval_records=eval_records, args=args, callbacks=callbacks,
+                             options=recipe.objective_options, method=method,
+                             max_length=recipe.train["max_length"], truncation=recipe.train["truncation"],
+                             packing=bool(recipe.train.get("packing")),
+                             report=lambda message: events.emit("warning", message=message))
+    trainer = _plugin_call("objective", objective.name, objective.build_trainer, context)
+    trainer.data_collator = tokens.wrap(trainer.data_collator)
+    if resume_from is not None:
+        tokens.base = _tokens_at(resume_from)
+
+    def rebuild(new_args):  # the same model and data with other TrainingArguments (a smaller micro-batch)
+        again = _plugin_call("objective", objective.name, objective.build_trainer,
+                             dataclasses.replace(context, args=new_args))
+        again.data_collator = tokens.wrap(again.data_collator)
+        return again
+
+    sampler = monitor.start(recipe, events, requests, model)  # GPU/host memory events; never fails the run
+    try:
+        trainer, result = oom.train(trainer, resume_from=resume_from, rebuild=rebuild, recipe=recipe,
+                                    run_dir=run_dir, events=events, requests=requests, sampler=sampler,
+                                    tokens=tokens, started=started)
+    finally:
+        sampler.stop()
+    step = trainer.state.global_step
+    trained_tokens = tokens.global_total(args.world_size)
+    if requests.stop:
+        latest = rundir.latest_checkpoint(run_dir)
+        events.emit("stopped", step=step, checkpoint=str(latest.relative_to(run_dir)) if latest else None,
+                    reason=f"stop requested ({requests.signal_name})")
+        return 0
+    _save_final(trainer, method, tokenizer, run_dir)
+    events.emit("run_finished", step=step, final=rundir.FINAL, train_loss=result.training_loss,
+                runtime=result.metrics.get("train_runtime"), tokens=trained_tokens)
+    return 0
+
+
+def _tokens_at(checkpoint: Path) -> int:
+    import json
+
+    try:
+        return int(json.loads((checkpoint / rundir.COMPLETE_MARKER).read_text()).get("tokens", 0))
+    except (OSError, ValueError):
+        return 0
+
+
+def _save_final(trainer, method, tokenizer, run_dir: Path) -> None:
+    target = run_dir / rundir.FINAL
+    partial = run_dir / (rundir.FINAL + ".partial")
+    main = trainer.args.should_save
+    if main:
+        shutil.rmtree(partial, ignore_errors=True)
+    state = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+    if state is not None:
+        state.set_state_dict_type("FULL_STATE_DICT")  # final/ is one consolidated model
+    trainer.save_model(str(partial))  # every rank takes part (FSDP gathers); the main one writes
+    distributed.barrier()
+    if not main:
+        return
+    tokenizer.save_pretrained(str(partial))
+    (partial / "training_args.bin").unlink(missing_ok=True)  # a pickle; the recipe is in recipe.yaml
+    if target.exists():
+        shutil.rmtree(target)
+    os.rename(partial, target)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return text if isinstance(exc, RunFailure) else f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
+def _chain(exc: BaseException):
+    """The exception and the ones it was raised from or during."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+#: How libraries say "disk full" without an OSError: safetensors (Rust's StorageFull), torch.save's writer.
+FULL_DISK_WORDS = ("No space left on device", "StorageFull", "Disk quota exceeded")
+
+
+def _disk_full(exc: BaseException, run_dir: Path) -> OSError | None:
+    """The full-disk error in ``exc``'s chain, if that is what it is (as an OSError naming the file)."""
+    for link in _chain(exc):
+        if isinstance(link, OSError) and link.errno in (errno.ENOSPC, errno.EDQUOT):
+            return link
+        text = str(link)
+        if any(words in text for words in FULL_DISK_WORDS):
+            return OSError(errno.ENOSPC, text, None)
+        if "file write failed" in text:  # torch.save's writer says no more; a nearly empty disk says why
+            try:
+                if shutil.disk_usage(run_dir).free < 64 * 2**20:
+                    return OSError(errno.ENOSPC, text, None)
+            except OSError:
+                pass
+    return None
+
+
+def _plugin_modules(registry) -> dict[str, object]:
+    """Module name (and, for third-party plugins, top-level package) -> the PluginInfo that owns it."""
+    from dataclasses import fields as dataclass_fields
+    from importlib.metadata import entry_points
+
+    owned: dict[str, object] = {}
+    by_name = {info.name: info for info in registry.plugins if info.error is None}
+    for ep in entry_points(group="finetty"):
+        if ep.name in by_name:
+            owned[ep.module] = by_name[ep.name]
+    for (kind, name), info in registry.owners.items():
+        component = registry.get(kind, name)
+        for f in dataclass_fields(component):
+            module = getattr(getattr(component, f.name), "__module__", None)
+            if isinstance(module, str) and not module.startswith("finetty.core"):
+                owned.setdefault(module, info)
+    for module, info in list(owned.items()):
+        top = module.split(".")[0]
+        if top != "finetty":
+            owned.setdefault(top, info)
+    return owned
+
+
+def _plugin_in_traceback(exc: BaseException):
+    """The loaded plugin whose code raised ``exc`` (innermost plugin frame), or None."""
+    try:
+        owned = _plugin_modules(load_plugins())  # (already loaded by train(): cached)
+    except Exception:
+        return None
+    for link in _chain(exc):
+        found = None
+        tb = link.__traceback__
+        while tb is not None:
+            module = tb.tb_frame.f_globals.get("__name__", "")
+            info = owned.get(module) or owned.get(module.split(".")[0])
+            if info is not None:
+                found = info
+            tb = tb.tb_next
+        if found is not None:
+            return found
+    return None
+
+
+def _failure_reason(exc: BaseException, run_dir: Path) -> str:
+    """The one line of ``run_failed``: what broke, and for a full disk or a plugin, where and who."""
+    if isinstance(exc, oom.OutOfMemoryFailure):
+        return str(exc)  # where, the peak against the total, and what to change
+    full = _disk_full(exc, run_dir)
+    if full is not None:
+        where = Path(full.filename) if full.filename else run_dir / rundir.CHECKPOINTS
+        try:
+            free = shutil.disk_usage(run_dir).free / 2**20
+            room = f"{free:.0f} MiB free there now"
+        except OSError:
+            room = "free space unknown"
+        return (f"the disk is full: no space left writing {where} ({room}); earlier checkpoints are intact: "
+                f"free some space, then `finetty train --resume {run_dir.name}`")
+    if not isinstance(exc, (RunFailure, KeyboardInterrupt)):
+        plugin = _plugin_in_traceback(exc)
+        if plugin is not None:
+            kinds = "/".join(sorted({kind for kind, _ in plugin.provides})) or "plugin"
+            return f"{kinds} plugin {plugin.name!r} ({plugin.distribution}) raised during training: {_one_line(exc)}"
+    return _one_line(exc)
+
+
+def _remove_staging(run_dir: Path) -> None:
+    """A failed worker's half-written checkpoint is never used; remove it now (a full disk needs the room)."""
+    shutil.rmtree(run_dir / rundir.CHECKPOINTS / ".staging", ignore_errors=True)  # callbacks.STAGING
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="finetty-worker")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--lock-fd", type=int, default=None)
+    args = parser.parse_args(argv)
+    launched_with = dict(os.environ)  # before this process sets its defaults below
+    run_dir = args.run_dir.resolve()
+    supervised = distributed.world_size() > 1 or os.environ.get("FINETTY_SUPERVISED") == "1"
+    requests = Requests()
+    _install_signal_handlers(requests)  # before the pid is published: a stop request must never kill us
+    if supervised:
+        # the supervisor holds the lock; rank 0 says whom to signal
+        sys.stdout = distributed.RankPrefix(sys.stdout, f"[rank {distributed.rank()}] ")
+        sys.stderr = distributed.RankPrefix(sys.stderr, f"[rank {distributed.rank()}] ")
+        if distributed.rank() == 0:
+            (run_dir / rundir.LOCK_FILE).write_text(f"{os.getpid()}\n")
+    lock_fd = None
+    if not supervised:
+        lock_fd = args.lock_fd if args.lock_fd is not None else rundir.acquire_lock(run_dir)
+        rundir.record_holder(lock_fd)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    events = EventWriter(run_dir) if distributed.rank() == 0 else NullWriter()
+    events.emit("worker_started", pid=os.getpid(), resume=args.resume)
+    try:
+        return train(run_dir, events, requests, args.resume)
+    except BaseException as exc:
+        if not isinstance(exc, RunFailure):
+            traceback.print_exc()
+        reason = _failure_reason(exc, run_dir)
+        if supervised:  # the supervisor writes the one run_failed, naming the rank that died first
+            distributed.record_rank_failure(run_dir, reason)
+        else:
+            _remove_staging(run_dir)
+            events.emit("run_failed", reason=reason)
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        events.close()
+        if lock_fd is not None:
+            os.close(lock_fd)  # the final event is written: free the run now, not after the slow interpreter exit
+        if not supervised and standby.enabled():
+            standby.ensure(launched_with)  # warm for the next launch, now that this run no longer needs the CPU
+
+
+if __name__ == "__main__":
+    sys.exit(main())
