@@ -10,6 +10,7 @@ run directory was made.
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -31,14 +32,24 @@ def test_the_corpus_is_complete():
         assert entry["says"] and entry["fix"] and entry["file"], entry["case"]
 
 
-@pytest.mark.parametrize("entry", MANIFEST, ids=[e["case"] for e in MANIFEST])
-def test_bad_input_is_refused_before_a_run_exists(tmp_path: Path, entry: dict):
-    case = tmp_path / entry["case"]
-    shutil.copytree(CORPUS / entry["case"], case)
-    runs = tmp_path / "runs"
-    args = entry.get("args") or ["train", "recipe.yaml"]
-    out = finetty(*args, "--runs-dir", str(runs), cwd=case)
+def run_in_process(args: list[str], cwd: Path, capsys, monkeypatch) -> subprocess.CompletedProcess:
+    """``finetty ARGS`` through the same ``main`` the command runs, in this process.
 
+    A subprocess per case added a second of interpreter start-up and imports to
+    each of the corpus's cases and tested nothing more: the command is ``main``.
+    ``test_the_command_itself_refuses_the_same_way`` runs one case for real.
+    """
+    from finetty.core.cli import commands
+
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    code = commands.main(args)
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
+def check_refusal(out: subprocess.CompletedProcess, entry: dict, case: Path, runs: Path) -> None:
+    """Exit 2, one message: file and place first, what is wrong, the fix last; no traceback, no run directory."""
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert "Traceback" not in out.stderr + out.stdout
     message = " ".join(out.stderr.split())
@@ -49,6 +60,25 @@ def test_bad_input_is_refused_before_a_run_exists(tmp_path: Path, entry: dict):
     assert entry["says"] in message, message
     assert entry["fix"] in message and message.endswith(")"), message
     assert not runs.exists(), "no run directory for bad input"
+
+
+@pytest.mark.parametrize("entry", MANIFEST, ids=[e["case"] for e in MANIFEST])
+def test_bad_input_is_refused_before_a_run_exists(tmp_path: Path, entry: dict, capsys, monkeypatch):
+    case = tmp_path / entry["case"]
+    shutil.copytree(CORPUS / entry["case"], case)
+    runs = tmp_path / "runs"
+    args = entry.get("args") or ["train", "recipe.yaml"]
+    check_refusal(run_in_process([*args, "--runs-dir", str(runs)], case, capsys, monkeypatch), entry, case, runs)
+
+
+@pytest.mark.parametrize("name", ["recipe-unknown-key", "dataset-alpaca-bad-history"])
+def test_the_command_itself_refuses_the_same_way(tmp_path: Path, name: str):
+    entry = next(e for e in MANIFEST if e["case"] == name)
+    case = tmp_path / name
+    shutil.copytree(CORPUS / name, case)
+    runs = tmp_path / "runs"
+    args = entry.get("args") or ["train", "recipe.yaml"]
+    check_refusal(finetty(*args, "--runs-dir", str(runs), cwd=case), entry, case, runs)
 
 
 def test_unknown_run(tmp_path):
