@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from finetty.core.plugin_api import Option, hookimpl, peft_method
 
 PREFIX_OPTIONS = (
@@ -21,7 +23,47 @@ def prefix_config(options: dict, ctx):
     return PrefixTuningConfig(task_type="CAUSAL_LM", **values)
 
 
+def generate_with_prefix(model):
+    """Make ``model.generate`` use the trained prefix (a work-around, not a pin: kept for peft <= 0.21 on
+    transformers 5.x, harmless where the two agree).
+
+    transformers 5 renamed the generation cache argument ``past_key_values`` to ``cache``; peft 0.21's
+    ``prepare_inputs_for_generation`` still puts the prefix under ``past_key_values`` beside the ``cache``
+    generate passes, and the model keeps ``cache`` and drops the prefix ("Both `past_key_values` and `cache`
+    are set ... ignoring"): every answer was the untrained base's. Here the prefix goes into generate's own
+    cache at the first step (so later steps attend to it as training did), and is never passed twice.
+    Training and plain forward calls are untouched: there peft's ``past_key_values`` is the only cache.
+    """
+    original = model.prepare_inputs_for_generation
+
+    def prepare_inputs_for_generation(*args, **kwargs):
+        inputs = original(*args, **kwargs)
+        cache = inputs.get("cache")
+        prefix = inputs.get("past_key_values")
+        if cache is None or prefix is None or prefix is cache:
+            return inputs
+        del inputs["past_key_values"]
+        if cache.get_seq_length() == 0:  # the first step: the prefix fills the cache, as in training
+            for index, layer in enumerate(prefix.layers):
+                cache.update(layer.keys, layer.values, index)
+        return inputs
+
+    model.prepare_inputs_for_generation = prepare_inputs_for_generation
+    return model
+
+
+_PEFT = peft_method("prefix", "Prefix tuning: trained key/value prefixes at every layer (PEFT)",
+                    prefix_config, options=PREFIX_OPTIONS, mergeable=False)
+
+
+def _apply(model, options, ctx):
+    return generate_with_prefix(_PEFT.apply(model, options, ctx))
+
+
+def _load(path, options, load_base):
+    return generate_with_prefix(_PEFT.load(path, options, load_base))
+
+
 @hookimpl
 def register_methods(register):
-    register(peft_method("prefix", "Prefix tuning: trained key/value prefixes at every layer (PEFT)",
-                         prefix_config, options=PREFIX_OPTIONS, mergeable=False))
+    register(dataclasses.replace(_PEFT, apply=_apply, load=_load))
