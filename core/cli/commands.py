@@ -10,10 +10,10 @@ import traceback
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from finetty.core import paths
+from finetty.core.text import as_markup, as_text
 from finetty.core.run import rundir
 from finetty.core.errors import EXIT_BAD_INPUT, InputError, RunBusyError
 
@@ -46,15 +46,15 @@ def cmd_train(args) -> int:
         run_dir = rundir.find(args.resume, runs)
         offset = _events_size(run_dir)  # follow this worker, not the end of the last one
         launch.start_worker(run_dir, resume=True)
-        console.print(f"resuming run [bold]{run_dir.name}[/] from {_resume_point(run_dir)}")
+        console.print(f"resuming run [bold]{as_markup(run_dir.name)}[/] from {as_markup(_resume_point(run_dir))}")
     else:
         if not args.recipe:
             raise InputError(None, "finetty train", "needs a recipe or --resume RUN",
                              "for example: finetty train recipes/demo-lora.yaml")
         registry = load_plugins()
         for plugin in registry.failed:
-            err.print(f"[yellow]warning:[/] plugin {plugin.name!r} ({plugin.distribution}) failed to load: "
-                      f"{plugin.error}")
+            err.print(f"[yellow]warning:[/] plugin {as_markup(repr(plugin.name))} ({as_markup(plugin.distribution)}) "
+                      f"failed to load: {as_markup(plugin.error)}")
         overrides = list(args.set)
         if args.num_processes is not None:
             overrides.append(f"launch.num_processes={args.num_processes}")
@@ -62,10 +62,10 @@ def cmd_train(args) -> int:
         run_dir = rundir.create(runs, recipe.method, recipe.to_yaml())
         offset = 0
         launch.start_worker(run_dir)
-        console.print(f"run [bold]{run_dir.name}[/] in {run_dir}")
+        console.print(f"run [bold]{as_markup(run_dir.name)}[/] in {as_markup(run_dir)}")
     if args.detach:
-        console.print(f"training in the background; follow it with `finetty attach {run_dir.name}`, "
-                      f"stop it with `finetty stop {run_dir.name}`")
+        console.print(f"training in the background; follow it with `finetty attach {as_markup(run_dir.name)}`, "
+                      f"stop it with `finetty stop {as_markup(run_dir.name)}`")
         print(run_dir.name)
         return 0
     return _follow_foreground(run_dir, offset)
@@ -96,7 +96,7 @@ def _follow_foreground(run_dir: Path, offset: int = 0) -> int:
             break
         except KeyboardInterrupt:
             if interrupted:
-                console.print(f"the worker goes on in the background; `finetty stop {run_dir.name}` stops it")
+                console.print(f"the worker goes on in the background; `finetty stop {as_markup(run_dir.name)}` stops it")
                 return 130
             interrupted = True
             console.print("stopping: saving a checkpoint first (Ctrl-C again to leave it running)")
@@ -118,18 +118,19 @@ def _report_end(run_dir: Path, end: dict | None, interrupted: bool = False) -> i
     if end is not None:
         _wait_released(run_dir)
     if end is None:
-        err.print(f"[red]the worker ended without a final event[/]; see {run_dir / rundir.LOG_FILE}")
+        err.print(f"[red]the worker ended without a final event[/]; see {as_markup(run_dir / rundir.LOG_FILE)}")
         for line in rundir.log_tail(run_dir, 10):
-            err.print(f"  {escape(line)}")
+            err.print(f"  {as_markup(line, one_line=True)}")
         return 1
     if end["type"] == "run_finished":
-        console.print(f"finished at step {end.get('step')}: result in {run_dir / rundir.FINAL}")
+        console.print(f"finished at step {as_markup(end.get('step'))}: result in {as_markup(run_dir / rundir.FINAL)}")
         return 0
     if end["type"] == "stopped":
-        console.print(f"stopped at step {end.get('step')}; resume with `finetty train --resume {run_dir.name}`")
+        console.print(f"stopped at step {as_markup(end.get('step'))}; resume with "
+                      f"`finetty train --resume {as_markup(run_dir.name)}`")
         return 130 if interrupted else 0
-    err.print(f"[red]run failed:[/] {escape(str(end.get('reason')))}")
-    err.print(f"  the worker's log: {run_dir / rundir.LOG_FILE}")
+    err.print(f"[red]run failed:[/] {as_markup(end.get('reason'))}")
+    err.print(f"  the worker's log: {as_markup(run_dir / rundir.LOG_FILE)}")
     return 1
 
 
@@ -138,7 +139,7 @@ def _report_end(run_dir: Path, end: dict | None, interrupted: bool = False) -> i
 def cmd_runs(args) -> int:
     runs = rundir.list_runs(paths.runs_dir(args.runs_dir))
     if not runs:
-        console.print(f"no runs in {paths.runs_dir(args.runs_dir)}")
+        console.print(f"no runs in {as_markup(paths.runs_dir(args.runs_dir))}")
         return 0
     table = Table("id", "status", "model", "method", "step", "loss", "started", box=None,
                   pad_edge=False, padding=(0, 1))
@@ -150,17 +151,17 @@ def cmd_runs(args) -> int:
         if run.started:
             today = time.strftime("%Y%m%d") == time.strftime("%Y%m%d", time.localtime(run.started))
             started = time.strftime("%H:%M" if today else "%m-%d", time.localtime(run.started))
-        table.add_row(run.id, f"[{styles.get(run.status, '')}]{run.status}[/]", Path(run.model).name,
-                      run.method, f"{run.step}{total}", f"{run.loss:.4f}" if run.loss is not None else "-",
-                      started)
+        table.add_row(as_text(run.id, one_line=True), as_text(run.status, styles.get(run.status, "")),
+                      as_text(Path(run.model).name, one_line=True), as_text(run.method, one_line=True),
+                      f"{run.step}{total}", f"{run.loss:.4f}" if run.loss is not None else "-", started)
     console.print(table)
     for run in runs:
         if run.status in ("lost", "failed") and run.reason:
-            console.print(f"[red]{run.id}[/]: {escape(run.reason)}")
+            console.print(f"[red]{as_markup(run.id, one_line=True)}[/]: {as_markup(run.reason)}")
             if run.status == "lost":
                 for line in rundir.log_tail(run.path, 3):
-                    console.print(f"    {escape(line)}")
-                console.print(f"    resume: finetty train --resume {run.id}")
+                    console.print(f"    {as_markup(line, one_line=True)}")
+                console.print(f"    resume: finetty train --resume {as_markup(run.id, one_line=True)}")
     return 0
 
 
@@ -178,7 +179,7 @@ def cmd_checkpoint(args) -> int:
 
     run_dir = rundir.find(args.run, paths.runs_dir(args.runs_dir))
     pid = launch.request_checkpoint(run_dir)
-    console.print(f"asked worker {pid} of run {run_dir.name} to save a checkpoint now")
+    console.print(f"asked worker {pid} of run {as_markup(run_dir.name)} to save a checkpoint now")
     return 0
 
 
@@ -206,17 +207,19 @@ def cmd_plugins(args) -> int:
         kinds = sorted({kind for kind, _ in plugin.provides}) or ["-"]
         names = ", ".join(name for _, name in plugin.provides) or "-"
         status = "[green]ok[/]" if plugin.error is None else "[red]failed[/]"
-        table.add_row(plugin.name, ", ".join(kinds), names, plugin.distribution, plugin.version, status)
+        table.add_row(as_text(plugin.name, one_line=True), as_text(", ".join(kinds), one_line=True),
+                      as_text(names, one_line=True), as_text(plugin.distribution, one_line=True),
+                      as_text(plugin.version, one_line=True), status)
     console.print(table)
     for plugin in registry.failed:
-        console.print(f"[red]{escape(plugin.name)}[/] ({escape(plugin.distribution)}): {escape(plugin.error)}",
+        console.print(f"[red]{as_markup(plugin.name)}[/] ({as_markup(plugin.distribution)}): {as_markup(plugin.error)}",
                       soft_wrap=True)
     if args.options:
         for kind, components in registry.components.items():
             for name, component in components.items():
-                console.print(f"\n[bold]{kind} {name}[/]: {component.summary}")
+                console.print(f"\n[bold]{kind} {as_markup(name)}[/]: {as_markup(component.summary)}")
                 for option in getattr(component, "options", ()):
-                    console.print(f"  {option.describe()}")
+                    console.print(f"  {as_markup(option.describe())}")
     return 0
 
 
@@ -271,16 +274,16 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except InputError as exc:
         _log_exception()
-        err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True, markup=True)
+        err.print(f"[red]error:[/] {as_markup(exc)}", soft_wrap=True, markup=True)
         return EXIT_BAD_INPUT
     except RunBusyError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        err.print(f"[red]error:[/] {as_markup(exc)}", soft_wrap=True)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
         log = _log_exception()
-        err.print(f"[red]error:[/] {type(exc).__name__}: {exc} (details in {log})", soft_wrap=True)
+        err.print(f"[red]error:[/] {type(exc).__name__}: {as_markup(exc)} (details in {as_markup(log)})", soft_wrap=True)
         return 1
 
 
