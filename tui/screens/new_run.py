@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,11 +24,10 @@ from finetty.core.data import reading as data_mod
 from finetty.core.data import demo
 from finetty.core.model import loading as models
 
-from ..widgets.option_field import OptionField, to_text
+from ..form import PATH, TRAIN_FIELDS, FieldError, FormState, field_for, from_recipe, to_recipe, widget_for
+from ..widgets.option_field import OptionField
 from ..widgets.path_input import PathSuggester
 from .confirm import ConfirmScreen
-
-PATH = "__path__"
 
 #: What the form opens with: the first-minute demo (as recipes/demo-lora.yaml).
 STARTER: dict[str, Any] = {
@@ -46,24 +44,6 @@ STARTER: dict[str, Any] = {
               "max_length": 256, "seed": 42},
 }
 
-#: The training settings shown as fields (any other goes into "more train settings").
-TRAIN_FIELDS = (
-    ("learning_rate", "float", "peak learning rate"),
-    ("max_steps", "int", "optimizer steps to train (-1: train num_train_epochs)"),
-    ("num_train_epochs", "float", "passes over the data when max_steps is -1"),
-    ("per_device_train_batch_size", "int", "examples (or packed rows) per step on each device"),
-    ("gradient_accumulation_steps", "int", "steps whose gradients add up before each optimizer step"),
-    ("warmup_steps", "int", "steps of linear learning-rate warm-up"),
-    ("lr_scheduler_type", "str", "linear, cosine, constant, ..."),
-    ("logging_steps", "int", "a step event (loss, rate) every this many steps"),
-    ("save_steps", "int", "a checkpoint every this many steps"),
-    ("save_total_limit", "int", "keep at most this many checkpoints"),
-    ("max_length", "int", "longest example in tokens; longer ones are truncated or dropped"),
-    ("val_size", "int|float", "held-out evaluation split: a fraction below 1 or a count of examples"),
-    ("packing", "bool", "sft: pack several examples into each row of max_length tokens"),
-    ("bf16", "bool", "train in bfloat16 (GPUs that support it)"),
-    ("seed", "int", "random seed"),
-)
 #: The distributed engines the form offers: (label, value); the value is launch.distributed_type, with
 #: DeepSpeed's ZeRO stage after a dash.
 ENGINES = (("ddp  (a full copy of the model on each GPU)", "ddp"),
@@ -83,13 +63,7 @@ def process_choices(gpus: int) -> list[tuple[str, int]]:
     return [(f"{n}  ({label(n)})", n) for n in sorted({1, gpus} | {n for n in (2, 4, 8) if n < gpus})]
 
 
-def engine_value(launch: dict) -> str:
-    kind = launch.get("distributed_type", "ddp")
-    return f"deepspeed-{launch.get('zero_stage', 2)}" if kind == "deepspeed" else kind
-
-
 DEFAULT_HINT = "Tab/shift+Tab: next/previous field · Enter: open a picker · ctrl+l: launch"
-TRAIN_KEYS = {name for name, _, _ in TRAIN_FIELDS}
 
 
 def hub_datasets() -> list[str]:
@@ -112,12 +86,6 @@ def local_data_files(folder: Path) -> list[str]:
 def short(label: str, most: int = 48) -> str:
     """A picker label that fits one line at 80 columns."""
     return label if len(label) <= most else label[: most - 1].rstrip() + "…)"
-
-
-def field_for(place: str | None) -> str | None:
-    """The form field a validator's ``place`` points at (``key train.max_steps`` -> ``train.max_steps``)."""
-    match = re.search(r"key ([\w.-]+)", place or "")
-    return match.group(1) if match else None
 
 
 class PromptScreen(ModalScreen[str | None]):
@@ -176,44 +144,42 @@ class NewRunScreen(Screen):
     def compose(self) -> ComposeResult:
         registry = self.app.registry
         start = self.start
+        models_list = [("tiny-demo  (built-in demo, random weights)", demo.NAME)]
+        models_list += [(name, name) for name in models.cached_hub_models()]
+        sets = [(short(f"{name}  (built-in: {info[2]})"), name) for name, info in data_mod.BUILTIN.items()]
+        sets += [(f"{name}  (file here)", name) for name in local_data_files(self.base_dir)]
+        sets += [(f"{name}  (hub cache)", name) for name in hub_datasets()]
+        state = from_recipe({"model": demo.NAME, **start}, {v for _, v in models_list}, {v for _, v in sets})
+        models_list.append(("a model folder…", PATH))
+        sets.append(("a file or folder…", PATH))
+        values = {f.key: f.value for f in state.fields}
         yield Header()
         yield Static(id="form-status")
         with VerticalScroll(id="form"):
             yield Static("Model", classes="section")
-            models_list = [("tiny-demo  (built-in demo, random weights)", demo.NAME)]
-            models_list += [(name, name) for name in models.cached_hub_models()]
-            model_value = start.get("model", demo.NAME)
-            known = {value for _, value in models_list}
-            models_list.append(("a model folder…", PATH))
-            yield self._row("model", Select(models_list, value=model_value if model_value in known else PATH,
-                                            allow_blank=False, id="model", compact=True))
-            yield self._row("folder", Input("" if model_value in known else model_value, id="model-path", compact=True,
+            yield self._row("model", Select(models_list, value=state.model, allow_blank=False, id="model",
+                                            compact=True))
+            yield self._row("folder", Input(state.model_path, id="model-path", compact=True,
                                             placeholder="path to a model folder (→ completes)",
                                             suggester=PathSuggester(base=self.base_dir)), row_id="model-path-row")
             yield OptionField("trust_remote_code", "trust remote code", "bool", False,
                               "run Python code that ships with the model folder (asked again at launch; "
-                              "only for code you trust)", value=bool(start.get("trust_remote_code")),
+                              "only for code you trust)", value=state.trust_remote_code,
                               id="trust_remote_code")
 
             yield Static("Data", classes="section")
-            sets = [(short(f"{name}  (built-in: {info[2]})"), name) for name, info in data_mod.BUILTIN.items()]
-            sets += [(f"{name}  (file here)", name) for name in local_data_files(self.base_dir)]
-            sets += [(f"{name}  (hub cache)", name) for name in hub_datasets()]
-            known = {value for _, value in sets}
-            dataset = start.get("dataset", "identity")
-            sets.append(("a file or folder…", PATH))
-            yield self._row("dataset", Select(sets, value=dataset if dataset in known else PATH, allow_blank=False,
-                                              id="dataset", compact=True))
-            yield self._row("path", Input("" if dataset in known else dataset, id="dataset-path", compact=True,
+            yield self._row("dataset", Select(sets, value=state.dataset, allow_blank=False, id="dataset",
+                                              compact=True))
+            yield self._row("path", Input(state.dataset_path, id="dataset-path", compact=True,
                                           placeholder="path to a .jsonl/.json/.csv/.parquet/.txt file or folder",
                                           suggester=PathSuggester(tuple(data_mod.DATA_SUFFIXES), self.base_dir)),
                             row_id="dataset-path-row")
-            yield self._row("dataset options", Input(to_text(start.get("dataset_options") or {}),
+            yield self._row("dataset options", Input(state.dataset_options,
                                                      id="dataset_options", compact=True,
                                                      tooltip="{placeholder: value} for built-in datasets"))
             formats = [("auto  (detect from the first record)", "auto")]
             formats += [(short(f"{n}  ({f.summary})"), n) for n, f in registry.data_formats.items()]
-            yield self._row("format", Select(formats, value=start.get("format", "auto"), allow_blank=False,
+            yield self._row("format", Select(formats, value=state.format, allow_blank=False,
                                              id="format", compact=True))
             with Vertical(id="preview"):
                 yield Static(Text("preview: waiting for a valid form", style="dim"), id="preview-text")
@@ -224,33 +190,30 @@ class NewRunScreen(Screen):
                 components = registry.components[kind]
                 choices = [("none  (a plain base)", "none")] if none else []
                 choices += [(short(f"{n}  ({c.summary})"), n) for n, c in components.items()]
-                value = start.get(key, "none" if none else next(iter(components), None))
+                value = state.components.get(key) or ("none" if none else next(iter(components), None))
                 if value not in {v for _, v in choices}:
                     value = choices[0][1] if choices else None
                 yield self._row(kind, Select(choices, value=value, allow_blank=False, id=key, compact=True))
                 yield Vertical(id=f"{key}-options", classes="options")
 
             yield Static("Training", classes="section")
-            train = start.get("train", {})
             for name, type_, help_text in TRAIN_FIELDS:
-                yield OptionField(f"train.{name}", name, type_, None, help_text, value=train.get(name),
+                yield OptionField(f"train.{name}", name, type_, None, help_text, value=values.get(f"train.{name}"),
                                   id=f"train-{name}")
-            more = {k: v for k, v in train.items() if k not in TRAIN_KEYS}
-            yield self._row("more train settings", Input(to_text(more) if more else "", id="train-more", compact=True,
+            yield self._row("more train settings", Input(state.train_more, id="train-more", compact=True,
                             placeholder="{weight_decay: 0.01, optim: adamw_torch}",
                             tooltip="any other TrainingArguments field, as a YAML mapping"))
 
             yield Static("Devices", classes="section")
-            launch = dict(start.get("launch") or {})
             gpus = len(self._gpus())
             choices = process_choices(gpus)
-            wanted = int(launch.get("num_processes", 1) or 1)
+            wanted = state.processes
             if wanted not in {n for _, n in choices}:
                 choices.append((f"{wanted}  (from the recipe)", wanted))
             yield self._row("processes", Select(choices, value=wanted, allow_blank=False, id="launch-processes",
                                                 compact=True))
             engines = ENGINES if gpus else ENGINES[:1]  # FSDP and DeepSpeed need GPUs; CPU processes use DDP
-            engine = engine_value(launch)
+            engine = state.engine
             if engine not in [value for _, value in engines]:
                 engine = "ddp"
             yield self._row("distributed", Select(engines, value=engine, allow_blank=False, id="launch-engine",
@@ -305,81 +268,46 @@ class NewRunScreen(Screen):
 
     # -- reading the form ------------------------------------------------------------------------------
 
-    def form(self) -> dict:
-        """The form as a recipe mapping (raises ValueError naming the field whose text is not YAML)."""
+    def form_state(self) -> FormState:
+        """What the widgets hold now (see :mod:`finetty.tui.form`)."""
         def text(widget_id: str) -> str:
-            return self.query_one(f"#{widget_id}", Input).value.strip()
+            return self.query_one(f"#{widget_id}", Input).value
 
-        model = self.query_one("#model", Select).value
-        dataset = self.query_one("#dataset", Select).value
-        out: dict[str, Any] = {
-            "model": text("model-path") if model == PATH else model,
-            "dataset": text("dataset-path") if dataset == PATH else dataset,
-        }
-        if self.query_one("#trust_remote_code", OptionField).read() is True:
-            out["trust_remote_code"] = True
-        for widget_id in ("dataset_options", "train-more"):
-            raw = text(widget_id)
-            try:
-                value = yaml.safe_load(raw) if raw else {}
-            except yaml.YAMLError:
-                raise ValueError(f"{widget_id}|is not a YAML mapping such as {{key: value}}") from None
-            if not isinstance(value, dict):
-                raise ValueError(f"{widget_id}|must be a mapping such as {{key: value}}, not {raw!r}")
-            out[widget_id] = value
-        out["format"] = self.query_one("#format", Select).value
-        for key in ("method", "quantizer", "objective"):
-            out[key] = self.query_one(f"#{key}", Select).value
-            options = {}
-            for field in self.query_one(f"#{key}-options").query(OptionField):
-                try:
-                    options[field.option_name] = field.read()
-                except ValueError as exc:
-                    raise ValueError(f"{field.id}|{exc}") from None
-            out[f"{key}_options"] = options
-        train = dict(out.pop("train-more"))
-        for field in self.query(OptionField):
-            if not field.key.startswith("train."):
-                continue
-            try:
-                value = field.read()
-            except ValueError as exc:
-                raise ValueError(f"{field.id}|{exc}") from None
-            if value is not None and not (field.type_ == "bool" and value is False):
-                train[field.option_name] = value
-        out["train"] = train
         processes = self.query_one("#launch-processes", Select).value
-        launch = {k: v for k, v in (self.start.get("launch") or {}).items()
-                  if k not in ("num_processes", "distributed_type", "zero_stage")}
-        if isinstance(processes, int) and processes > 1:
-            kind, _, stage = str(self.query_one("#launch-engine", Select).value).partition("-")
-            launch.update(num_processes=processes, distributed_type=kind)
-            if stage:
-                launch["zero_stage"] = int(stage)
-        if launch:
-            out["launch"] = launch
-        return out
+        return FormState(
+            model=self.query_one("#model", Select).value, model_path=text("model-path"),
+            dataset=self.query_one("#dataset", Select).value, dataset_path=text("dataset-path"),
+            trust_remote_code=self.query_one("#trust_remote_code", OptionField).field().read() is True,
+            dataset_options=text("dataset_options"), format=self.query_one("#format", Select).value,
+            components={key: self.query_one(f"#{key}", Select).value for key in ("method", "quantizer", "objective")},
+            fields=[f.field() for f in self.query(OptionField) if f.id != "trust_remote_code"],
+            train_more=text("train-more"), processes=processes if isinstance(processes, int) else 1,
+            engine=str(self.query_one("#launch-engine", Select).value),
+            launch=dict(self.start.get("launch") or {}))
+
+    def form(self) -> dict:
+        """The form as a recipe mapping (raises FieldError naming the field whose text is not a value)."""
+        return to_recipe(self.form_state())
 
     def _mark(self, field_key: str | None) -> None:
         for widget in self.query(".-invalid"):
             widget.remove_class("-invalid")
-        if not field_key:
+        for field in self.query(OptionField):
+            field.mark(False)
+        self._mark_widget(widget_for(field_key, self.form_state_or_empty()))
+
+    def _mark_widget(self, widget_id: str | None) -> None:
+        if not widget_id:
             return
-        if field_key.startswith(("train.", "method_options.", "quantizer_options.", "objective_options.")):
-            head, _, name = field_key.partition(".")
-            name = name.split(".")[0]
-            widget_id = f"train-{name}" if head == "train" else f"opt-{head.removesuffix('_options')}-{name}"
-            if head == "train" and name not in TRAIN_KEYS:
-                widget_id = "train-more"
-        elif field_key in ("model", "dataset"):
-            widget_id = f"{field_key}-path" if self.query_one(f"#{field_key}", Select).value == PATH else field_key
-        else:
-            widget_id = field_key
         for widget in self.query(f"#{widget_id}"):
             if isinstance(widget, OptionField):
                 widget.mark(True)
             else:
                 widget.add_class("-invalid")
+
+    def form_state_or_empty(self) -> FormState:
+        """The form's state for deciding which widget to mark: only the model and dataset selects matter."""
+        return FormState(model=self.query_one("#model", Select).value, dataset=self.query_one("#dataset", Select).value)
 
     # -- validation as you type -----------------------------------------------------------------------
 
@@ -402,13 +330,9 @@ class NewRunScreen(Screen):
     def _validate(self) -> None:
         try:
             data = self.form()
-        except ValueError as exc:
-            widget_id, _, problem = str(exc).partition("|")
-            self._show_problem(problem, None)
-            for widget in self.query(".-invalid"):
-                widget.remove_class("-invalid")
-            for widget in self.query(f"#{widget_id}"):
-                widget.mark(True) if isinstance(widget, OptionField) else widget.add_class("-invalid")
+        except FieldError as exc:
+            self._show_problem(exc.problem, None)
+            self._mark_widget(exc.field)
             return
         self._check(data)
 
@@ -542,8 +466,8 @@ class NewRunScreen(Screen):
             return
         try:
             data = self.form()
-        except ValueError as exc:
-            self.notify(str(exc).partition("|")[2], severity="error")
+        except FieldError as exc:
+            self.notify(exc.problem, severity="error")
             return
         if not self.recipe.trust_remote_code:
             self.query_one("#launch", Button).disabled = True
@@ -604,8 +528,8 @@ class NewRunScreen(Screen):
     def action_save(self) -> None:
         try:
             data = self.form()
-        except ValueError as exc:
-            self.notify(str(exc).partition("|")[2], severity="error")
+        except FieldError as exc:
+            self.notify(exc.problem, severity="error")
             return
         default = f"{data['method']}-{Path(str(data['model'])).name}.yaml"
 

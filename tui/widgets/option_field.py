@@ -4,35 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Input, Label, Select
 
-
-def to_text(value: Any) -> str:
-    """A value as the person types it (YAML flow style for lists and mappings)."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, dict)):
-        return yaml.safe_dump(value, default_flow_style=True).strip()
-    return str(value)
-
-
-def parse(text: str, types: str = "") -> Any:
-    """What the person typed, read as YAML (``3``, ``true``, ``[q_proj, v_proj]``); ``1e-4`` is a number."""
-    if not text.strip():
-        return None
-    value = yaml.safe_load(text)
-    if isinstance(value, str) and ("float" in types or "int" in types):
-        try:
-            number = float(value)
-            value = int(number) if "float" not in types and number.is_integer() else number
-        except ValueError:
-            pass
-    return value
+from ..form import Field, to_text
 
 
 class OptionField(Horizontal):
@@ -66,18 +42,15 @@ class OptionField(Horizontal):
             yield Input(to_text(self.value), placeholder=f"{self.type_}, default {to_text(self.default) or '-'}",
                         id=f"{self.id}-editor", tooltip=self.help_text, compact=True)
 
-    def read(self) -> Any:
-        """The current value (raises ValueError for text that is not YAML)."""
+    def field(self) -> Field:
+        """What the editor holds, as the form model reads it (typed text, or a picked value)."""
         found = self.query(f"#{self.id}-editor")
         if not found:  # not composed yet: the value it was given
-            return self.value
+            return Field(self.id or "", self.key, self.type_, picked=True, value=self.value)
         editor = found.first()
         if isinstance(editor, Select):
-            return editor.value
-        try:
-            return parse(editor.value, self.type_)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{self.option_name}: {editor.value!r} is not a value ({exc.__class__.__name__})") from None
+            return Field(self.id or "", self.key, self.type_, picked=True, value=editor.value)
+        return Field(self.id or "", self.key, self.type_, text=editor.value)
 
     def mark(self, invalid: bool) -> None:
         for editor in self.query(f"#{self.id}-editor"):
