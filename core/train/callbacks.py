@@ -28,7 +28,9 @@ STAGING = ".staging"
 #: Test-only fault injection (see docs/reliability.md). ``FINETTY_FAULT=NAME@STEP`` (or just ``NAME`` for
 #: every save) makes the checkpoint save at that step fail on purpose:
 #: ``kill-before-publish`` SIGKILLs the worker after the complete-marker is written and before the rename;
-#: ``enospc-on-save`` raises OSError(ENOSPC) where the marker would be written, as a full disk does.
+#: ``enospc-on-save`` raises OSError(ENOSPC) where the marker would be written, as a full disk does;
+#: ``sigkill-after-step`` SIGKILLs the worker once that optimizer step has ended and been logged (a kill
+#: between checkpoints, at a step of the test's choosing rather than whenever a poll notices it).
 FAULT_ENV = "FINETTY_FAULT"
 
 
@@ -143,6 +145,10 @@ class RequestsCallback(TrainerCallback):
 
     def __init__(self, requests):
         self.requests = requests
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if fault_point("sigkill-after-step", state.global_step):  # step N is logged and saved; N+1 begins
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def on_step_end(self, args, state, control, **kwargs):
         if args.world_size > 1:  # requests reach rank 0; every rank must act on them at the same step

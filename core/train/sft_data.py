@@ -96,10 +96,7 @@ def _trainer_class():
         def _get_train_sampler(self, train_dataset=None):
             if self.packed or self.lengths is None or self.args.train_sampling_strategy != "random":
                 return super()._get_train_sampler(train_dataset)
-            from transformers.trainer_pt_utils import LengthGroupedSampler
-
-            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                        lengths=self.lengths)
+            return self.length_grouped_sampler(self.lengths)  # (seeded per epoch: a resume draws the same order)
 
         def compute_loss(self, model, inputs, *args, **kwargs):
             if not self.packed:
