@@ -184,7 +184,14 @@ class TokenCounter:
         def collate(features):
             batch = collator(features)
             mask = batch.get("attention_mask")
-            self.local += int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+            # TRL's pairwise collators (ORPO, CPO) carry each whole sequence under chosen_ and rejected_
+            pairs = [batch[k] for k in ("chosen_attention_mask", "rejected_attention_mask") if k in batch]
+            if mask is not None:
+                self.local += int(mask.sum())
+            elif pairs:
+                self.local += sum(int(m.sum()) for m in pairs)
+            else:
+                self.local += int(batch["input_ids"].numel())
             return batch
 
         return collate

@@ -1,0 +1,50 @@
+"""Odds-ratio preference optimisation through TRL's ORPOTrainer, on prompt / chosen / rejected pairs.
+
+ORPO needs no reference model: the loss is the chosen answer's next-token loss
+plus ``beta`` times a log-odds-ratio term that pushes the chosen answer's odds
+above the rejected one's, so SFT and preference alignment happen in one stage
+and no second copy of the model is held for any method. Step events carry
+TRL's ``rewards/*``, ``log_odds_ratio`` and ``nll_loss``.
+"""
+
+from __future__ import annotations
+
+from finetty.plugins.objectives.trl_common import no_model_card, pair_rows, trl_config
+from finetty.core.plugin_api import Objective, Option, hookimpl, trainer_class
+
+ORPO_OPTIONS = (
+    Option("beta", "float", 0.1, "weight of the odds-ratio term against the chosen answer's next-token loss "
+           "(the paper's lambda)", minimum=0.0),
+    Option("max_completion_length", "int", None, "longest answer in tokens; empty: no limit besides max_length",
+           minimum=1, nullable=True),
+)
+
+
+def _orpo_classes():
+    """ORPOTrainer and ORPOConfig: stable TRL before 0.25, ``trl.experimental.orpo`` after."""
+    try:
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+    except ImportError:
+        from trl import ORPOConfig, ORPOTrainer
+    return ORPOTrainer, ORPOConfig
+
+
+def build_trainer(ctx):
+    from datasets import Dataset
+
+    trainer_cls, config_cls = _orpo_classes()
+    args = trl_config(ctx.args, config_cls, beta=ctx.options["beta"], max_length=ctx.max_length,
+                      max_completion_length=ctx.options["max_completion_length"])
+    train = Dataset.from_list(pair_rows(ctx.train_records, ctx, "orpo", "training"))
+    evaluation = (Dataset.from_list(pair_rows(ctx.eval_records, ctx, "orpo", "evaluation"))
+                  if ctx.eval_records else None)
+    return trainer_class(no_model_card(trainer_cls))(
+        model=ctx.model, args=args, train_dataset=train, eval_dataset=evaluation, processing_class=ctx.tokenizer,
+        callbacks=ctx.callbacks, method=ctx.method)
+
+
+@hookimpl
+def register_objectives(register):
+    register(Objective(name="orpo", summary="Odds-ratio preference optimisation: SFT and preference in one stage, "
+                                            "no reference model (TRL)",
+                       accepts=("preference",), options=ORPO_OPTIONS, build_trainer=build_trainer))

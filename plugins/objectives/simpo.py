@@ -1,0 +1,56 @@
+"""Simple preference optimisation (SimPO) through TRL's CPOTrainer with ``loss_type="simpo"``.
+
+SimPO needs no reference model: the reward is the answer's average
+log-probability per token scaled by ``beta``, and the loss asks the chosen
+reward to beat the rejected one by the margin ``gamma``. ``cpo_alpha`` adds
+the chosen answer's next-token loss (0, the paper's setting: pure SimPO).
+Step events carry TRL's ``rewards/*`` metrics.
+"""
+
+from __future__ import annotations
+
+from finetty.plugins.objectives.trl_common import no_model_card, pair_rows, trl_config
+from finetty.core.plugin_api import Objective, Option, hookimpl, trainer_class
+
+SIMPO_OPTIONS = (
+    Option("beta", "float", 2.0, "scale of the length-normalised reward (the SimPO paper uses 2 to 2.5)",
+           minimum=0.0),
+    Option("gamma", "float", 0.5, "target reward margin between the chosen and the rejected answer",
+           minimum=0.0),
+    Option("cpo_alpha", "float", 0.0, "weight of the chosen answer's next-token loss added to SimPO's "
+           "(0: pure SimPO; 1: CPO-SimPO)", minimum=0.0),
+    Option("label_smoothing", "float", 0.0, "assumed fraction of flipped preference labels",
+           minimum=0.0, maximum=0.5),
+)
+
+
+def _cpo_classes():
+    """CPOTrainer and CPOConfig: stable TRL before 0.25, ``trl.experimental.cpo`` after."""
+    try:
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+    except ImportError:
+        from trl import CPOConfig, CPOTrainer
+    return CPOTrainer, CPOConfig
+
+
+def build_trainer(ctx):
+    from datasets import Dataset
+
+    trainer_cls, config_cls = _cpo_classes()
+    options = ctx.options
+    args = trl_config(ctx.args, config_cls, loss_type="simpo", beta=options["beta"], simpo_gamma=options["gamma"],
+                      cpo_alpha=options["cpo_alpha"], label_smoothing=options["label_smoothing"],
+                      max_length=ctx.max_length)
+    train = Dataset.from_list(pair_rows(ctx.train_records, ctx, "simpo", "training"))
+    evaluation = (Dataset.from_list(pair_rows(ctx.eval_records, ctx, "simpo", "evaluation"))
+                  if ctx.eval_records else None)
+    return trainer_class(no_model_card(trainer_cls))(
+        model=ctx.model, args=args, train_dataset=train, eval_dataset=evaluation, processing_class=ctx.tokenizer,
+        callbacks=ctx.callbacks, method=ctx.method)
+
+
+@hookimpl
+def register_objectives(register):
+    register(Objective(name="simpo", summary="Simple preference optimisation: length-normalised reward margin, "
+                                             "no reference model (TRL CPOTrainer)",
+                       accepts=("preference",), options=SIMPO_OPTIONS, build_trainer=build_trainer))
