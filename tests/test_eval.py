@@ -76,7 +76,7 @@ def test_finetty_eval_reports_base_and_tuned_side_by_side(identity_run):
 
     added = [e for e in events(identity_run) if e["type"] == "eval"][len(before):]
     assert len(added) == 1 and added[0]["source"] == "finetty eval" and added[0]["step"] == 40
-    assert added[0]["tuned"]["exact_match"] == 1.0 and added[0]["report"] == f"eval/{reports[0].name}"
+    assert added[0]["metrics"]["exact_match"] == 1.0 and added[0]["report"] == f"eval/{reports[0].name}"
     assert not rundir.is_live(identity_run), "the lock was let go"
 
 

@@ -37,3 +37,73 @@ def test_summary_reads_steps_and_the_end():
     assert (summary.status, summary.step, summary.total, summary.loss, summary.method) == \
         ("failed", 2, 4, 1.0, "lora")
     assert summary.reason == "CUDA out of memory"
+
+
+# -- the event contract (core/run/event_types.py) ----------------------------------------------------
+
+ILL_TYPED = '{"ts": 1, "type": "step", "step": "x", "loss": 1.0}'
+
+
+def test_readers_skip_and_count_a_line_against_the_contract(tmp_path):
+    good = json.dumps({"ts": 2, "type": "step", "step": 2, "loss": 1.5})
+    (tmp_path / "events.jsonl").write_text(f"{ILL_TYPED}\nnot json\n{good}\n"
+                                           '{"ts": 3, "type": "watermark", "state": "melted"}\n'
+                                           '{"ts": 4, "type": "future_kind", "step": "anything"}\n')
+    reader = EventReader(tmp_path)
+    assert [(e["type"], e.get("step")) for e in reader.poll()] == [("step", 2), ("future_kind", "anything")]
+    assert reader.skipped == 3
+
+
+def test_every_event_type_is_in_docs_events_md():
+    from pathlib import Path
+
+    from finetty.core.run.event_types import EVENT_TYPES, describe
+
+    text = (Path(__file__).parent.parent / "docs" / "events.md").read_text()
+    for kind, declaration in EVENT_TYPES.items():
+        assert f"### `{kind}`" in text, kind
+        section = text.split(f"### `{kind}`", 1)[1].split("\n### ", 1)[0]
+        for name, written, required, _ in describe(declaration):
+            row = f"| `{name}` | `{written}` | {'yes' if required else 'no'} |"
+            assert row in section, f"{kind}: {row}"
+
+
+def test_a_real_run_and_an_eval_write_only_declared_events(runs_dir, demo_model):
+    """Every event a real run (trainer evals, checkpoints, memory) and finetty eval's writer produce matches its
+    declaration, every required field included; the worker leaves its heartbeat and an index equal to a replay."""
+    from finetty.core.results import evaluate
+    from finetty.core.run import rundir, summary as summary_mod
+    from finetty.core.run.event_types import EVENT_TYPES, problem
+
+    from .conftest import RECIPES, events, finetty, only_run
+
+    out = finetty("train", str(RECIPES / "demo-lora.yaml"), "--runs-dir", str(runs_dir), "--set", "train.max_steps=4",
+                  "--set", "train.eval_steps=2", "--set", "train.val_size=4", "--set", "train.save_steps=2",
+                  "--set", "train.logging_steps=1")
+    assert out.returncode == 0, out.stderr
+    run = only_run(runs_dir)
+    report = evaluate.Report(run=run.name, checkpoint="final", step=4, method="lora", data="x", examples=1,
+                             max_new_tokens=8, base={"exact_match": 0.0}, tuned={"exact_match": 1.0})
+    json_path, _ = evaluate.write_report(run, report)
+    assert evaluate.record_event(run, report, json_path)
+
+    written = events(run)
+    wrong = [(e["type"], problem(e, strict=True)) for e in written if problem(e, strict=True)]
+    assert not wrong, wrong
+    assert {e["type"] for e in written} <= set(EVENT_TYPES)
+    assert {"worker_started", "data", "run_started", "step", "eval", "checkpoint", "run_finished"} <= \
+        {e["type"] for e in written}
+    evals = [e for e in written if e["type"] == "eval"]
+    assert [e["source"] for e in evals] == ["trainer", "trainer", "finetty eval"]
+    assert all(isinstance(e["loss"], float) for e in evals[:2]) and evals[2]["metrics"]["exact_match"] == 1.0
+    assert {"step", "source", "loss", "metrics"} <= set(evals[0]) & set(evals[2])  # one shape, two writers
+
+    beat = json.loads((run / rundir.HEARTBEAT_FILE).read_text())
+    started = next(e for e in written if e["type"] == "worker_started")
+    assert beat["pid"] == started["pid"] and beat["stop_requested"] is False
+    index = summary_mod.read_index(run)
+    replayed = summary_mod.RunSummary(id=run.name, path=run, status="starting")
+    summary_mod.apply_events(replayed, written[:-1])  # the index is the worker's: finetty eval's event came after
+    assert index is not None and index.phase == "finished"
+    assert (index.step, index.loss, index.checkpoints, index.events, index.end) == \
+        (replayed.step, replayed.loss, replayed.checkpoints, replayed.events, replayed.end)

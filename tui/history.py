@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from finetty.core.run import rundir
+from finetty.core.run import summary as summary_mod
 from finetty.core.run.events import TERMINAL, EventReader
 
 #: One read takes at most this much of the file; a long history arrives over a few polls.
-READ_CHUNK = 4 * 1024 * 1024
-TERMINAL_STATUSES = set(TERMINAL.values())
+READ_CHUNK = summary_mod.READ_CHUNK
 
 
 @dataclass
@@ -183,10 +183,8 @@ class RunFollower:
     def read(self, log_lines: int = 40) -> dict[str, Any]:
         """New events (at most READ_CHUNK of them) and what lies beside them: log tail, recipe, checkpoints."""
         events = self.reader.poll(READ_CHUNK)
-        try:
-            more = self.reader.path.stat().st_size > self.reader.offset
-        except OSError:
-            more = False
+        more = not self.reader.at_end
+        live = rundir.is_live(self.run_dir)
         recipe_text = ""
         try:
             recipe_text = (self.run_dir / rundir.RECIPE_FILE).read_text(encoding="utf-8")
@@ -195,7 +193,9 @@ class RunFollower:
         return {
             "events": events,
             "more": more,
-            "live": rundir.is_live(self.run_dir),
+            "live": live,
+            "heartbeat": rundir.heartbeat_age(self.run_dir) if live else None,
+            "skipped": self.reader.skipped,
             "log": rundir.log_tail(self.run_dir, log_lines),
             "recipe": recipe_text,
             "checkpoints": [(step, path.name) for step, path in rundir.complete_checkpoints(self.run_dir)],
@@ -206,12 +206,9 @@ class RunFollower:
         """Fold a :meth:`read` result into the history; returns the notable events."""
         notable = self.history.feed(batch["events"])
         summary = self.history.summary
-        if summary.status in TERMINAL_STATUSES:
-            if summary.status in ("stopped", "failed") and batch["live"]:
-                summary.status = "running"  # resumed after its old end
-        elif not batch["live"] and not batch["more"]:  # (a long history is still being replayed otherwise)
-            summary.status = "lost"
-            summary.reason = summary.reason or "the worker ended without a final event (killed?); resume to go on"
+        summary.skipped = batch.get("skipped", 0)
+        summary_mod.settle(summary, complete=not batch["more"], live=batch["live"],
+                           heartbeat_age=batch.get("heartbeat"))
         return notable
 
 
@@ -220,9 +217,15 @@ class RunsBatch:
     """What one read of the runs directory found (built in a worker thread)."""
 
     events: dict[str, list[dict]]
+    """new events of each run followed before (a run seen for the first time has [] here and is in ``fresh``)"""
     live: dict[str, bool]
     gone: list[str]
     queue: Any
+    fresh: dict[str, rundir.RunSummary] = field(default_factory=dict)
+    """runs seen for the first time, summarized from their history index and the events after it"""
+    heartbeat: dict[str, float | None] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    """lines skipped (torn, or against the event contract) among this batch's new events"""
 
 
 class RunsTracker:
@@ -242,8 +245,7 @@ class RunsTracker:
     def read(self) -> RunsBatch:
         from finetty.core.run import queue
 
-        found: dict[str, list[dict]] = {}
-        live: dict[str, bool] = {}
+        batch = RunsBatch({}, {}, [], None)
         present = set()
         if self.runs.is_dir():
             for path in self.runs.iterdir():
@@ -251,30 +253,33 @@ class RunsTracker:
                     continue
                 present.add(path.name)
                 reader = self.readers.get(path.name)
-                if reader is None:
-                    reader = self.readers[path.name] = EventReader(path)
-                found[path.name] = reader.poll()
-                live[path.name] = rundir.is_live(path)
-        gone = [name for name in self.readers if name not in present]
-        for name in gone:
+                if reader is None:  # the index, then only what was written after it
+                    batch.fresh[path.name], self.readers[path.name] = summary_mod.load(path)
+                    batch.events[path.name] = []
+                else:
+                    skipped = reader.skipped
+                    batch.events[path.name] = reader.poll()
+                    batch.skipped[path.name] = reader.skipped - skipped
+                live = batch.live[path.name] = rundir.is_live(path)
+                batch.heartbeat[path.name] = rundir.heartbeat_age(path) if live else None
+        batch.gone = [name for name in self.readers if name not in present]
+        for name in batch.gone:
             del self.readers[name]
-        return RunsBatch(found, live, gone, queue.read(self.runs))
+        batch.queue = queue.read(self.runs)
+        return batch
 
     def apply(self, batch: RunsBatch) -> list[tuple[str, dict]]:
         notable = []
         for name in batch.gone:
             self.summaries.pop(name, None)
+        self.summaries.update(batch.fresh)
         for name, events in batch.events.items():
             summary = self.summaries.get(name)
             if summary is None:
                 summary = self.summaries[name] = rundir.RunSummary(id=name, path=self.runs / name, status="starting")
             rundir.apply_events(summary, events)
-            if summary.status in TERMINAL_STATUSES:
-                if summary.status in ("stopped", "failed") and batch.live[name]:
-                    summary.status = "running"
-            elif not batch.live[name]:
-                summary.status = "lost"
-                summary.reason = summary.reason or "the worker ended without a final event (killed?); resume to go on"
+            summary.skipped += batch.skipped.get(name, 0)
+            summary_mod.settle(summary, complete=True, live=batch.live[name], heartbeat_age=batch.heartbeat.get(name))
             for event in events:
                 kind = event.get("type")
                 if (kind in TERMINAL or (kind == "watermark" and event.get("state") == "crossed")) \

@@ -294,10 +294,10 @@ def record_event(run_dir: Path, report: Report, report_path: Path) -> bool:
     try:
         writer = EventWriter(run_dir)
         try:
-            writer.emit("eval", step=report.step, source="finetty eval", checkpoint=report.checkpoint,
+            writer.emit("eval", step=report.step, source="finetty eval", loss=None,
+                        metrics={k: report.tuned.get(k) for k in METRICS}, checkpoint=report.checkpoint,
                         data=report.data, examples=report.examples,
                         base={k: report.base.get(k) for k in METRICS},
-                        tuned={k: report.tuned.get(k) for k in METRICS},
                         report=str(report_path.relative_to(run_dir)))
         finally:
             writer.close()

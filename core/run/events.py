@@ -1,10 +1,13 @@
 """``events.jsonl``: one writer appends, any number of readers follow.
 
 Every event is one JSON object on one line with ``ts`` (unix seconds) and
-``type``, plus ``step`` where it means something. The writer flushes each
+``type``, plus ``step`` where it means something; each type's fields are
+declared in :mod:`finetty.core.run.event_types`. The writer flushes each
 event. Readers keep their byte offset, leave a partial last line for later,
-skip lines that are not JSON, and yield each event exactly once; attaching to
-a run is reading from offset 0 and then following.
+skip lines that are not JSON or that contradict the contract (and count them
+in :attr:`EventReader.skipped`: one bad line never stops a reader), and yield
+each event exactly once; attaching to a run is reading from offset 0 and then
+following.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from finetty.core.run.event_types import TERMINAL, problem
+
 EVENTS_FILE = "events.jsonl"
-TERMINAL = {"run_finished": "finished", "run_failed": "failed", "stopped": "stopped"}
+__all__ = ["EVENTS_FILE", "TERMINAL", "EventReader", "EventWriter", "read_all"]
 
 
 class EventWriter:
@@ -45,6 +50,8 @@ class EventReader:
     def __init__(self, run_dir: Path, offset: int = 0):
         self.path = Path(run_dir) / EVENTS_FILE
         self.offset = offset
+        self.skipped = 0
+        """complete lines skipped so far: not JSON, or not what the contract declares for their type"""
 
     def poll(self, max_bytes: int | None = None) -> list[dict]:
         """Events appended since the last call (only complete lines)."""
@@ -54,6 +61,7 @@ class EventReader:
             return []
         if size < self.offset:  # the file was replaced: start over
             self.offset = 0
+            self.skipped = 0
         if size == self.offset:
             return []
         with open(self.path, "rb") as handle:
@@ -63,7 +71,24 @@ class EventReader:
         if end < 0:
             return []
         self.offset += end + 1
-        return list(_parse(chunk[: end + 1]))
+        events, bad = _parse(chunk[: end + 1])
+        self.skipped += bad
+        return events
+
+    @property
+    def at_end(self) -> bool:
+        """True when every complete line of the file has been read."""
+        try:
+            size = os.path.getsize(self.path)
+        except OSError:
+            return True
+        if size <= self.offset:
+            return True
+        if size - self.offset > 2**20:
+            return False
+        with open(self.path, "rb") as handle:  # only a partial last line left (a killed writer's)?
+            handle.seek(self.offset)
+            return b"\n" not in handle.read(size - self.offset)
 
     def __iter__(self) -> Iterator[dict]:
         return iter(self.poll())
@@ -78,16 +103,22 @@ def _ends_mid_line(path: Path) -> bool:
         return handle.read(1) != b"\n"
 
 
-def _parse(data: bytes) -> Iterator[dict]:
+def _parse(data: bytes) -> tuple[list[dict], int]:
+    """The events in ``data`` (whole lines) and how many lines were skipped."""
+    events, bad = [], 0
     for line in data.splitlines():
         if not line.strip():
             continue
         try:
             event = json.loads(line)
         except ValueError:
+            bad += 1
             continue
-        if isinstance(event, dict) and isinstance(event.get("type"), str):
-            yield event
+        if problem(event) is None:
+            events.append(event)
+        else:
+            bad += 1
+    return events, bad
 
 
 def read_all(run_dir: Path) -> list[dict]:

@@ -1,4 +1,9 @@
-"""Following a run in the terminal: a rich progress bar fed by ``events.jsonl``."""
+"""Following a run in the terminal: a rich progress bar fed by ``events.jsonl``.
+
+The bar's state is the run's :class:`~finetty.core.run.summary.RunSummary`
+and its status comes from the one rule (:mod:`finetty.core.run.status`), so a
+worker that stops beating shows ``stalled (for N s)`` here as everywhere.
+"""
 
 from __future__ import annotations
 
@@ -6,68 +11,120 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from finetty.core.run import rundir
+from finetty.core.run import summary as summary_mod
 from finetty.core.run.events import TERMINAL, EventReader
-from finetty.core.run.rundir import is_live
+from finetty.core.run.status import ENDED
+from finetty.core.text import as_markup, one_line
+
+QUIET = 2.0
+"""seconds without an event before the worker's liveness is asked (a launch, and a final event just written,
+both race a look at the lock)"""
 
 
 def follow(run_dir: Path, console: Console, poll_interval: float = 0.2, on_wait=None,
-           offset: int = 0) -> dict | None:
+           offset: int = 0, history: bool = True, on_interrupt=None) -> dict | None:
     """Show progress until the run ends; returns the terminal event (None if the worker vanished).
 
     ``offset`` skips history (a resume follows from where the file ended); an old terminal
-    event followed by a later worker's events does not end following."""
-    reader = EventReader(run_dir, offset)
+    event followed by a later worker's events does not end following. ``history=False``
+    starts from the run's history index instead of replaying every event (``finetty attach``):
+    the bar starts where the run is, and what is written after is followed. ``on_interrupt()`` is called
+    on a Ctrl-C between reads: following goes on with the same reader and bar (no line is printed twice)
+    while it returns true; otherwise KeyboardInterrupt is raised."""
+    run_dir = Path(run_dir)
+    if history:
+        summary = summary_mod.RunSummary(id=run_dir.name, path=run_dir, status="starting")
+        reader = EventReader(run_dir, offset)
+    else:
+        summary, reader = summary_mod.load(run_dir)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]}"),
                         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
                         transient=False)
     task = progress.add_task("starting", total=None, loss="-", rate="")
-    seen_start = False
+    skipped = 0
+    if not history:
+        if summary.phase != "starting":
+            progress.update(task, description="training", total=summary.total, completed=summary.step,
+                            loss=f"{summary.loss:.4f}" if isinstance(summary.loss, (int, float)) else "-")
+        rundir.finish_status(summary, run_dir)
+        if summary.status in ENDED or summary.status == "lost":
+            with progress:
+                progress.update(task, description=summary.label)
+            _say_skipped(console, summary.skipped)
+            return summary.end
     quiet_since = time.monotonic()
     with progress:
         while True:
-            events = reader.poll()
+            events = summary_mod.poll_into(summary, reader)
             ended = None
             for event in events:
-                kind = event["type"]
-                if kind == "worker_started":
-                    ended = None  # the run was resumed after that end
-                elif kind == "run_started":
-                    seen_start = True
-                    progress.update(task, description="training", total=event.get("total_steps"),
-                                    completed=event.get("step", 0))
-                elif kind == "step":
-                    progress.update(task, completed=event["step"], loss=f"{event['loss']:.4f}",
-                                    rate=f"{event.get('tokens_per_second', 0):.0f} tok/s")
-                elif kind == "eval":
-                    progress.console.print(f"  eval at step {event.get('step')}: loss {event.get('loss')}",
-                                           markup=False)
-                elif kind == "checkpoint":
-                    progress.console.print(f"  checkpoint {event['path']}", markup=False)
-                elif kind == "warning":
-                    progress.console.print(f"  [yellow]warning:[/] {escape(str(event['message']))}")
-                elif kind == "data":
-                    how = "detected" if event.get("detected") else "given"
-                    progress.console.print(f"  data: {escape(str(event['dataset']))}: {event['records']} records, "
-                                           f"format {event['format']} ({how}), {event['train_records']} train / "
-                                           f"{event['eval_records']} eval")
-                elif kind in TERMINAL:
-                    if kind == "run_finished":
-                        progress.update(task, description="finished", completed=event.get("step"))
-                    ended = event
+                ended = _show(progress, task, event, ended)
+            if reader.skipped > skipped:
+                _say_skipped(progress.console, reader.skipped - skipped)
+                skipped = reader.skipped
             if ended is not None:
                 return ended
             if events:
                 quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since > 2.0 and not is_live(run_dir):
-                # one last read: the final event may have landed just before the worker exited
-                last = [e for e in reader.poll() if e["type"] in TERMINAL]
-                return last[-1] if last else None
+            elif time.monotonic() - quiet_since > QUIET:
+                rundir.finish_status(summary, run_dir)
+                if summary.status == "lost":
+                    # one last read: the final event may have landed just before the worker exited
+                    last = [e for e in summary_mod.poll_into(summary, reader) if e["type"] in TERMINAL]
+                    return last[-1] if last else None
+                if summary.status in ("stalled", "starting", "running"):
+                    progress.update(task, description=_description(summary))
             if on_wait is not None:
                 on_wait()
-            time.sleep(poll_interval)
-            if not seen_start:
-                progress.update(task, description="loading")
+            try:
+                time.sleep(poll_interval)  # (where a Ctrl-C almost always lands)
+            except KeyboardInterrupt:
+                if on_interrupt is None or not on_interrupt():
+                    raise
+
+
+def _description(summary: summary_mod.RunSummary) -> str:
+    if summary.status == "stalled":
+        return summary.label
+    return "training" if summary.phase == "running" else "loading"
+
+
+def _show(progress: Progress, task, event: dict, ended: dict | None) -> dict | None:
+    """Draw one event; returns the terminal event seen so far in this batch (None after a resume began)."""
+    kind = event["type"]
+    if kind == "worker_started":
+        return None  # the run was resumed after that end
+    if kind == "run_started":
+        progress.update(task, description="training", total=event.get("total_steps"),
+                        completed=event.get("step", 0))
+    elif kind == "step":
+        loss = event.get("loss")
+        progress.update(task, completed=event.get("step", 0),
+                        loss=f"{loss:.4f}" if isinstance(loss, (int, float)) else "-",
+                        rate=f"{event.get('tokens_per_second') or 0:.0f} tok/s")
+    elif kind == "eval":
+        progress.console.print(one_line(f"  eval at step {event.get('step')}: loss {event.get('loss')}"), markup=False)
+    elif kind == "checkpoint":
+        progress.console.print(one_line(f"  checkpoint {event.get('path')}"), markup=False)
+    elif kind == "warning":
+        progress.console.print(f"  [yellow]warning:[/] {as_markup(event.get('message'))}")
+    elif kind == "data":
+        how = "detected" if event.get("detected") else "given"
+        progress.console.print(as_markup(f"  data: {event.get('dataset')}: {event.get('records')} records, "
+                                         f"format {event.get('format')} ({how}), {event.get('train_records')} "
+                                         f"train / {event.get('eval_records')} eval", one_line=True))
+    elif kind in TERMINAL:
+        if kind == "run_finished":
+            progress.update(task, description="finished", completed=event.get("step"))
+        return event
+    return ended
+
+
+def _say_skipped(console: Console, count: int) -> None:
+    if count:
+        console.print(f"  [yellow]warning:[/] skipped {count} line{'s' if count != 1 else ''} of events.jsonl "
+                      f"that {'are' if count != 1 else 'is'} not an event of the contract (see docs/events.md)")

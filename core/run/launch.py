@@ -12,6 +12,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from finetty.core.run import entry, rundir
@@ -67,6 +69,54 @@ def _signal(run_dir: Path, signum: int) -> int:
 def request_stop(run_dir: Path) -> int:
     """Ask the worker to checkpoint and stop (SIGTERM); returns its pid."""
     return _signal(run_dir, signal.SIGTERM)
+
+
+@dataclass
+class StopOutcome:
+    """What became of a stop request (:func:`await_stop`)."""
+
+    outcome: str
+    """``ended`` (a final event came), ``exited`` (the worker went without one), ``acknowledged`` (it took the
+    request and is finishing its step and checkpoint), ``stalled`` (it has not run for ``stalled_for`` seconds),
+    ``busy`` (it beats but has not taken the request: inside one long operation) or ``silent`` (no heartbeat to
+    tell)"""
+    end: dict | None = None
+    stalled_for: float | None = None
+
+
+def await_stop(run_dir: Path, pid: int, offset: int, timeout: float = 10.0, poll: float = 0.1) -> StopOutcome:
+    """Watch a run after a stop request to its worker ``pid`` for at most ``timeout`` seconds; say what happened.
+
+    ``offset`` is the size of events.jsonl when the request was sent (only later events answer it). The worker
+    answers with a ``stopped`` event once its step ends and the checkpoint is saved; before that, its heartbeat
+    says it took the request (``stop_requested``). A worker that never answers is reported as such, never as
+    stopped."""
+    from finetty.core.run.events import TERMINAL, EventReader
+    from finetty.core.run.status import stall_after
+
+    reader = EventReader(run_dir, offset)
+    deadline = time.monotonic() + timeout
+    acknowledged = False
+    while True:
+        ends = [e for e in reader.poll() if e["type"] in TERMINAL]
+        if ends:
+            return StopOutcome("ended", ends[-1])
+        if not rundir.is_live(run_dir):
+            ends = [e for e in reader.poll() if e["type"] in TERMINAL]  # the final event may have just landed
+            return StopOutcome("ended", ends[-1]) if ends else StopOutcome("exited")
+        beat = rundir.heartbeat(run_dir)
+        if beat is not None and beat[0].get("pid") == pid and beat[0].get("stop_requested"):
+            acknowledged = True
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(poll)
+    if acknowledged:
+        return StopOutcome("acknowledged")
+    if beat is None:
+        return StopOutcome("silent")
+    if beat[1] > max(3.0, min(timeout, stall_after())):  # several missed beats (one a second)
+        return StopOutcome("stalled", stalled_for=beat[1])
+    return StopOutcome("busy")
 
 
 def request_checkpoint(run_dir: Path) -> int:

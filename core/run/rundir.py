@@ -4,7 +4,8 @@ A run's status is derived, never stored: the last terminal event says
 finished / failed / stopped; otherwise a held worker lock says running; a run
 with neither lost its worker (killed, OOM-killed, power) and can be resumed.
 The lock is an ``flock`` held by the worker process itself, so a dead
-worker's lock never blocks.
+worker's lock never blocks. The rule itself is :mod:`finetty.core.run.status`;
+:func:`summarize` gathers what it needs.
 """
 
 from __future__ import annotations
@@ -14,16 +15,17 @@ import json
 import os
 import secrets
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from finetty.core import paths
 from finetty.core.errors import InputError, RunBusyError
-from finetty.core.run.events import TERMINAL, read_all
+from finetty.core.run import summary as summary_mod
+from finetty.core.run.summary import RunSummary, apply_events  # (where they were before the history index)
 
 RECIPE_FILE = "recipe.yaml"
 LOCK_FILE = "worker.lock"
 LOG_FILE = "worker.log"
+HEARTBEAT_FILE = "heartbeat.json"
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
 COMPLETE_MARKER = "finetty-checkpoint.json"
@@ -145,88 +147,42 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 # -- status ----------------------------------------------------------------------------------------
 
-@dataclass
-class RunSummary:
-    """One line of ``finetty runs`` and of the TUI's Runs screen."""
+def heartbeat(run_dir: Path, now: float | None = None) -> tuple[dict, float] | None:
+    """The current worker's last beat and its age in seconds (see :mod:`finetty.core.train.heartbeat`); None if unknown.
 
-    id: str
-    path: Path
-    status: str
-    model: str = "?"
-    method: str = "?"
-    step: int = 0
-    total: int | None = None
-    loss: float | None = None
-    started: float | None = None
-    updated: float | None = None
-    reason: str | None = None
-    checkpoints: int = 0
-    extra: dict = field(default_factory=dict)
+    A heartbeat file left by an earlier worker (its pid is not the lock's holder) says nothing about this one."""
+    path = Path(run_dir) / HEARTBEAT_FILE
+    try:
+        beat = json.loads(path.read_text())
+        mtime = path.stat().st_mtime
+    except (OSError, ValueError):
+        return None
+    holder = lock_holder(run_dir)
+    if not isinstance(beat, dict) or (holder is not None and beat.get("pid") != holder):
+        return None
+    return beat, max(0.0, (time.time() if now is None else now) - mtime)
 
-    @property
-    def elapsed(self) -> float | None:
-        if self.started is None:
-            return None
-        end = time.time() if self.status in ("running", "starting") else (self.updated or self.started)
-        return max(0.0, end - self.started)
 
-    @property
-    def eta(self) -> float | None:
-        if self.status != "running" or not self.total or not self.step or self.elapsed is None:
-            return None
-        rate = self.extra.get("seconds_per_step")
-        return (self.total - self.step) * rate if rate else None
+def heartbeat_age(run_dir: Path) -> float | None:
+    found = heartbeat(run_dir)
+    return found[1] if found else None
 
 
 def summarize(run_dir: Path, events: list[dict] | None = None) -> RunSummary:
-    """Derive a run's state from its events and its lock."""
-    events = read_all(run_dir) if events is None else events
-    summary = RunSummary(id=run_dir.name, path=run_dir, status="starting")
-    apply_events(summary, events)
-    finish_status(summary, run_dir)
-    return summary
+    """A run's state: its history index and the events after it (or ``events``, when given), its lock, its heartbeat."""
+    if events is None:
+        found, _ = summary_mod.load(run_dir)
+    else:
+        found = RunSummary(id=run_dir.name, path=run_dir, status="starting")
+        apply_events(found, events)
+    finish_status(found, run_dir)
+    return found
 
 
-def apply_events(summary: RunSummary, events: list[dict]) -> None:
-    """Fold events into a summary (used for the first read and for each new batch)."""
-    for event in events:
-        kind = event.get("type")
-        if kind == "run_started":
-            recipe = event.get("recipe") or {}
-            summary.model = str(recipe.get("model", summary.model))
-            summary.method = str(recipe.get("method", summary.method))
-            summary.total = event.get("total_steps", summary.total)
-            if summary.started is None or not event.get("resumed_from"):
-                summary.started = summary.started or event.get("ts")
-            summary.status = "running"
-            summary.reason = None
-            summary.extra["resumed_at"] = (event.get("ts"), event.get("step") or 0)
-        elif kind == "step":
-            summary.step = event.get("step", summary.step)
-            if event.get("loss") is not None:
-                summary.loss = event["loss"]
-            start_ts, start_step = summary.extra.get("resumed_at", (None, 0))
-            if start_ts and summary.step > start_step:
-                summary.extra["seconds_per_step"] = (event["ts"] - start_ts) / (summary.step - start_step)
-        elif kind == "checkpoint":
-            summary.checkpoints += 1
-        elif kind in TERMINAL:
-            summary.status = TERMINAL[kind]
-            summary.reason = event.get("reason")
-            summary.step = event.get("step", summary.step)
-        if "ts" in event:
-            summary.updated = event["ts"]
-
-
-def finish_status(summary: RunSummary, run_dir: Path) -> None:
-    if summary.status in TERMINAL.values():
-        # a resumed run that is training again has a live lock after its old terminal event
-        if summary.status in ("stopped", "failed") and is_live(run_dir):
-            summary.status = "running"
-        return
-    if not is_live(run_dir):
-        summary.status = "lost"
-        summary.reason = summary.reason or "the worker ended without a final event (killed?); resume to go on"
+def finish_status(summary: RunSummary, run_dir: Path, complete: bool = True) -> None:
+    """Settle the status of a summary whose events were read, by the one rule (:mod:`finetty.core.run.status`)."""
+    live = is_live(run_dir)
+    summary_mod.settle(summary, complete=complete, live=live, heartbeat_age=heartbeat_age(run_dir) if live else None)
 
 
 def list_runs(runs: Path) -> list[RunSummary]:

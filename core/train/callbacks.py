@@ -60,7 +60,8 @@ class EventsCallback(TrainerCallback):
         logs = dict(logs or {})
         if any(k.startswith("eval_") for k in logs):
             metrics = {k[5:]: v for k, v in logs.items() if k.startswith("eval_")}
-            self.events.emit("eval", step=state.global_step, epoch=state.epoch, **metrics)
+            self.events.emit("eval", step=state.global_step, source="trainer", loss=metrics.pop("loss", None),
+                             metrics=metrics, epoch=state.epoch)
             return
         if "loss" not in logs:
             return  # the final train summary; run_finished carries it

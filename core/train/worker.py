@@ -27,6 +27,7 @@ from pathlib import Path
 from finetty.core.data import reading as data_mod
 from finetty.core.data import demo
 from finetty.core.train import distributed
+from finetty.core.train import heartbeat
 from finetty.core.model import loading as models
 from finetty.core.memory import monitor
 from finetty.core.memory import oom
@@ -446,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     events = EventWriter(run_dir) if distributed.rank() == 0 else NullWriter()
     events.emit("worker_started", pid=os.getpid(), resume=args.resume)
+    beat = heartbeat.start(run_dir, lambda: {"stop_requested": requests.stop}) if distributed.rank() == 0 else None
     try:
         return train(run_dir, events, requests, args.resume)
     except BaseException as exc:
@@ -462,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         events.close()
+        if beat is not None:
+            beat.stop()  # (after the final event: the index covers it)
         if lock_fd is not None:
             os.close(lock_fd)  # the final event is written: free the run now, not after the slow interpreter exit
         if not supervised and standby.enabled():

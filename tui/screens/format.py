@@ -5,11 +5,12 @@ from __future__ import annotations
 from rich.text import Text
 
 STATUS_STYLES = {"running": "bold green", "starting": "green", "finished": "cyan", "failed": "bold red",
-                 "lost": "bold red", "stopped": "yellow"}
+                 "lost": "bold red", "stopped": "yellow", "stalled": "bold yellow", "reading": "dim"}
 
 
-def status_text(status: str) -> Text:
-    return Text(status, style=STATUS_STYLES.get(status, ""))
+def status_text(status: str, label: str | None = None) -> Text:
+    """A status styled by its kind; ``label`` is how it reads when it says more (``stalled (for 42 s)``)."""
+    return Text(label or status, style=STATUS_STYLES.get(status, ""))
 
 
 def duration(seconds: float | None) -> str:

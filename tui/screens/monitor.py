@@ -117,7 +117,7 @@ class MonitorScreen(Screen):
             self.query_one("#monitor-status", Static).update(status)
             self.query_one(LossChart).show(history.train, history.eval, summary.total)
             return
-        status.append_text(status_text(summary.status))
+        status.append_text(status_text(summary.status, summary.label))
         total = f"/{summary.total}" if summary.total else ""
         status.append(f"  step {summary.step}{total}")
         if summary.loss is not None:

@@ -82,7 +82,7 @@ class RunsScreen(Screen):
             eta = max(0.0, (run.total - run.step) * rate)
         step = f"{run.step}/{run.total}" if run.total else str(run.step or "-")
         loss = f"{run.loss:.3f}" if run.loss is not None else "-"
-        row = [run.id, status_text(run.status)]
+        row = [run.id, status_text(run.status, run.label)]
         if wide:
             row.append(run.model.rsplit("/", 1)[-1][:24])
         row.append(run.method if wide else run.method[:8])
