@@ -144,14 +144,15 @@ def cmd_runs(args) -> int:
     table = Table("id", "status", "model", "method", "step", "loss", "started", box=None,
                   pad_edge=False, padding=(0, 1))
     table.columns[0].no_wrap = True
-    styles = {"running": "green", "finished": "cyan", "failed": "red", "lost": "red", "stopped": "yellow"}
+    styles = {"running": "green", "finished": "cyan", "failed": "red", "lost": "red", "stopped": "yellow",
+              "stalled": "yellow"}
     for run in runs:
         total = f"/{run.total}" if run.total else ""
         started = "-"
         if run.started:
             today = time.strftime("%Y%m%d") == time.strftime("%Y%m%d", time.localtime(run.started))
             started = time.strftime("%H:%M" if today else "%m-%d", time.localtime(run.started))
-        table.add_row(as_text(run.id, one_line=True), as_text(run.status, styles.get(run.status, "")),
+        table.add_row(as_text(run.id, one_line=True), as_text(run.label, styles.get(run.status, "")),
                       as_text(Path(run.model).name, one_line=True), as_text(run.method, one_line=True),
                       f"{run.step}{total}", f"{run.loss:.4f}" if run.loss is not None else "-", started)
     console.print(table)
@@ -162,6 +163,10 @@ def cmd_runs(args) -> int:
                 for line in rundir.log_tail(run.path, 3):
                     console.print(f"    {as_markup(line, one_line=True)}")
                 console.print(f"    resume: finetty train --resume {as_markup(run.id, one_line=True)}")
+    for run in runs:
+        if run.skipped:
+            console.print(f"[yellow]{as_markup(run.id, one_line=True)}[/]: skipped {run.skipped} line(s) of "
+                          f"events.jsonl that are torn or not an event of the contract (docs/events.md)")
     return 0
 
 
@@ -169,9 +174,37 @@ def cmd_stop(args) -> int:
     from finetty.core.run import launch
 
     run_dir = rundir.find(args.run, paths.runs_dir(args.runs_dir))
+    offset = _events_size(run_dir)
     pid = launch.request_stop(run_dir)
-    console.print(f"asked worker {pid} of run {run_dir.name} to checkpoint and stop")
-    return 0
+    console.print(f"asked worker {pid} of run {as_markup(run_dir.name)} to checkpoint and stop")
+    done = launch.await_stop(run_dir, pid, offset, timeout=args.wait)
+    name = as_markup(run_dir.name)
+    if done.outcome == "ended" and done.end and done.end["type"] == "stopped":
+        console.print(f"stopped at step {done.end.get('step')} with checkpoint "
+                      f"{as_markup(done.end.get('checkpoint') or 'none')}; resume with `finetty train --resume {name}`")
+        return 0
+    if done.outcome == "ended" and done.end:
+        console.print(f"the run ended before the request was acted on: {done.end['type']} at step "
+                      f"{done.end.get('step', '?')}")
+        return 0
+    if done.outcome == "exited":
+        err.print(f"[red]worker {pid} exited without a final event[/]: the run is lost; resume it with "
+                  f"`finetty train --resume {name}`")
+        return 1
+    if done.outcome == "acknowledged":
+        console.print(f"worker {pid} took the request: it saves a checkpoint when its current step ends, then "
+                      f"stops (`finetty attach {name}` to watch)")
+        return 0
+    if done.outcome == "stalled":
+        err.print(f"[red]not stopped:[/] worker {pid} has not run for {int(done.stalled_for or 0)} s (its heartbeat "
+                  f"stopped: suspended with SIGSTOP, or hung), so it has not seen the request; it acts on it if it "
+                  f"runs again (`kill -CONT {pid}`). To end it without a checkpoint: `kill -KILL {pid}`, then "
+                  f"`finetty train --resume {name}` goes on from the last checkpoint")
+        return 1
+    what = "has not taken the request" if done.outcome == "busy" else "has not answered (no heartbeat)"
+    err.print(f"[red]not stopped yet:[/] worker {pid} is alive but {what} within {args.wait:g} s (inside one long "
+              f"operation?); it stops at the end of its current step. `finetty runs` shows where it is")
+    return 1
 
 
 def cmd_checkpoint(args) -> int:
@@ -188,7 +221,7 @@ def cmd_attach(args) -> int:
 
     run_dir = rundir.find(args.run, paths.runs_dir(args.runs_dir))
     try:
-        end = follow(run_dir, console)
+        end = follow(run_dir, console, history=args.history)
     except KeyboardInterrupt:
         console.print("detached; the run goes on")
         return 0
@@ -251,8 +284,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("runs", cmd_runs, "list runs")
     for name, func, text in (("stop", cmd_stop, "ask a run's worker to checkpoint and stop"),
                              ("checkpoint", cmd_checkpoint, "ask a run's worker to save a checkpoint now"),
-                             ("attach", cmd_attach, "follow a run: its history, then live")):
-        add(name, func, text).add_argument("run", help="a run id or a run directory")
+                             ("attach", cmd_attach, "follow a run: where it is, then live")):
+        command = add(name, func, text)
+        command.add_argument("run", help="a run id or a run directory")
+        if name == "stop":
+            command.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
+                                 help="how long to wait for the worker to answer (default 10)")
+        elif name == "attach":
+            command.add_argument("--history", action="store_true",
+                                 help="replay every event from the start (default: start from the history index)")
     plugins = add("plugins", cmd_plugins, "list plugins and what they provide")
     plugins.add_argument("--options", action="store_true", help="show every option of every component")
     import importlib
