@@ -90,11 +90,15 @@ def build(target: Path, config_overrides: dict | None = None, seed: int = 0) -> 
     settings["vocab_size"] = -(-len(tokenizer) // 64) * 64  # the trained vocabulary, rounded up
     config = LlamaConfig(**settings, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    # At the usual 0.02 a frozen random head caps every logit near 2.5, so adapters could never
-    # lower the loss much; a wider head lets a LoRA on a random base learn something visible.
-    torch.nn.init.normal_(model.lm_head.weight, std=HEAD_INIT_STD)
+    # The weights come from ``seed`` alone, drawn inside a forked RNG: the build runs inside the first
+    # run's worker, after its set_seed, and must leave that run's random state as it found it (else the
+    # first run in a fresh home initialises its adapters differently from every later run).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+        # At the usual 0.02 a frozen random head caps every logit near 2.5, so adapters could never
+        # lower the loss much; a wider head lets a LoRA on a random base learn something visible.
+        torch.nn.init.normal_(model.lm_head.weight, std=HEAD_INIT_STD)
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
                                                pad_token_id=tokenizer.pad_token_id, do_sample=False)
     partial = target.with_name(target.name + ".partial")

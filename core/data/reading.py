@@ -1,8 +1,11 @@
-"""Datasets: find them, read records with their place, detect the format, validate.
+"""Datasets: find them, read records with their place, map columns, detect the format, convert, mix.
 
-Nothing here imports ``datasets`` or torch: the CLI and the TUI validate with
-it before a run exists. The worker loads through ``datasets`` in
-:func:`load_records`.
+One reader (:func:`read_data`) serves recipe validation, ``finetty data``, the
+app's preview and the worker, so the data that was validated is the data that
+trains. Local files are read here, record by record with their place (line,
+record, row), without ``datasets`` or torch; only a cached hub dataset is read
+through ``datasets``, in the worker. Every column of every record ends up
+used, mapped, ignored (and reported) or refused: nothing is dropped in silence.
 """
 
 from __future__ import annotations
@@ -10,11 +13,14 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from finetty.core.errors import InputError
+from finetty.core.plugin.api import DATA_KINDS
+from finetty.core.plugin.options import nearest
 
 BUILTIN = {
     "identity": ("identity.jsonl", "alpaca", "a few dozen questions teaching the model its name and maker"),
@@ -55,7 +61,8 @@ def _hub_cached(dataset_id: str) -> bool:
     return ds_cache.is_dir() and any(p.name.startswith(prefix) for p in ds_cache.iterdir())
 
 
-def resolve_source(spec: str, base_dir: Path, recipe_file: str | Path | None = None) -> DataSource:
+def resolve_source(spec: str, base_dir: Path, recipe_file: str | Path | None = None,
+                   place: str = "key dataset") -> DataSource:
     """Turn a recipe's ``dataset`` value into files or a cached hub id."""
     from finetty.core.data.demo import builtin_data_file
 
@@ -81,23 +88,9 @@ def resolve_source(spec: str, base_dir: Path, recipe_file: str | Path | None = N
         return DataSource(spec, files)
     if "/" in spec and not spec.startswith((".", "/", "~")) and spec.count("/") == 1 and _hub_cached(spec):
         return DataSource(spec, hub_id=spec)
-    raise InputError(recipe_file, "key dataset", f"{spec!r} is not a built-in dataset, a file or folder, "
+    raise InputError(recipe_file, place, f"{spec!r} is not a built-in dataset, a file or folder, "
                      "or a hub dataset in the local cache",
                      f"built-ins: {', '.join(BUILTIN)}; paths are relative to the recipe's folder")
-
-
-def _fill(record: Any, values: dict) -> Any:
-    class Keep(dict):
-        def __missing__(self, key):
-            return "{" + key + "}"
-
-    if isinstance(record, str):
-        return record.format_map(Keep(values))
-    if isinstance(record, dict):
-        return {k: _fill(v, values) for k, v in record.items()}
-    if isinstance(record, list):
-        return [_fill(v, values) for v in record]
-    return record
 
 
 def iter_records(source: DataSource, options: dict | None = None) -> Iterator[tuple[Path, str, dict]]:
@@ -171,6 +164,518 @@ def _parquet_records(path: Path) -> Iterator[tuple[Path, str, dict]]:
         yield path, f"row {number}", record
 
 
+def _hub_records(source: DataSource) -> Iterator[tuple[Path, str, dict]]:
+    """A cached hub dataset's rows through ``datasets`` (the worker's side: validation skips hub data)."""
+    import datasets
+
+    for number, record in enumerate(datasets.load_dataset(source.hub_id, split="train")):
+        yield Path(source.hub_id), f"row {number}", record
+
+
+# -- what a recipe's `dataset` names -----------------------------------------------------------------
+
+#: LLaMA-Factory's column names (``dataset_info.json`` ``columns``) -> the fields finetty's formats read,
+#: for its two layouts. A file's own column is renamed to the field before a format sees the record.
+ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "history": "history",
+                  "system": "system", "tools": "tools", "chosen": "chosen", "rejected": "rejected",
+                  "kto_tag": "kto_tag", "images": "images", "videos": "videos", "audios": "audios"}
+SHAREGPT_COLUMNS = {"messages": "conversations", "system": "system", "tools": "tools", "chosen": "chosen",
+                    "rejected": "rejected", "kto_tag": "kto_tag", "images": "images", "videos": "videos",
+                    "audios": "audios"}
+#: LLaMA-Factory's ``tags``: which keys of a turn hold the role and the text, and what each role is called.
+TAG_KEYS = {"role_tag": "from", "content_tag": "value"}
+ROLE_TAGS = {"user_tag": "human", "assistant_tag": "gpt", "observation_tag": "observation",
+             "function_tag": "function_call", "system_tag": "system"}
+#: Columns whose meaning finetty knows and a text format cannot honour: training without them is not
+#: the training the data asks for, so they are refused unless a format reads them or the recipe drops them.
+REFUSED_COLUMNS = {"images": "holds images", "videos": "holds videos", "audios": "holds audio"}
+KTO_COLUMNS = ("label", "kto_tag")
+ENTRY_KEYS = {"path": "a file, folder, built-in name, cached hub id or dataset_info.json#name",
+              "format": "auto or a data format's name", "formatting": "LLaMA-Factory's alpaca or sharegpt",
+              "columns": "LLaMA-Factory's column mapping", "tags": "LLaMA-Factory's role and content tags",
+              "ranking": "true: chosen/rejected pairs", "weight": "its share of the mixture",
+              "samples": "how many examples to take from it", "system": "a default system prompt",
+              "ignore_columns": "columns dropped on purpose"}
+DATA_OPTIONS = {"ignore_columns": "columns dropped on purpose, in every dataset",
+                "system": "the system prompt of conversations that have none",
+                "seed": "the seed that samples mixtures (default: train.seed)"}
+
+
+@dataclass
+class DataEntry:
+    """One dataset of a recipe, with how to read it."""
+
+    source: DataSource
+    format: str = "auto"
+    formatting: str = "alpaca"
+    columns: dict = field(default_factory=dict)
+    tags: dict = field(default_factory=dict)
+    ranking: bool = False
+    weight: float | None = None
+    samples: int | None = None
+    system: str | None = None
+    ignore_columns: tuple = ()
+    place: str = "key dataset"
+
+    def rename(self) -> dict:
+        """The file's column -> the field a format reads."""
+        table = SHAREGPT_COLUMNS if self.formatting == "sharegpt" else ALPACA_COLUMNS
+        return {column: table[name] for name, column in self.columns.items() if table[name] != column}
+
+
+def _info_entry(spec: str, base_dir: Path, recipe_file, place: str) -> dict:
+    """``path/dataset_info.json#name``: that entry of a LLaMA-Factory dataset list, as a finetty entry."""
+    info_name, _, name = spec.rpartition("#")
+    info = Path(info_name).expanduser()
+    info = info if info.is_absolute() else base_dir / info
+    try:
+        table = json.loads(info.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(recipe_file, place, f"{info_name!r} does not exist",
+                         "give the path of a dataset_info.json, relative to the recipe's folder") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(info, None, f"is not valid JSON ({exc})", "a dataset_info.json is one JSON object") from None
+    if not isinstance(table, dict) or not isinstance(table.get(name), dict):
+        names = ", ".join(sorted(table)) if isinstance(table, dict) else "none"
+        close = nearest(name, list(table)) if isinstance(table, dict) else None
+        raise InputError(info, f"key {name}", "is not a dataset in it",
+                         f"did you mean {close!r}?" if close else f"its datasets: {names}")
+    entry = table[name]
+    if "file_name" not in entry:
+        other = next((k for k in ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url") if k in entry), None)
+        raise InputError(info, f"key {name}", "names no local file_name" + (f" (it has {other})" if other else ""),
+                         "download the data and set file_name, or give the cached hub id as dataset:")
+    known = {"file_name", "formatting", "ranking", "columns", "tags", "split", "num_samples", "subset", "folder"}
+    unknown = sorted(set(entry) - known)
+    if unknown:
+        raise InputError(info, f"key {name}.{unknown[0]}", "is not something finetty reads from dataset_info.json",
+                         f"finetty reads {', '.join(sorted(known - {'split', 'subset', 'folder'}))}")
+    out = {"path": str(info.parent / entry["file_name"]), "formatting": entry.get("formatting", "alpaca"),
+           "ranking": entry.get("ranking", False), "columns": entry.get("columns") or {},
+           "tags": entry.get("tags") or {}}
+    if entry.get("num_samples"):
+        out["samples"] = entry["num_samples"]
+    return out
+
+
+def _entry(value: Any, base_dir: Path, recipe_file, place: str) -> DataEntry:
+    if isinstance(value, str):
+        value = {"path": value}
+    if not isinstance(value, dict):
+        raise InputError(recipe_file, place, f"must be a dataset name or path, or a mapping with path:, not "
+                         f"{type(value).__name__}", "for example dataset: data.jsonl")
+    unknown = [k for k in value if k not in ENTRY_KEYS]
+    if unknown:
+        close = nearest(str(unknown[0]), list(ENTRY_KEYS))
+        raise InputError(recipe_file, f"{place}.{unknown[0]}", f"{unknown[0]!r} is not a dataset key",
+                         f"did you mean {close!r}?" if close else f"keys: {', '.join(ENTRY_KEYS)}")
+    path = value.get("path")
+    if not isinstance(path, str) or not path.strip():
+        raise InputError(recipe_file, f"{place}.path", "is missing", "name the dataset's file, folder or built-in")
+    if "#" in path:
+        value = {**_info_entry(path.strip(), base_dir, recipe_file, place),
+                 **{k: v for k, v in value.items() if k != "path"}}
+        path = value["path"]
+    entry = DataEntry(resolve_source(path.strip(), base_dir, recipe_file, place), place=place)
+    checks = {"format": str, "formatting": str, "columns": dict, "tags": dict, "ranking": bool,
+              "weight": (int, float), "samples": int, "system": str, "ignore_columns": list}
+    for key, kind in checks.items():
+        given = value.get(key)
+        if given is not None and (not isinstance(given, kind) or (isinstance(given, bool) and kind != bool)):
+            what = kind.__name__ if isinstance(kind, type) else "a number"
+            raise InputError(recipe_file, f"{place}.{key}", f"{key} {given!r} is not {what}", ENTRY_KEYS[key])
+    if value.get("formatting", "alpaca") not in ("alpaca", "sharegpt"):
+        raise InputError(recipe_file, f"{place}.formatting", f"{value['formatting']!r} is not alpaca or sharegpt",
+                         "LLaMA-Factory's two layouts; finetty's own format names go under format:")
+    formatting = value.get("formatting") or ("sharegpt" if "messages" in value.get("columns", {})
+                                             or value.get("tags") else "alpaca")
+    table = SHAREGPT_COLUMNS if formatting == "sharegpt" else ALPACA_COLUMNS
+    for name in value.get("columns", {}):
+        if name not in table:
+            close = nearest(str(name), list(table))
+            raise InputError(recipe_file, f"{place}.columns.{name}", f"{name!r} is not one of the {formatting} column names",
+                             f"did you mean {close!r}?" if close else f"{formatting} columns: {', '.join(table)}")
+    for name in value.get("tags", {}):
+        if name not in TAG_KEYS and name not in ROLE_TAGS:
+            close = nearest(str(name), list(TAG_KEYS) + list(ROLE_TAGS))
+            raise InputError(recipe_file, f"{place}.tags.{name}", f"{name!r} is not a tag name",
+                             f"did you mean {close!r}?" if close else f"tags: {', '.join([*TAG_KEYS, *ROLE_TAGS])}")
+    if value.get("weight") is not None and not value["weight"] > 0:
+        raise InputError(recipe_file, f"{place}.weight", f"weight {value['weight']} is not above 0",
+                         "a weight is a positive share, for example 1 or 0.5")
+    if value.get("samples") is not None and value["samples"] < 1:
+        raise InputError(recipe_file, f"{place}.samples", f"samples {value['samples']} is below 1",
+                         "how many examples to take from this dataset")
+    entry.format = value.get("format", "auto")
+    if value.get("ranking") and entry.format == "auto":
+        entry.format = "preference"
+    entry.formatting, entry.columns, entry.tags = formatting, dict(value.get("columns", {})), dict(value.get("tags", {}))
+    entry.ranking, entry.weight, entry.samples = bool(value.get("ranking")), value.get("weight"), value.get("samples")
+    entry.system, entry.ignore_columns = value.get("system"), tuple(value.get("ignore_columns") or ())
+    return entry
+
+
+def parse_dataset(value: Any, base_dir: Path, recipe_file=None, place: str = "key dataset") -> list[DataEntry]:
+    """A recipe's ``dataset``: a name or path, a mapping with ``path:`` and how to read it, or a list of those.
+
+    ``place`` is where ``dataset`` is in the recipe (``line 3, key dataset``).
+    """
+    if isinstance(value, list):
+        if not value:
+            raise InputError(recipe_file, place, "is an empty list", "name at least one dataset")
+        return [_entry(item, base_dir, recipe_file, f"{place}[{i}]") for i, item in enumerate(value)]
+    return [_entry(value, base_dir, recipe_file, place)]
+
+
+def resolved_dataset(value: Any, base_dir: Path) -> Any:
+    """The recipe's ``dataset`` with every path made absolute, so the worker reads it from its run directory."""
+    def absolute(spec: str) -> str:
+        head, hash_, name = spec.partition("#")
+        path = Path(head).expanduser()
+        if not path.is_absolute() and (base_dir / path).exists():
+            return str((base_dir / path).resolve()) + hash_ + name
+        return spec
+
+    if isinstance(value, str):
+        return absolute(value.strip())
+    if isinstance(value, dict):
+        return {**value, "path": absolute(str(value.get("path", "")).strip())}
+    return [resolved_dataset(item, base_dir) for item in value]
+
+
+def check_data_options(value: Any, recipe_file=None) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InputError(recipe_file, "key data_options", f"must be a mapping, not {type(value).__name__}",
+                         "for example data_options: {ignore_columns: [id]}")
+    for key, item in value.items():
+        if key not in DATA_OPTIONS:
+            close = nearest(str(key), list(DATA_OPTIONS))
+            raise InputError(recipe_file, f"key data_options.{key}", f"{key!r} is not a data option",
+                             f"did you mean {close!r}?" if close else f"options: {', '.join(DATA_OPTIONS)}")
+        kind = {"ignore_columns": list, "system": str, "seed": int}[key]
+        if not isinstance(item, kind) or isinstance(item, bool):
+            raise InputError(recipe_file, f"key data_options.{key}", f"{key} {item!r} is not a {kind.__name__}",
+                             DATA_OPTIONS[key])
+    return dict(value)
+
+
+# -- reading: one reader for validation, `finetty data`, the preview and the worker ---------------------
+
+_DOUBLE = re.compile(r"\{\{\s*([A-Za-z_]\w*)\s*\}\}")
+_SINGLE = re.compile(r"\{([A-Za-z_]\w*)\}")
+
+
+def fill_placeholders(value: Any, options: dict, where: tuple) -> Any:
+    """``{{name}}`` (LLaMA-Factory's identity.json) and ``{name}`` (finetty's) filled from ``dataset_options``.
+
+    A ``{{name}}`` with no value is refused: trained literally, it would teach
+    the model to say "{{name}}". A single-brace ``{name}`` with no value is
+    left alone, since braces are common in real text (code, JSON).
+    """
+    if isinstance(value, str):
+        def double(match):
+            if match.group(1) not in options:
+                raise InputError(where[0], where[1], f"holds the placeholder {{{{{match.group(1)}}}}}, which has "
+                                 "no value", f"give it one: dataset_options: {{{match.group(1)}: ...}}")
+            return str(options[match.group(1)])
+
+        value = _DOUBLE.sub(double, value)
+        return _SINGLE.sub(lambda m: str(options[m.group(1)]) if m.group(1) in options else m.group(0), value)
+    if isinstance(value, dict):
+        return {k: fill_placeholders(v, options, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fill_placeholders(v, options, where) for v in value]
+    return value
+
+
+class _Tracked(dict):
+    """A record that remembers which of its columns a format's ``convert`` looked at: those are used."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.read: set = set()
+
+    def get(self, key, default=None):
+        if key in self.keys():
+            self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        found = super().__contains__(key)
+        if found:
+            self.read.add(key)
+        return found
+
+
+def _map_turns(turns: Any, entry: DataEntry) -> Any:
+    role_key, content_key = (entry.tags.get(k, v) for k, v in TAG_KEYS.items())
+    roles = {entry.tags[k]: v for k, v in ROLE_TAGS.items() if k in entry.tags}
+
+    def one(turn):
+        if not isinstance(turn, dict) or role_key not in turn:
+            return turn
+        return {"from": roles.get(turn[role_key], turn[role_key]), "value": turn.get(content_key)}
+
+    if isinstance(turns, list):
+        return [one(t) for t in turns]
+    return one(turns)
+
+
+def _mapped(record: dict, entry: DataEntry) -> tuple[dict, dict]:
+    """The record with its columns and tags renamed to the fields formats read; and column -> field."""
+    rename = entry.rename()
+    out = {rename.get(k, k): v for k, v in record.items()}
+    if entry.tags:
+        for key in ("conversations", "chosen", "rejected"):
+            if key in out:
+                out[key] = _map_turns(out[key], entry)
+    return out, rename
+
+
+def _with_default_system(example: Any, kind: str, system: str | None) -> Any:
+    if not system:
+        return example
+
+    def add(messages: list) -> list:
+        return messages if messages and messages[0]["role"] == "system" else \
+            [{"role": "system", "content": system}, *messages]
+
+    if kind == "conversation":
+        if isinstance(example, dict):
+            return {**example, "messages": add(example["messages"])}
+        return add(example)
+    if kind in ("preference", "kto"):
+        return {**example, "prompt": add(example["prompt"])}
+    return example
+
+
+def uses_tools(example: Any) -> bool:
+    """Whether a normalized conversation carries tool schemas, tool calls or tool results."""
+    if isinstance(example, dict) and "messages" in example:
+        return bool(example.get("tools")) or uses_tools(example["messages"])
+    if isinstance(example, dict) and "prompt" in example:
+        return uses_tools(example["prompt"])
+    return isinstance(example, list) and any(m.get("tool_calls") or m.get("role") == "tool" for m in example)
+
+
+@dataclass
+class DataResult:
+    """What reading found: the examples and everything `finetty data` and the run report about them."""
+
+    format: str
+    kind: str
+    detected: bool
+    why: str
+    records: int
+    examples: list
+    columns: dict = field(default_factory=dict)
+    """column -> used, mapped, ignored or refused"""
+    carried: dict = field(default_factory=dict)
+    """column -> how many records carry it"""
+    mapped: dict = field(default_factory=dict)
+    """the file's column -> the field it was read as"""
+    mixture: list = field(default_factory=list)
+    skipped: dict = field(default_factory=dict)
+    formats: list = field(default_factory=list)
+
+    @property
+    def tools(self) -> bool:
+        return any(uses_tools(e) for e in self.examples)
+
+    def warnings(self) -> list[str]:
+        """One line per ignored column (with how many records carry it), and the mixture when there is one."""
+        lines = [f"column {name!r} is ignored: {self.carried[name]} of {self.records} records carry it "
+                 "(map it, or list it in data_options.ignore_columns to drop it on purpose)"
+                 for name, fate in self.columns.items() if fate == "ignored"]
+        if len(self.mixture) > 1:
+            lines.append("mixture: " + ", ".join(f"{m['examples']} examples from {m['dataset']}" for m in self.mixture))
+        return lines
+
+
+def _detect(records: list, formats: dict) -> tuple[Any, str]:
+    """The first format (preference and kto first) that claims every one of the first records."""
+    sample = records[:20]
+    for data_format in formats.values():
+        try:
+            if all(data_format.detect(r) for _, _, r in sample):
+                columns = ", ".join(sorted({k for _, _, r in sample for k in r}))
+                return data_format, f"every one of the first {len(sample)} records has its columns ({columns})"
+        except Exception:
+            continue
+    for data_format in formats.values():
+        try:
+            if data_format.detect(sample[0][2]):
+                return data_format, f"the first record has its columns ({', '.join(sorted(sample[0][2]))})"
+        except Exception:
+            continue
+    path, place, first = sample[0]
+    columns = ", ".join(sorted(map(str, first))) or "none"
+    known = "; ".join(f"{f.name}: {f.fields}" for f in formats.values() if f.fields)
+    raise InputError(path, place, f"has columns ({columns}) that match no known format",
+                     f"expected one of {known}; or name your columns in the recipe, for example "
+                     "dataset: {path: FILE, columns: {prompt: question, response: answer}}")
+
+
+def _refuse_kind(data_format, accepts, objective: str, objectives: dict, where: tuple, column: str | None):
+    able = [name for name, kinds in objectives.items() if data_format.kind in kinds]
+    take = f"use objective: {' or '.join(able)}" if able else f"use an objective that takes {data_format.kind} data"
+    if data_format.kind == "kto" and column:
+        raise InputError(where[0], where[1], f"column {column!r} labels each answer desirable or undesirable "
+                         f"(kto data); objective {objective!r} would train the undesirable answers as targets",
+                         f"{take}, which trains on the labels, or drop the column on purpose: "
+                         f"data_options: {{ignore_columns: [{column}]}}")
+    raise InputError(where[0], None, f"is {data_format.name} data ({data_format.kind}), which objective "
+                     f"{objective!r} cannot train on", f"{objective!r} takes {' or '.join(accepts)} data; "
+                     f"for {data_format.kind} data {take}")
+
+
+def _read_entry(entry: DataEntry, fmt: str, formats: dict, accepts: tuple, objective: str, options: dict,
+                data_options: dict, objectives: dict, recipe_file, hub: bool) -> DataResult | None:
+    ignore = set(entry.ignore_columns) | set(data_options.get("ignore_columns") or ())
+    if entry.source.hub_id and not hub:
+        return None
+    rows = []
+    reader = _hub_records(entry.source) if entry.source.hub_id else iter_records(entry.source)
+    for path, place, record in reader:
+        record = {k: v for k, v in record.items() if v is not None}
+        rows.append((path, place, fill_placeholders(record, options, (path, place))))
+    if not rows:
+        raise InputError(entry.source.files[0] if entry.source.files else recipe_file, None, "holds no records",
+                         "add at least one record")
+    carried: dict = {}
+    for _, _, record in rows:
+        for column in record:
+            carried[column] = carried.get(column, 0) + 1
+    mapped_rows = []
+    for path, place, record in rows:
+        kept = {k: v for k, v in record.items() if k not in ignore}
+        mapped_rows.append((path, place, _mapped(kept, entry)[0]))
+    rename = entry.rename()
+    chosen_format = fmt if entry.format == "auto" else entry.format
+    if chosen_format != "auto":
+        if chosen_format not in formats:
+            close = nearest(chosen_format, list(formats))
+            raise InputError(recipe_file, f"{entry.place}.format", f"{chosen_format!r} is not a known data format",
+                             f"did you mean {close!r}?" if close else f"auto or one of {', '.join(formats)}")
+        data_format, detected, why = formats[chosen_format], False, "given in the recipe"
+    else:
+        data_format, why = _detect(mapped_rows, formats)
+        detected = True
+    first = mapped_rows[0][:2]
+    if entry.ranking and data_format.kind != "preference":
+        raise InputError(recipe_file, entry.place, "is marked ranking (chosen/rejected pairs), read as "
+                         f"{data_format.name} data", "read it with format: preference")
+    if data_format.kind not in accepts:
+        label = next((c for c in KTO_COLUMNS if c in mapped_rows[0][2]), None)
+        _refuse_kind(data_format, accepts, objective, objectives, first, label)
+    read: set = set()
+    examples = []
+    for path, place, record in mapped_rows:
+        tracked = _Tracked(record)
+        try:
+            example = data_format.convert(tracked)
+        except (ValueError, TypeError, KeyError, AttributeError, StopIteration) as exc:
+            article = "an" if data_format.name[:1] in "aeiou" else "a"
+            raise InputError(path, place, f"{exc}", f"{article} {data_format.name} record has {data_format.fields}"
+                             if data_format.fields else f"see what {article} {data_format.name} record holds: "
+                             "`finetty plugins`") from None
+        read |= tracked.read
+        unread = set(record) - tracked.read
+        for column in unread:
+            original = next((c for c, f in rename.items() if f == column), column)
+            if column in REFUSED_COLUMNS:
+                raise InputError(path, place, f"column {original!r} {REFUSED_COLUMNS[column]}, which the "
+                                 f"{data_format.name} format cannot train on (its markers would train as plain text)",
+                                 f"use a data format plugin that reads {column}, or drop the column on purpose: "
+                                 f"data_options: {{ignore_columns: [{original}]}}")
+            if column in KTO_COLUMNS and data_format.kind in ("conversation", "preference"):
+                kto = next((f for f in formats.values() if f.kind == "kto"), data_format)
+                _refuse_kind(kto, accepts, objective, objectives, (path, place), original)
+        examples.append(_with_default_system(example, data_format.kind,
+                                             entry.system or data_options.get("system")))
+    inverse = {f: c for c, f in rename.items()}
+    fates = {}
+    for column in carried:
+        if column in ignore:
+            fates[column] = "ignored on purpose"
+        elif rename.get(column, column) in read:
+            fates[column] = "mapped" if column in rename else "used"
+        else:
+            fates[column] = "ignored"
+    return DataResult(data_format.name, data_format.kind, detected, why, len(rows), examples, fates, carried,
+                      {c: f for f, c in inverse.items()}, formats=[data_format])
+
+
+def _sample(examples: list, count: int, rng) -> list:
+    """``count`` examples: whole copies while more are asked than there are, then a seeded sample, in order."""
+    whole, rest = divmod(count, len(examples))
+    return examples * whole + [examples[i] for i in sorted(rng.sample(range(len(examples)), rest))]
+
+
+def read_data(entries: list[DataEntry], fmt: str, formats: dict, accepts: tuple, objective: str,
+              options: dict | None = None, data_options: dict | None = None, objectives: dict | None = None,
+              recipe_file=None, hub: bool = False, seed: int = 42) -> DataResult | None:
+    """Read every dataset of a recipe, convert each record, apply the mixture; bad input raises InputError.
+
+    This is the one reader: recipe validation, ``finetty data``, the app's
+    preview and the worker all call it, so validated data is the data that
+    trains. Cached hub datasets are read through ``datasets`` only with
+    ``hub=True`` (the worker); validation skips them (returns None when every
+    dataset is one). ``objectives`` (name -> accepted kinds) lets a refusal
+    name the objective that would train the data.
+    """
+    import random
+
+    data_options = data_options or {}
+    results = []
+    for entry in entries:
+        found = _read_entry(entry, fmt, formats, accepts, objective, options or {}, data_options,
+                            objectives or {}, recipe_file, hub)
+        if found is not None:
+            results.append((entry, found))
+    if not results:
+        return None
+    if len(results) == 1 and not results[0][0].samples:
+        entry, only = results[0]
+        only.mixture = [{"dataset": entry.source.describe(), "format": only.format, "records": only.records,
+                         "examples": len(only.examples), "weight": 1.0}]
+        return only
+    rng = random.Random(data_options.get("seed", seed))
+    total = sum(len(r.examples) for _, r in results)
+    weights = [e.weight if e.weight is not None else 1.0 for e, _ in results]
+    weighted = any(e.weight is not None for e, _ in results)
+    examples, mixture, columns, carried, mapped = [], [], {}, {}, {}
+    for (entry, found), weight in zip(results, weights):
+        if entry.samples:
+            count = entry.samples
+        elif weighted:
+            count = max(1, round(total * weight / sum(weights)))
+        else:
+            count = len(found.examples)
+        taken = _sample(found.examples, count, rng)
+        examples += taken
+        mixture.append({"dataset": entry.source.describe(), "format": found.format, "records": found.records,
+                        "examples": len(taken), "weight": round(weight / sum(weights), 4)})
+        for column, fate in found.columns.items():
+            columns[column] = fate if columns.get(column) in (None, "ignored") else columns[column]
+            carried[column] = carried.get(column, 0) + found.carried[column]
+        mapped.update(found.mapped)
+    names = list(dict.fromkeys(r.format for _, r in results))
+    kinds = list(dict.fromkeys(r.kind for _, r in results))
+    return DataResult(" + ".join(names), kinds[0] if len(kinds) == 1 else "mixed", all(r.detected for _, r in results),
+                      "; ".join(f"{m['dataset']}: {r.why}" for m, (_, r) in zip(mixture, results)),
+                      sum(r.records for _, r in results), examples, columns, carried, mapped, mixture,
+                      formats=[f for _, r in results for f in r.formats])
+
+
+# -- the older single-dataset entry points, on the one reader ------------------------------------------
+
 @dataclass
 class DataSummary:
     """What validation found: the format, the data kind, how many records."""
@@ -191,62 +696,14 @@ def detect_format(record: dict, formats: dict) -> Any | None:
     return None
 
 
-def _format_for(fmt: str, first: dict, formats: dict, where: tuple[Path, str]) -> tuple[Any, bool]:
-    if fmt != "auto":
-        return formats[fmt], False
-    found = detect_format(first, formats)
-    if found is None:
-        columns = ", ".join(sorted(map(str, first))) or "none"
-        known = "; ".join(f"{f.name}: {f.fields}" for f in formats.values() if f.fields)
-        raise InputError(where[0], where[1], f"has columns ({columns}) that match no known format",
-                         f"expected one of {known}")
-    return found, True
-
-
 def validate_records(source: DataSource, fmt: str, formats: dict, accepts: tuple[str, ...],
                      objective: str, options: dict | None = None, recipe_file: Any = None) -> DataSummary:
-    """Read every record and convert it with the chosen format; the first bad one raises InputError."""
-    data_format = None
-    detected = False
-    count = 0
-    for path, place, record in iter_records(source):
-        if source.builtin:
-            record = _fill(record, options or {})
-        if data_format is None:
-            data_format, detected = _format_for(fmt, record, formats, (path, place))
-            if data_format.kind not in accepts:
-                raise InputError(path, None, f"is {data_format.name} data ({data_format.kind}), which objective "
-                                 f"{objective!r} cannot train on",
-                                 f"{objective!r} takes {' or '.join(accepts)} data")
-        try:
-            data_format.convert(record)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            article = "an" if data_format.name[:1] in "aeiou" else "a"
-            raise InputError(path, place, f"{exc}", f"{article} {data_format.name} record has {data_format.fields}"
-                             if data_format.fields else f"see what {article} {data_format.name} record holds: "
-                             "`finetty plugins`") from None
-        count += 1
-    if count == 0:
-        raise InputError(source.files[0] if source.files else recipe_file, None, "holds no records",
-                         "add at least one record")
-    return DataSummary(data_format.name, data_format.kind, count, detected)
+    """Read every record of one dataset and convert it with the chosen format; the first bad one raises."""
+    found = read_data([DataEntry(source)], fmt, formats, accepts, objective, options, recipe_file=recipe_file)
+    return DataSummary(found.format, found.kind, found.records, found.detected)
 
 
 def load_records(source: DataSource, fmt: str, formats: dict, options: dict | None = None) -> tuple[list, Any]:
-    """In the worker: load through ``datasets`` and convert every record. Returns (examples, format)."""
-    import datasets
-
-    if source.hub_id:
-        table = datasets.load_dataset(source.hub_id, split="train")
-    else:
-        table = datasets.load_dataset(source.builder, data_files=[str(p) for p in source.files], split="train")
-    rows = table.to_list()
-    if source.builtin:
-        rows = [_fill(r, options or {}) for r in rows]
-    rows = [{k: v for k, v in r.items() if v is not None} for r in rows]
-    if not rows:
-        raise ValueError(f"dataset {source.describe()} holds no records")
-    data_format = formats[fmt] if fmt != "auto" else detect_format(rows[0], formats)
-    if data_format is None:
-        raise ValueError(f"dataset {source.describe()}: columns {sorted(rows[0])} match no known format")
-    return [data_format.convert(r) for r in rows], data_format
+    """Every record of one dataset converted (hub datasets too). Returns (examples, format)."""
+    found = read_data([DataEntry(source)], fmt, formats, DATA_KINDS, "?", options, hub=True)
+    return found.examples, found.formats[0]

@@ -34,7 +34,7 @@ from finetty.core.plugin.options import Option
 hookimpl = pluggy.HookimplMarker("finetty")
 
 #: The kinds of data a format produces and an objective consumes.
-DATA_KINDS = ("conversation", "preference", "text")
+DATA_KINDS = ("conversation", "preference", "text", "kto")
 
 
 @dataclass(frozen=True)

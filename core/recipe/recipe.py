@@ -30,10 +30,14 @@ class Recipe:
 
     model: str = "tiny-demo"
     """built-in name (tiny-demo), a local model folder, or a hub id already in the local HF cache"""
-    dataset: str = "identity"
-    """built-in name, a local file or folder (json, jsonl, csv, parquet, txt), or a cached hub dataset id"""
+    dataset: Any = "identity"
+    """built-in name, a local file or folder (json, jsonl, csv, parquet, txt), a cached hub dataset id,
+    path/dataset_info.json#name, a mapping with path: and how to read it (format, columns, tags, weight,
+    samples, system, ignore_columns), or a list of those to mix (see finetty.core.data.reading)"""
     dataset_options: dict = field(default_factory=dict)
-    """values for the {placeholders} of built-in datasets (identity: name, author)"""
+    """values for the {{placeholders}} and {placeholders} of any dataset (identity: name, author)"""
+    data_options: dict = field(default_factory=dict)
+    """ignore_columns, a default system prompt, the mixture's seed (finetty.core.data.reading.DATA_OPTIONS)"""
     format: str = "auto"
     """auto, or a data format plugin's name (alpaca, sharegpt, messages, text, preference)"""
     method: str = "lora"
@@ -257,6 +261,24 @@ def _check_monitor(monitor: Any, recipe: Recipe, source: _Source) -> dict:
     return values
 
 
+def _check_tools_template(recipe: Recipe, base_dir: Path, source: _Source) -> None:
+    """Tool-calling data needs a chat template that renders tool schemas and calls; read before anything loads."""
+    from finetty.core.data import demo
+    from finetty.core.data.tokenize import chat_template_of, template_mentions_tools
+
+    folder = models.resolve(recipe.model, base_dir, source.file, check=False)
+    if getattr(recipe, "chat_template", None):  # the recipe's own template wins over the model's
+        from finetty.core.model import templates
+
+        template = templates.source_of(recipe.chat_template)
+    else:
+        template = demo.CHAT_TEMPLATE if recipe.model == demo.NAME else chat_template_of(folder) if folder else None
+    if not template_mentions_tools(template):
+        raise source.error(("model",), f"the chat template of {recipe.model!r} does not render tools, and the "
+                           "dataset has tool schemas or tool calls: the model would learn calls without schemas",
+                           "use a model whose chat template renders tools (tools, tool_calls), or drop the tools")
+
+
 def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, check_data: bool = True,
              check_sources: bool = True) -> Recipe:
     """Check every key of a parsed recipe and return it resolved, with defaults filled in."""
@@ -266,7 +288,7 @@ def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, ch
             raise source.error((str(key),), f"{key!r} is not a recipe key",
                                f"did you mean {close!r}?" if close else f"keys: {', '.join(TOP_LEVEL)}")
     recipe = Recipe()
-    for key in ("model", "dataset", "format", "method", "quantizer", "objective"):
+    for key in ("model", "format", "method", "quantizer", "objective"):
         value = data.get(key, getattr(recipe, key))
         if not isinstance(value, str) or not value.strip():
             raise source.error((key,), f"{key} must be a name or path, not {value!r}",
@@ -277,6 +299,10 @@ def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, ch
         raise source.error(("trust_remote_code",), f"must be true or false, not {trust!r}",
                            "write true or false without quotes; leave it out to keep it off")
     recipe.trust_remote_code = trust
+    recipe.dataset = data.get("dataset", recipe.dataset)
+    if not isinstance(recipe.dataset, (str, dict, list)) or recipe.dataset in ("", [], {}):
+        raise source.error(("dataset",), f"dataset must be a name or path, not {recipe.dataset!r}",
+                           "for example dataset: identity, or a list of datasets to mix")
 
     _check_kind("method", recipe.method, registry, source)
     _check_kind("objective", recipe.objective, registry, source)
@@ -305,6 +331,7 @@ def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, ch
         raise source.error(("dataset_options",), f"must be a mapping, not {type(options).__name__}",
                            "for example dataset_options: {name: Ada, author: me}")
     recipe.dataset_options = options
+    recipe.data_options = data_mod.check_data_options(data.get("data_options"), source.file)
     recipe.train = _check_train(data.get("train"), source)
     recipe.launch = _check_launch(data.get("launch"), source)
     recipe.monitor = _check_monitor(data.get("monitor"), recipe, source)
@@ -323,12 +350,15 @@ def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, ch
     local = local if local.is_absolute() else base_dir / local
     if recipe.model != "tiny-demo" and local.exists():
         recipe.model = str(local.resolve())
-    data_source = data_mod.resolve_source(recipe.dataset, base_dir, source.file)
-    if not data_source.builtin and not data_source.hub_id:
-        recipe.dataset = str((base_dir / Path(recipe.dataset).expanduser()).resolve())
-    if check_data and not data_source.hub_id:
-        data_mod.validate_records(data_source, recipe.format, registry.data_formats, objective.accepts,
-                                  objective.name, recipe.dataset_options, source.file)
+    entries = data_mod.parse_dataset(recipe.dataset, base_dir, source.file)
+    recipe.dataset = data_mod.resolved_dataset(recipe.dataset, base_dir)
+    if check_data:
+        found = data_mod.read_data(entries, recipe.format, registry.data_formats, objective.accepts, objective.name,
+                                   recipe.dataset_options, recipe.data_options,
+                                   {n: o.accepts for n, o in registry.objectives.items()}, source.file,
+                                   seed=recipe.train.get("seed", 42))
+        if found is not None and found.tools:
+            _check_tools_template(recipe, base_dir, source)
     return recipe
 
 

@@ -17,39 +17,7 @@ from __future__ import annotations
 import sys
 
 from finetty.core.data import cache as data_cache
-from finetty.core.data.tokenize import IGNORE, tokenize_conversation, tokenize_text
-
-
-def tokenize_examples(examples: list, tokenizer, max_length: int, truncation: str, train_on: str,
-                      report) -> list[dict]:
-    """Tokenize normalized examples; over-length ones are truncated or dropped per ``truncation``."""
-    rows, truncated, dropped, fallback, empty = [], 0, 0, 0, 0
-    for example in examples:
-        if isinstance(example, str):
-            row = tokenize_text(tokenizer, example, max_length)
-        else:
-            row = tokenize_conversation(tokenizer, example, max_length, train_on=train_on)
-        fallback += row.pop("fallback")
-        if row.pop("truncated"):
-            if truncation == "drop":
-                dropped += 1
-                continue
-            truncated += 1
-        if all(label == IGNORE for label in row["labels"]):
-            empty += 1
-            continue
-        rows.append(row)
-    if truncated:
-        report(f"{truncated} of {len(examples)} examples were longer than max_length={max_length} and were truncated")
-    if dropped:
-        report(f"{dropped} of {len(examples)} examples were longer than max_length={max_length} and were dropped")
-    if empty:
-        report(f"{empty} examples had no tokens to learn from after truncation and were skipped")
-    if fallback:
-        report(f"the chat template does not render prefixes stably; {fallback} conversations train on every token")
-    if not rows:
-        raise ValueError(f"no example is left to train on after tokenizing (max_length={max_length})")
-    return rows
+from finetty.core.data.tokenize import IGNORE, tokenize_examples
 
 
 def prepare_rows(examples: list, tokenizer, max_length: int, truncation: str, train_on: str, packing: bool,

@@ -157,12 +157,19 @@ def _setup_model(recipe, registry, events):
 
 
 def _setup_data(recipe, registry, events):
-    source = data_mod.resolve_source(recipe.dataset, Path.cwd())
-    examples, data_format = data_mod.load_records(source, recipe.format, registry.data_formats,
-                                                  recipe.dataset_options)
+    """The recipe's data through the same reader that validated it; ignored columns and the mixture reported."""
+    found = data_mod.read_data(data_mod.parse_dataset(recipe.dataset, Path.cwd()), recipe.format,
+                               registry.data_formats, registry.objectives[recipe.objective].accepts, recipe.objective,
+                               recipe.dataset_options, getattr(recipe, "data_options", None) or {}, hub=True,
+                               seed=recipe.train.get("seed", 42))
+    for message in found.warnings():
+        print(f"finetty: warning: {message}", flush=True)
+        events.emit("warning", message=message)
+    examples = found.examples
     train, evaluation = _split(examples, recipe.train.get("val_size"), recipe.train.get("seed", 42))
-    events.emit("data", dataset=source.describe(), format=data_format.name, detected=recipe.format == "auto",
-                records=len(examples), train_records=len(train), eval_records=len(evaluation or []))
+    events.emit("data", dataset=", ".join(m["dataset"] for m in found.mixture), format=found.format,
+                detected=found.detected, records=len(examples), train_records=len(train),
+                eval_records=len(evaluation or []))
     return train, evaluation
 
 

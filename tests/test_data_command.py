@@ -1,0 +1,82 @@
+"""`finetty data RECIPE`, and the run's own report of its data: ignored columns and the mixture, before training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from . import inprocess
+from .conftest import RECIPES, events, finetty, write_recipe
+
+DATA = Path(__file__).parent / "fixtures" / "data"
+
+
+def test_finetty_data_marks_the_trained_part_when_piped(demo_model):
+    out = finetty("data", str(RECIPES / "demo-lora.yaml"), "--show", "2")
+    assert out.returncode == 0, out.stderr
+    assert "format alpaca (detected" in out.stdout
+    assert "column instruction: used (40 records)" in out.stdout
+    assert "records: 40 read, 40 examples, 0 skipped, 0 truncated, 0 dropped" in out.stdout
+    examples = out.stdout.split("── example ")[1:]
+    assert len(examples) == 2
+    assert "<|im_start|>user\nWho are you?<|im_end|>\n<|im_start|>assistant\n[[I am Tiny, a small assistant made " \
+           "by the finetty team.<|im_end|>\n]]" in examples[0]
+    assert "\x1b[" not in out.stdout  # no colour codes into a pipe
+
+
+def test_finetty_data_json(demo_model):
+    out = finetty("data", str(RECIPES / "demo-lora.yaml"), "--json", "--show", "1")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert {"format", "columns", "records", "skipped", "truncated", "tokens", "examples"} <= set(report)
+    assert report["format"] == "alpaca" and report["records"] == 40 and report["truncated"] == 0
+    assert report["columns"] == {"instruction": "used", "input": "used", "output": "used"}
+    assert report["skipped"] == {}
+    tokens = report["tokens"]
+    assert 0 < tokens["min"] <= tokens["median"] <= tokens["max"] <= 256
+    (example,) = report["examples"]
+    assert example["trained"] == "I am Tiny, a small assistant made by the finetty team.<|im_end|>\n"
+    assert example["text"].endswith(example["trained"]) and "Who are you?" in example["text"]
+
+
+def test_finetty_data_reports_truncation_and_ignored_columns(tmp_path, demo_model):
+    shutil.copy(DATA / "question-answer.jsonl", tmp_path / "qa.jsonl")
+    recipe = write_recipe(tmp_path, "dataset: {path: qa.jsonl, columns: {prompt: question, response: answer}}\n"
+                                    "train: {max_length: 12}\n")
+    report = json.loads(finetty("data", str(recipe), "--json").stdout)
+    assert report["columns"] == {"question": "mapped", "answer": "mapped", "source": "ignored"}
+    assert report["truncated"] == 3 and report["tokens"]["over"] == 3 and report["tokens"]["min"] > 12
+    assert report["warnings"][0].startswith("column 'source' is ignored: 2 of 3 records carry it")
+
+
+def test_a_tool_run_reports_ignored_columns_before_training_and_trains(tmp_path, demo_model, monkeypatch):
+    """The tools dataset trains on the demo; its `id` column is a warning event (with its count) before step 1."""
+    shutil.copy(DATA / "tools-sharegpt.jsonl", tmp_path / "tools.jsonl")
+    recipe = write_recipe(tmp_path, "dataset: tools.jsonl\nmethod: lora\n"
+                                    "train: {max_steps: 2, per_device_train_batch_size: 2, logging_steps: 1, "
+                                    "save_steps: 100, max_length: 512}\n")
+    run_dir = inprocess.train(recipe, tmp_path / "runs", monkeypatch=monkeypatch)
+    found = events(run_dir)
+    kinds = [e["type"] for e in found]
+    warning = next(e for e in found if e["type"] == "warning" and "'id'" in e["message"])
+    assert warning["message"].startswith("column 'id' is ignored: 5 of 5 records carry it")
+    assert found.index(warning) < kinds.index("step")
+    data = next(e for e in found if e["type"] == "data")
+    assert data["format"] == "sharegpt" and data["records"] == 5
+    assert kinds[-1] == "run_finished"
+
+
+def test_a_model_whose_template_cannot_render_tools_is_refused_before_a_run(tmp_path, demo_model):
+    model = tmp_path / "plain-model"
+    shutil.copytree(demo_model, model)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    shutil.copy(DATA / "tools-sharegpt.jsonl", tmp_path / "tools.jsonl")
+    recipe = write_recipe(tmp_path, "model: plain-model\ndataset: tools.jsonl\n")
+    out = finetty("train", str(recipe), "--runs-dir", str(tmp_path / "runs"))
+    assert out.returncode == 2, out.stderr
+    assert "does not render tools" in out.stderr and "tool schemas or tool calls" in out.stderr
+    assert not (tmp_path / "runs").exists()
