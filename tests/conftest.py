@@ -71,6 +71,17 @@ def wait_for(condition, what: str, timeout: float = 120.0):
     return found
 
 
+def default_signals() -> None:
+    """``preexec_fn`` for a child the test will SIGINT or SIGHUP: those signals back to their defaults.
+
+    A shell starts a background job (``pytest &``, ``nohup``) with SIGINT (and SIGHUP) ignored, and an ignored
+    disposition survives exec: the child would never see the signal the test sends."""
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -27,7 +27,7 @@ import pytest
 from finetty.core.run import events as events_mod
 from finetty.core.run import rundir
 
-from .conftest import RECIPES, finetty, only_run, own_plugin_names
+from .conftest import RECIPES, default_signals, finetty, only_run, own_plugin_names
 from .test_plugins import install_fake_distribution
 
 RECIPE = str(RECIPES / "demo-lora.yaml")
@@ -184,7 +184,7 @@ def test_ctrl_c_in_the_foreground_checkpoints_stops_and_resumes(tmp_path, baseli
     runs = tmp_path / "runs"
     # a terminal's Ctrl-C goes to its foreground process group: the CLI, never the detached worker
     cli = start_cli("train", RECIPE, "--runs-dir", str(runs), *SETTINGS, start_new_session=True,
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=default_signals)
     run = new_run(runs)
     wait_for(lambda: has_event(run, "run_started"), what="training to start")
     os.killpg(cli.pid, signal.SIGINT)
@@ -210,6 +210,7 @@ def test_hangup_of_the_terminal_leaves_the_worker_training(tmp_path, demo_model)
     master, slave = os.openpty()
 
     def take_terminal():  # after setsid (start_new_session): the pty becomes this session's terminal
+        default_signals()
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
     cli = start_cli("train", RECIPE, "--runs-dir", str(runs), "--set", "train.max_steps=150",

@@ -16,7 +16,7 @@ from finetty.core.results import inference
 from finetty.core.results import serve
 from finetty.core.errors import InputError
 
-from .conftest import REPO, finetty
+from .conftest import REPO, default_signals, finetty
 from .results_runs import IDENTITY
 
 
@@ -153,7 +153,7 @@ def test_binding_beyond_loopback_needs_an_api_key(identity_run, loaded):
 def test_finetty_serve_answers_a_streaming_request(identity_run):
     process = subprocess.Popen([sys.executable, "-m", "finetty.core.cli", "serve", str(identity_run), "--port", "0"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                               env={**os.environ, "FINETTY_API_KEY": ""})
+                               env={**os.environ, "FINETTY_API_KEY": ""}, preexec_fn=default_signals)
     try:
         line = process.stdout.readline()  # "serving run ... at http://127.0.0.1:PORT/v1 (Ctrl-C stops)"
         assert "http://127.0.0.1:" in line, (line, process.stderr.read() if process.poll() is not None else "")

@@ -589,6 +589,6 @@ def test_first_start_opens_a_ready_new_run_and_the_palette_lists_bindings(runs_d
             assert {"Launch", "Queue", "Save recipe", "Back", "Help"} <= set(commands)
             await pilot.press("f1")
             keys = {row[2]: row[0] for row in app.screen.keys}
-            assert keys["new_run.launch"] == "^l" and keys["new_run.queue"] == "^o"
+            assert keys["new_run.launch"] == "^l, f5" and keys["new_run.queue"] == "^o, f6"
 
     run(scenario())

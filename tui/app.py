@@ -17,6 +17,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from finetty.core import paths
+from finetty.core.text import clean, one_line
 
 from .history import RunsTracker
 from .notify import Notifier
@@ -149,6 +150,14 @@ class FinettyApp(App):
             severity = "warning"
         self.notify(body, title=title.removeprefix("finetty: ").capitalize(), severity=severity)
         self.notifier(title, body)
+
+    def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None,
+               markup: bool = False) -> None:
+        """Every toast of the app (screens' and widgets' too): cleaned of control characters, never markup.
+
+        Toasts carry run ids, paths and failure reasons (data), and ``Widget.notify`` passes ``markup=True``
+        on; no toast of finetty's uses markup, so it is never read as such."""
+        super().notify(clean(message), title=one_line(title), severity=severity, timeout=timeout, markup=False)
 
     def _write_terminal(self, text: str) -> None:
         if not self.is_headless and self._driver is not None:

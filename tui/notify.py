@@ -11,12 +11,15 @@ from __future__ import annotations
 import os
 from typing import Callable
 
+from finetty.core.text import one_line
+
 from .settings import Settings
 
 
 def _clean(text: str) -> str:
-    """No control characters: a run's reason must not end the escape sequence or start another."""
-    return "".join(ch if ch.isprintable() and ch != ";" else " " for ch in text)[:200]
+    """No control characters (:func:`~finetty.core.text.one_line`): a run's reason must not end the escape
+    sequence or start another; no ``;`` either, which would end an OSC 777 field."""
+    return "".join(ch if ch.isprintable() and ch != ";" else " " for ch in one_line(text))[:200]
 
 
 def sequences(title: str, body: str) -> str:

@@ -89,22 +89,31 @@ def _follow_foreground(run_dir: Path, offset: int = 0) -> int:
     from finetty.core.run import launch
     from finetty.core.run.follow import follow
 
-    interrupted = False
+    interrupts = 0
+
+    def interrupted() -> bool:
+        """The first Ctrl-C asks for a checkpoint and a stop, and following goes on; the second leaves."""
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts > 1:
+            return False
+        console.print("stopping: saving a checkpoint first (Ctrl-C again to leave it running)")
+        try:
+            launch.request_stop(run_dir)
+        except InputError:
+            pass
+        return True
+
     while True:
         try:
-            end = follow(run_dir, console, offset=offset)
+            end = follow(run_dir, console, offset=offset, on_interrupt=interrupted)
             break
-        except KeyboardInterrupt:
-            if interrupted:
-                console.print(f"the worker goes on in the background; `finetty stop {as_markup(run_dir.name)}` stops it")
+        except KeyboardInterrupt:  # (outside follow's wait, or the second one)
+            if interrupts > 1 or not interrupted():
+                console.print(f"the worker goes on in the background; "
+                              f"`finetty stop {as_markup(run_dir.name)}` stops it")
                 return 130
-            interrupted = True
-            console.print("stopping: saving a checkpoint first (Ctrl-C again to leave it running)")
-            try:
-                launch.request_stop(run_dir)
-            except InputError:
-                pass
-    return _report_end(run_dir, end, interrupted)
+    return _report_end(run_dir, end, interrupts > 0)
 
 
 def _wait_released(run_dir: Path, timeout: float = 30.0) -> None:
@@ -141,7 +150,7 @@ def cmd_runs(args) -> int:
     if not runs:
         console.print(f"no runs in {as_markup(paths.runs_dir(args.runs_dir))}")
         return 0
-    table = Table("id", "status", "model", "method", "step", "loss", "started", box=None,
+    table = Table("id", "status", "model", "method/objective", "step", "loss", "started", box=None,
                   pad_edge=False, padding=(0, 1))
     table.columns[0].no_wrap = True
     styles = {"running": "green", "finished": "cyan", "failed": "red", "lost": "red", "stopped": "yellow",
@@ -153,7 +162,8 @@ def cmd_runs(args) -> int:
             today = time.strftime("%Y%m%d") == time.strftime("%Y%m%d", time.localtime(run.started))
             started = time.strftime("%H:%M" if today else "%m-%d", time.localtime(run.started))
         table.add_row(as_text(run.id, one_line=True), as_text(run.label, styles.get(run.status, "")),
-                      as_text(Path(run.model).name, one_line=True), as_text(run.method, one_line=True),
+                      as_text(Path(run.model).name, one_line=True),
+                      as_text(rundir.what_runs(run.method, run.extra.get("objective")), one_line=True),
                       f"{run.step}{total}", f"{run.loss:.4f}" if run.loss is not None else "-", started)
     console.print(table)
     for run in runs:
@@ -323,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:
         log = _log_exception()
-        err.print(f"[red]error:[/] {type(exc).__name__}: {as_markup(exc)} (details in {as_markup(log)})", soft_wrap=True)
+        err.print(f"[red]error:[/] {type(exc).__name__}: {as_markup(exc)} (details in {as_markup(log)})",
+                  soft_wrap=True)
         return 1
 
 

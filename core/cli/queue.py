@@ -9,10 +9,10 @@ from finetty.core import paths
 
 def cmd_queue(args) -> int:
     from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
 
-    from finetty.core.run import queue
+    from finetty.core.run import queue, rundir
+    from finetty.core.text import as_markup, as_text
 
     console = Console(highlight=False)
     runs = paths.runs_dir(args.runs_dir)
@@ -26,7 +26,8 @@ def cmd_queue(args) -> int:
             raise InputError(None, "finetty queue add", "needs a recipe", "finetty queue add recipes/demo-lora.yaml")
         recipe = recipe_mod.load(args.target, list(args.set), load_plugins())
         entry = queue.add(runs, recipe)
-        console.print(f"queued [bold]{entry.id}[/]: {recipe.method} on {recipe.model}")
+        console.print(f"queued [bold]{as_markup(entry.id)}[/]: "
+                      f"{as_markup(rundir.what_runs(recipe.method, recipe.objective))} on {as_markup(recipe.model)}")
         if not args.no_start:
             queue.ensure_runner(runs)
         return 0
@@ -41,28 +42,30 @@ def cmd_queue(args) -> int:
             found = queue.move(runs, args.target, -1 if action == "up" else 1) is not None
         if not found:
             raise InputError(None, f"queue entry {args.target!r}", "is not in the queue", "see `finetty queue`")
-        console.print(f"{action} {args.target}: done")
+        console.print(f"{action} {as_markup(args.target)}: done")
         return 0
     if action == "clear":
         console.print(f"removed {queue.clear(runs)} queued run(s)")
         return 0
     if action == "run":
-        started = queue.run_forever(runs, say=lambda text: console.print(f"{time.strftime('%H:%M:%S')} {text}"))
+        started = queue.run_forever(runs, say=lambda text: console.print(
+            f"{time.strftime('%H:%M:%S')} {as_markup(text)}"))
         console.print(f"queue empty; started {started} run(s)")
         return 0
     state = queue.read(runs)
     live = queue.live_runs(runs)
     if not state.entries:
-        console.print(f"the queue of {runs} is empty")
+        console.print(f"the queue of {as_markup(runs)} is empty")
     else:
-        table = Table("#", "id", "method", "model", "dataset", box=None, pad_edge=False, padding=(0, 1))
+        table = Table("#", "id", "method/objective", "model", "dataset", box=None, pad_edge=False, padding=(0, 1))
         for number, entry in enumerate(state.entries, 1):
-            table.add_row(str(number), entry.id, entry.method, entry.model, entry.dataset)
+            table.add_row(str(number), *(as_text(cell, one_line=True) for cell in (
+                entry.id, rundir.what_runs(entry.method, entry.objective), entry.model, entry.dataset)))
         console.print(table)
         runner = "a runner is working it" if queue.runner_alive(runs) else "no runner: `finetty queue run` starts one"
-        console.print(f"training now: {', '.join(live) or 'nothing'}; {runner}")
+        console.print(f"training now: {as_markup(', '.join(live) or 'nothing')}; {runner}")
     if state.last_error:
-        console.print(f"[red]last problem:[/] {escape(state.last_error)}")
+        console.print(f"[red]last problem:[/] {as_markup(state.last_error)}")
     return 0
 
 

@@ -46,6 +46,8 @@ class Entry:
     method: str
     dataset: str
     added: float
+    objective: str = "sft"
+    """(queues written before the objective was shown hold none: they trained sft, the default)"""
 
 
 @dataclass
@@ -67,7 +69,7 @@ def _read(runs: Path) -> QueueState:
     entries = []
     for item in data.get("entries", []):
         try:
-            entries.append(Entry(**{k: item[k] for k in Entry.__dataclass_fields__}))
+            entries.append(Entry(**{k: item[k] for k in Entry.__dataclass_fields__ if k in item}))
         except (KeyError, TypeError):
             continue
     return QueueState(entries, list(data.get("started", [])), data.get("last_error"))
@@ -98,7 +100,8 @@ def read(runs: Path) -> QueueState:
 def add(runs: Path, recipe) -> Entry:
     """Queue a validated :class:`~finetty.core.recipe.recipe.Recipe`; returns its entry."""
     entry = Entry(id=f"q-{secrets.token_hex(3)}", recipe=recipe.to_yaml(), model=str(recipe.model),
-                  method=str(recipe.method), dataset=str(recipe.dataset), added=round(time.time(), 3))
+                  method=str(recipe.method), dataset=str(recipe.dataset), added=round(time.time(), 3),
+                  objective=str(recipe.objective))
     with _locked(runs) as state:
         state.entries.append(entry)
     return entry

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import secrets
 import time
 from pathlib import Path
@@ -31,16 +32,23 @@ FINAL = "final"
 COMPLETE_MARKER = "finetty-checkpoint.json"
 
 
-def new_run_id(method: str) -> str:
+def new_run_id(method: str, objective: str | None = None) -> str:
+    """``261202-125307-lora-dpo-1b4f``: when, and what runs (the method, then the objective), for a person."""
     stamp = time.strftime("%y%m%d-%H%M%S")
-    return f"{stamp}-{method}-{secrets.token_hex(2)}"
+    what = "-".join(re.sub(r"[^A-Za-z0-9.]+", "_", part) for part in (method, objective) if part)
+    return f"{stamp}-{what}-{secrets.token_hex(2)}"
+
+
+def what_runs(method: str, objective: str | None) -> str:
+    """How a run is named wherever it is listed: ``lora/dpo`` (the method, then the objective)."""
+    return f"{method}/{objective}" if objective else method
 
 
 def create(runs: Path, method: str, recipe_text: str) -> Path:
     """Make ``<runs>/<run-id>/`` holding the resolved recipe (written then renamed)."""
     runs.mkdir(parents=True, exist_ok=True)
     while True:
-        run_dir = paths.child(runs, new_run_id(method))
+        run_dir = paths.child(runs, new_run_id(method, _objective(recipe_text)))
         try:
             run_dir.mkdir()
             break
@@ -50,6 +58,17 @@ def create(runs: Path, method: str, recipe_text: str) -> Path:
     tmp.write_text(recipe_text, encoding="utf-8")
     tmp.rename(run_dir / RECIPE_FILE)
     return run_dir
+
+
+def _objective(recipe_text: str) -> str | None:
+    """The objective a resolved recipe names (None for a text that names none)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(recipe_text)
+    except yaml.YAMLError:
+        return None
+    return str(data["objective"]) if isinstance(data, dict) and data.get("objective") else None
 
 
 def find(run: str, runs: Path) -> Path:

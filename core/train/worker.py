@@ -27,6 +27,7 @@ from pathlib import Path
 from finetty.core.data import reading as data_mod
 from finetty.core.data import demo
 from finetty.core.train import distributed
+from finetty.core.train import logs
 from finetty.core.train import heartbeat
 from finetty.core.model import loading as models
 from finetty.core.memory import monitor
@@ -452,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logs.quiet_libraries()  # worker.log: finetty's lines, each warning once, errors (FINETTY_LIBRARY_LOGS=1 keeps all)
     events = EventWriter(run_dir) if distributed.rank() == 0 else NullWriter()
     events.emit("worker_started", pid=os.getpid(), resume=args.resume)
     beat = heartbeat.start(run_dir, lambda: {"stop_requested": requests.stop}) if distributed.rank() == 0 else None

@@ -25,6 +25,7 @@ from textual.screen import Screen
 from textual.widgets import Checkbox, Footer, Input, Label, Select, Static
 
 from finetty.core.results import inference
+from finetty.core.text import as_text
 
 from ..widgets.chat_pane import ChatMessage, ChatPane
 
@@ -180,7 +181,7 @@ class ChatScreen(Screen):
             select = self.query_one("#chat-checkpoint", Select)
             with select.prevent(Select.Changed):
                 select.value = loaded.label
-            self.query_one("#chat-notes", Static).update("\n".join(loaded.notes))
+            self.query_one("#chat-notes", Static).update(as_text("\n".join(loaded.notes)))
             self.query_one("#chat-notes").display = bool(loaded.notes)
         self._status()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from rich.text import Text
@@ -12,6 +13,9 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, OptionList, Static, TabbedContent, TabPane
 from textual.widgets.option_list import Option
+
+from finetty.core.run import rundir
+from finetty.core.text import clean, one_line
 
 from ..history import RunFollower
 from ..widgets.loss_chart import LossChart
@@ -43,6 +47,8 @@ class MonitorScreen(Screen):
         self.follower = RunFollower(self.run_dir)
         self.poll_interval = poll_interval
         self._checkpoints: list[tuple[int, str]] = []
+        self._checkpoint_facts: dict[str, tuple[float | None, int]] = {}
+        """checkpoint name -> (when it was completed, bytes on disk), read by the poll thread"""
         self._final = False
         self._recipe_text = None
         self._log: list[str] = []
@@ -75,7 +81,7 @@ class MonitorScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.sub_title = f"run {self.run_dir.name}"
+        self.sub_title = f"run {one_line(self.run_dir.name)}"
         self._draw()
         self.poll()
         interval = self.poll_interval or getattr(self.app, "poll_interval", 1.0) / 2
@@ -90,6 +96,9 @@ class MonitorScreen(Screen):
         try:
             while True:
                 batch = self.follower.read()
+                for _, name in batch["checkpoints"]:  # (a complete checkpoint never changes: read once)
+                    if name not in self._checkpoint_facts:
+                        self._checkpoint_facts[name] = checkpoint_facts(self.run_dir / rundir.CHECKPOINTS / name)
                 self.app.call_from_thread(self._apply, batch)
                 if not batch["more"]:  # a long history arrives in chunks, each drawn once
                     return
@@ -131,20 +140,22 @@ class MonitorScreen(Screen):
             eta = max(0.0, (summary.total - summary.step) * rate)
         status.append(f"  elapsed {duration(elapsed)}  ETA {duration(eta)}")
         if summary.reason and summary.status in ("failed", "lost", "stopped"):
-            status.append(f"\n{summary.reason}", style="red" if summary.status != "stopped" else "yellow")
+            status.append(f"\n{clean(summary.reason)}", style="red" if summary.status != "stopped" else "yellow")
         self.query_one("#monitor-status", Static).update(status)
 
         self.query_one(LossChart).show(history.train, history.eval, summary.total)
         stats = Text()
         recipe = history.recipe
-        method = str(recipe.get("method", summary.method))
+        method = rundir.what_runs(str(recipe.get("method", summary.method)),
+                                  str(recipe.get("objective") or summary.extra.get("objective") or "sft"))
+        self.sub_title = f"run {one_line(self.run_dir.name)} · {one_line(method)}"
         if recipe.get("quantizer") not in (None, "none"):
             method += f" + {recipe['quantizer']}"
         lr = f"{history.learning_rate:.2e}" if isinstance(history.learning_rate, (int, float)) else "-"
         rate = (f"{history.tokens_per_second:,.0f}" if isinstance(history.tokens_per_second, (int, float)) else "-")
         rows = [
-            ("model", str(recipe.get("model", summary.model)).rsplit("/", 1)[-1]),
-            ("method", method + (f" · {count(history.trainable)}/{count(history.total_parameters)}"
+            ("model", one_line(str(recipe.get("model", summary.model)).rsplit("/", 1)[-1])),
+            ("method", one_line(method) + (f" · {count(history.trainable)}/{count(history.total_parameters)}"
                                  if history.trainable else "")),
             ("lr", f"{lr} · {rate} tok/s"),
             ("eval", (f"{history.eval[-1][1]:.4f}" if history.eval else "-") + f" · {history.device or '-'}"),
@@ -157,12 +168,12 @@ class MonitorScreen(Screen):
         self.query_one(MemoryGauges).show(sorted(history.gpus.values(), key=lambda g: g.index), history.host,
                                           history.watermark, history.watermark_policy)
         self._draw_checkpoints()
-        log = Text("\n".join(self._log[-12:]) or "(the worker's log is empty)",
+        log = Text("\n".join(one_line(line) for line in self._log[-12:]) or "(the worker's log is empty)",
                    style="red" if summary.status in ("failed", "lost") else "")
         self.query_one("#log-tail", Static).update(log)
-        self.query_one("#recipe-text", Static).update(Text(self._recipe_text or ""))
+        self.query_one("#recipe-text", Static).update(Text(clean(self._recipe_text or "")))
         if history.warnings:
-            self.query_one("#warning-list", Static).update(Text("\n".join(history.warnings[-20:])))
+            self.query_one("#warning-list", Static).update(Text("\n".join(one_line(w) for w in history.warnings[-20:])))
             self.query_one("#monitor-tabs", TabbedContent).get_tab("warnings").label = \
                 f"Warnings ({len(history.warnings)})"
         else:
@@ -173,7 +184,9 @@ class MonitorScreen(Screen):
 
     def _draw_checkpoints(self) -> None:
         options = self.query_one("#checkpoint-list", OptionList)
-        wanted = [(name, f"{name}  (step {step})") for step, name in self._checkpoints]
+        losses = dict(self.history.train)
+        wanted = [(name, checkpoint_row(name, step, losses.get(step), *self._checkpoint_facts.get(name, (None, 0))))
+                  for step, name in self._checkpoints]
         if self._final:
             wanted.append(("final", "final  (the result)"))
         current = [options.get_option_at_index(i).id for i in range(options.option_count)]
@@ -214,3 +227,28 @@ class MonitorScreen(Screen):
 
     def action_resume(self) -> None:
         self.app.request(self.run_dir, "resume")
+def checkpoint_facts(folder: Path) -> tuple[float | None, int]:
+    """When a complete checkpoint was completed (its marker's time) and its bytes on disk."""
+    try:
+        done = (folder / rundir.COMPLETE_MARKER).stat().st_mtime
+    except OSError:
+        done = None
+    size = 0
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file():
+                size += path.stat().st_size
+        except OSError:
+            continue
+    return done, size
+
+
+def checkpoint_row(name: str, step: int, loss: float | None, done: float | None, size: int) -> str:
+    """``step-000040  step 40 · loss 3.2140 · 12:03 · 4.2 MB``: enough to choose one to chat with or export."""
+    parts = [f"{one_line(name)}  step {step}", f"loss {loss:.4f}" if loss is not None else "loss -"]
+    if done is not None:
+        parts.append(time.strftime("%H:%M", time.localtime(done)))
+    if size:
+        parts.append(next(f"{size / scale:.1f} {unit}" for unit, scale in
+                          (("GB", 1e9), ("MB", 1e6), ("kB", 1e3), ("B", 1)) if size >= scale or unit == "B"))
+    return " · ".join(parts)

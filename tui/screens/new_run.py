@@ -23,6 +23,7 @@ from textual.worker import get_current_worker
 from finetty.core.data import reading as data_mod
 from finetty.core.data import demo
 from finetty.core.model import loading as models
+from finetty.core.text import clean, one_line
 
 from ..form import PATH, TRAIN_FIELDS, FieldError, FormState, field_for, from_recipe, to_recipe, widget_for
 from ..widgets.option_field import OptionField
@@ -367,7 +368,7 @@ class NewRunScreen(Screen):
         self.recipe = None
         self.problem = problem
         status = Text("✗ ", style="bold red")
-        status.append(problem)
+        status.append(clean(problem))
         self.query_one("#form-status", Static).update(status)
         self._mark(field_key)
         self.query_one("#launch", Button).disabled = True
@@ -379,7 +380,8 @@ class NewRunScreen(Screen):
         self._mark(None)
         status = Text("✓ ", style="bold green")
         steps = recipe.train.get("max_steps")
-        status.append(f"{recipe.method} on {Path(recipe.model).name} with {Path(recipe.dataset).name}"
+        status.append(one_line(f"{recipe.method}/{recipe.objective} on {Path(recipe.model).name} with "
+                               f"{Path(recipe.dataset).name}")
                       + (f", {steps} steps" if isinstance(steps, int) and steps > 0 else ""))
         status.append("\n")
         status.append_text(estimate)
@@ -435,9 +437,9 @@ class NewRunScreen(Screen):
         text = Text()
         if answer.get("error"):
             text.append("data: ", style="bold")
-            text.append(answer["error"], style="red")
+            text.append(clean(answer["error"]), style="red")
         else:
-            text.append(f"{answer['records']} records, format {answer['format']}", style="bold")
+            text.append(one_line(f"{answer['records']} records, format {answer['format']}"), style="bold")
             text.append(" (detected)" if answer.get("detected") else " (chosen)")
             lengths = answer["lengths"]
             sampled = "" if lengths["all"] else f" (the first {lengths['count']})"
@@ -447,7 +449,7 @@ class NewRunScreen(Screen):
                         style="yellow" if lengths["over"] else "green")
             for number, sample in enumerate(answer["samples"], 1):
                 text.append(f"\n── record {number} ──\n", style="dim")
-                text.append(sample.strip())
+                text.append(clean(sample.strip()))  # a record is data: no escape reaches the terminal
         self.query_one("#preview-text", Static).update(text)
 
     # -- launch, queue, save --------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from finetty.core.run import rundir
+from finetty.core.text import as_markup, as_text, clean, one_line
 
 from .confirm import ConfirmScreen
 from .format import duration, status_text
@@ -76,16 +77,14 @@ class RunsScreen(Screen):
         if run.started is not None:
             end = now if run.status in ("running", "starting") else (run.updated or run.started)
             elapsed = max(0.0, end - run.started)
-        eta = None
-        rate = run.extra.get("seconds_per_step")
-        if run.status == "running" and run.total and rate:
-            eta = max(0.0, (run.total - run.step) * rate)
+        eta = run.eta
         step = f"{run.step}/{run.total}" if run.total else str(run.step or "-")
         loss = f"{run.loss:.3f}" if run.loss is not None else "-"
-        row = [run.id, status_text(run.status, run.label)]
+        row = [as_text(run.id, one_line=True), status_text(run.status, one_line(run.label))]
         if wide:
-            row.append(run.model.rsplit("/", 1)[-1][:24])
-        row.append(run.method if wide else run.method[:8])
+            row.append(as_text(run.model.rsplit("/", 1)[-1][:24], one_line=True))
+        what = rundir.what_runs(run.method, run.extra.get("objective"))
+        row.append(as_text(what if wide else what[:12], one_line=True))
         return row + [step, loss, duration(elapsed), duration(eta)]
 
     def show(self, runs: list[rundir.RunSummary], queue) -> None:
@@ -130,19 +129,21 @@ class RunsScreen(Screen):
         title = Text(f"Queue: {len(entries)} waiting, each starts when nothing else trains  ", style="bold")
         title.append("[ ] reorder · x remove · X clear", style="dim")
         if queue.last_error:
-            title.append(f"\n{queue.last_error}", style="red")
+            title.append(f"\n{clean(queue.last_error)}", style="red")
         self.query_one("#queue-title", Static).update(title)
         table = self.query_one("#queue-table", DataTable)
         if not table.columns:
-            for name in ("#", "id", "method", "model", "dataset"):
+            for name in ("#", "id", "method/objective", "model", "dataset"):
                 table.add_column(name, key=name)
         current = None
         if table.row_count and table.cursor_row is not None and table.cursor_row < table.row_count:
             current = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
         table.clear()
         for number, entry in enumerate(entries, 1):
-            table.add_row(str(number), entry.id, entry.method, entry.model.rsplit("/", 1)[-1][:20],
-                          entry.dataset.rsplit("/", 1)[-1][:20], key=entry.id)
+            table.add_row(str(number), as_text(entry.id, one_line=True),
+                          as_text(rundir.what_runs(entry.method, entry.objective), one_line=True),
+                          as_text(entry.model.rsplit("/", 1)[-1][:20], one_line=True),
+                          as_text(entry.dataset.rsplit("/", 1)[-1][:20], one_line=True), key=entry.id)
         ids = [e.id for e in entries]
         if current in ids:
             table.move_cursor(row=ids.index(current))
@@ -164,15 +165,16 @@ class RunsScreen(Screen):
             detail.update("")
             return
         text = Text()
-        text.append(f"{run.model}", style="bold")
-        text.append(f" · {run.method} · {run.checkpoints} checkpoint(s)")
+        text.append(one_line(run.model), style="bold")
+        text.append(f" · {one_line(rundir.what_runs(run.method, run.extra.get('objective')))} · "
+                    f"{run.checkpoints} checkpoint(s)")
         if run.started:
             text.append(f" · started {time.strftime('%Y-%m-%d %H:%M', time.localtime(run.started))}", style="dim")
         if run.reason and run.status in ("failed", "lost", "stopped"):
-            text.append(f"\n{run.reason}", style="red" if run.status != "stopped" else "yellow")
+            text.append(f"\n{clean(run.reason)}", style="red" if run.status != "stopped" else "yellow")
         if run.status in ("failed", "lost"):
             for line in rundir.log_tail(run.path, 3):
-                text.append(f"\n  {line[:200]}", style="dim")
+                text.append(f"\n  {one_line(line)[:200]}", style="dim")
         detail.update(text)
 
     @on(DataTable.RowHighlighted, "#runs-table")
@@ -219,14 +221,15 @@ class RunsScreen(Screen):
         if run is None:
             return
         if run.status in ("running", "starting"):
-            self.notify(f"{run.id} is training: stop it first (s)", severity="warning")
+            self.notify(f"{as_markup(run.id, one_line=True)} is training: stop it first (s)", severity="warning")
             return
 
         def answer(yes: bool | None) -> None:
             if yes:
                 self._delete(run.path)
 
-        self.app.push_screen(ConfirmScreen(f"Delete run {run.id}?\nIts checkpoints and result go with it.",
+        self.app.push_screen(ConfirmScreen(f"Delete run {as_markup(run.id, one_line=True)}?\n"
+                                           f"Its checkpoints and result go with it.",
                                            yes="Delete"), answer)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="request")

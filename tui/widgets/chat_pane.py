@@ -11,6 +11,8 @@ from textual.containers import VerticalScroll
 from textual.widget import Widget
 from textual.widgets import Static
 
+from finetty.core.text import as_markup, clean
+
 
 class ChatMessage(Static):
     """One message; an assistant message being streamed grows with :meth:`append`."""
@@ -24,18 +26,18 @@ class ChatMessage(Static):
     """
 
     def __init__(self, role: str, text: str = "", streaming: bool = False):
-        super().__init__(text, markup=False, classes=f"-{role}" + (" -streaming" if streaming else ""))
+        super().__init__(clean(text), markup=False, classes=f"-{role}" + (" -streaming" if streaming else ""))
         self.role = role
         self.text = text
 
     def append(self, piece: str) -> None:
         self.text += piece
-        self.update(self.text)
+        self.update(clean(self.text))  # what the model wrote is data: no escape reaches the terminal
 
     def finish(self, suffix: str = "") -> None:
         if suffix:
             self.text += suffix
-        self.update(self.text or "(no answer)")
+        self.update(clean(self.text) or "(no answer)")
         self.remove_class("-streaming")
 
 
@@ -49,7 +51,7 @@ class ChatPane(Widget):
 
     def __init__(self, title: str, id: str | None = None):
         super().__init__(id=id)
-        self.border_title = title
+        self.border_title = as_markup(title, one_line=True)
 
     def compose(self) -> ComposeResult:
         yield VerticalScroll()
@@ -64,7 +66,7 @@ class ChatPane(Widget):
         return "\n".join(f"{m.role}: {m.text}" for m in self.messages)
 
     def set_title(self, title: str) -> None:
-        self.border_title = title
+        self.border_title = as_markup(title, one_line=True)
 
     def add(self, role: str, text: str = "", streaming: bool = False) -> ChatMessage:
         message = ChatMessage(role, text, streaming)
