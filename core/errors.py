@@ -28,6 +28,33 @@ class InputError(Exception):
         return text
 
 
+class InputErrors(InputError):
+    """Several problems found in one pass over the same input, each an :class:`InputError`.
+
+    A recipe is checked whole before it is refused, so a user fixes every
+    problem in one edit instead of meeting them one attempt at a time
+    (torchtune's ``ConfigError`` does the same). It is an ``InputError``, so
+    every caller that refuses bad input refuses it; its text is one line per
+    problem, each in the single-problem form.
+    """
+
+    def __init__(self, errors: list[InputError]):
+        self.errors = list(errors)
+        first = self.errors[0]
+        super().__init__(first.source, None, f"{len(self.errors)} problems", None)
+
+    def __str__(self) -> str:
+        return f"{len(self.errors)} problems:\n" + "\n".join(f"  {error}" for error in self.errors)
+
+
+def raise_all(errors: list[InputError]) -> None:
+    """Raise nothing, the one error, or an :class:`InputErrors` holding them all."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise InputErrors(errors)
+
+
 class RunBusyError(Exception):
     """A live worker already holds the run."""
 

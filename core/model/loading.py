@@ -106,6 +106,18 @@ def check_folder(path: Path) -> None:
                          "save the tokenizer into the model folder")
 
 
+def weight_shapes(path: Path) -> dict[str, list[int]]:
+    """``{tensor name: shape}`` of a model folder's safetensors, read from their headers (no weights loaded)."""
+    shapes: dict[str, list[int]] = {}
+    for weight in sorted(path.glob("*.safetensors")):
+        with open(weight, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        shapes.update({name: list(info.get("shape", [])) for name, info in header.items()
+                       if name != "__metadata__" and isinstance(info, dict)})
+    return shapes
+
+
 def read_config(path: Path) -> dict:
     return json.loads((path / "config.json").read_text(encoding="utf-8"))
 
