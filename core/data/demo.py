@@ -16,13 +16,24 @@ from pathlib import Path
 from finetty.core import paths
 
 NAME = "tiny-demo"
-VERSION = 1
+VERSION = 2  # 2: the chat template renders tools
 
-#: A ChatML-style template; ``{% generation %}`` marks the tokens that carry loss.
+#: A ChatML-style template; ``{% generation %}`` marks the tokens that carry loss. With ``tools`` it opens
+#: with a system block listing their schemas (merged with the conversation's own system prompt), renders
+#: an assistant's tool calls as ``<tool_call>{json}</tool_call>`` inside the trained span and tool results
+#: as ``tool`` turns; without tools it renders exactly what version 1 rendered.
 CHAT_TEMPLATE = (
+    "{% if tools %}{{ '<|im_start|>system\n' }}"
+    "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\n\n' }}{% endif %}"
+    "{{ '# Tools\n' }}{% for tool in tools %}{{ tool | tojson }}{{ '\n' }}{% endfor %}{{ '<|im_end|>\n' }}"
+    "{% endif %}"
     "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}"
-    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{% if tools and loop.first and message['role'] == 'system' %}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] }}"
+    "{% if message['tool_calls'] %}{% for call in message['tool_calls'] %}"
+    "{{ '<tool_call>' }}{{ call['function'] | tojson }}{{ '</tool_call>' }}"
+    "{% endfor %}{% endif %}{{ '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
     "{% else %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endif %}"
