@@ -591,7 +591,8 @@ def _read_entry(entry: DataEntry, fmt: str, formats: dict, accepts: tuple, objec
             original = next((c for c, f in rename.items() if f == column), column)
             if column in REFUSED_COLUMNS:
                 raise InputError(path, place, f"column {original!r} {REFUSED_COLUMNS[column]}, which the "
-                                 f"{data_format.name} format cannot train on (its markers would train as plain text)",
+                                 f"{data_format.name} format cannot train on: its <{column[:-1]}> markers would train "
+                                 "as plain text",
                                  f"use a data format plugin that reads {column}, or drop the column on purpose: "
                                  f"data_options: {{ignore_columns: [{original}]}}")
             if column in KTO_COLUMNS and data_format.kind in ("conversation", "preference"):
