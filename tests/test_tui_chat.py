@@ -1,5 +1,5 @@
-"""The TUI chat screen, driven with Pilot: answers stream from a thread worker, base and tuned side by side,
-stop, clear and switching checkpoints."""
+"""The TUI chat screen, driven with Pilot: answers stream from the model's child process, base and tuned side by
+side, stop, clear, switching checkpoints, and what is typed while the model loads."""
 
 from __future__ import annotations
 
@@ -120,6 +120,27 @@ async def _switching_checkpoint_reloads_the_tuned_model(identity_run):
         assert tuned.border_title == "tuned · step-000020"
         assert tuned.messages[-1].text == "switched to step-000020"
         assert not base.display
+
+
+def test_a_message_sent_while_the_model_loads_is_answered_when_it_is_ready(identity_run):
+    asyncio.run(_a_message_sent_while_the_model_loads_is_answered_when_it_is_ready(identity_run))
+
+
+async def _a_message_sent_while_the_model_loads_is_answered_when_it_is_ready(identity_run):
+    app = ChatApp(identity_run)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = app.screen
+        screen.query_one("#chat-temperature", Input).value = "0"
+        screen.query_one("#chat-max-new-tokens", Input).value = "24"
+        await ask(pilot, "Who are you?")
+        assert "tuned" in screen.loading_models, "the child process cannot have loaded the model yet"
+        assert screen.waiting and "1 message sent when ready" in str(screen.query_one("#chat-status").render())
+        assert screen.query_one("#chat-input", Input).value == "", "the message left the input: it is kept"
+        await settle(pilot, lambda: "tuned" in screen.models and not screen.generations and not screen.waiting)
+        _, tuned = panes(app)
+        assert [m.role for m in tuned.messages] == ["note", "user", "assistant"]
+        assert tuned.messages[0].text == "waiting for the model to load: Who are you?"
+        assert tuned.messages[2].text == IDENTITY[0][1], "answered by the tuned model once it was ready"
 
 
 def test_importing_the_chat_screen_imports_no_torch():

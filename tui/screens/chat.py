@@ -1,8 +1,10 @@
 """The chat screen: talk to a run's result, or to the base and the tuned model side by side.
 
 ``ChatScreen(run_dir, checkpoint=None)``. Models load and answers generate in
-thread workers (torch is imported there, never on the event loop); tokens
-arrive as messages and are appended to the answer being streamed. Keys:
+a child process (``finetty.tui.child``: the app never imports torch); thread
+workers read its replies and post them as messages, and tokens are appended to
+the answer being streamed. What is sent while a model loads (or answers)
+waits in a queue and goes as soon as the model is free. Keys:
 Enter sends, Escape stops the answer (or leaves the screen when nothing is
 generating), Ctrl+L clears the conversation, Ctrl+B toggles compare (the
 base answers the same prompt in a pane beside the tuned one), Ctrl+O picks
@@ -12,9 +14,8 @@ and a system prompt are set in the settings row.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -27,9 +28,19 @@ from textual.widgets import Checkbox, Footer, Input, Label, Select, Static
 from finetty.core.results import inference
 from finetty.core.text import as_text
 
+from ..child import Call, Child, ChildError
 from ..widgets.chat_pane import ChatMessage, ChatPane
 
 PANES = ("base", "tuned")
+
+
+@dataclass
+class LoadedModel:
+    """A model loaded in the child process: what the screen knows of it."""
+
+    label: str
+    model_id: str = ""
+    notes: list[str] = field(default_factory=list)
 
 
 class ChatScreen(Screen):
@@ -48,7 +59,7 @@ class ChatScreen(Screen):
         """A model finished loading (``which`` is ``base`` or ``tuned``)."""
 
         which: str
-        loaded: Any
+        loaded: LoadedModel
 
     @dataclass
     class LoadFailed(Message):
@@ -75,12 +86,15 @@ class ChatScreen(Screen):
         super().__init__()
         self.run_dir = Path(run_dir)
         self.checkpoint = checkpoint
-        self.models: dict[str, Any] = {}
+        self.models: dict[str, LoadedModel] = {}
         self.loading_models: set[str] = set()
         self.histories: dict[str, list[dict]] = {name: [] for name in PANES}
-        self.generations: dict[str, inference.Generation] = {}
+        self.generations: dict[str, Call] = {}
         self.streaming: dict[str, ChatMessage] = {}
+        self.waiting: list[tuple[str, inference.GenerationSettings]] = []
+        """messages sent while the model was loading or answering, sent in order when it is free"""
         self.compare = False
+        self.child = Child()
 
     # -- layout -----------------------------------------------------------------------------------
 
@@ -119,14 +133,15 @@ class ChatScreen(Screen):
         self._load("tuned", self.checkpoint)
 
     def on_unmount(self) -> None:
-        for generation in self.generations.values():  # nobody is left to read them
-            generation.stop()
+        self.child.close(timeout=1.0)  # it stops what it generates for nobody, and frees the models
 
     # -- state shown ------------------------------------------------------------------------------
 
     def _status(self) -> None:
         if self.loading_models:
             text = "loading " + " and ".join(sorted(self.loading_models)) + "..."
+            if self.waiting:
+                text += f" ({len(self.waiting)} message{'s' if len(self.waiting) > 1 else ''} sent when ready)"
         elif self.generations:
             text = "answering... (Escape stops)"
         elif "tuned" in self.models:
@@ -153,22 +168,20 @@ class ChatScreen(Screen):
 
     @work(thread=True, exclusive=True, group="chat-load-tuned", exit_on_error=False)
     def _load_tuned(self, checkpoint: str | None) -> None:
-        try:
-            loaded = inference.load(self.run_dir, checkpoint)
-        except Exception as exc:
-            self.post_message(self.LoadFailed("tuned", f"{type(exc).__name__}: {exc}"))
-            return
-        self.post_message(self.Loaded("tuned", loaded))
+        self._load_in_child("tuned", checkpoint)
 
     @work(thread=True, exclusive=True, group="chat-load-base", exit_on_error=False)
     def _load_base(self) -> None:
-        tuned = self.models.get("tuned")
+        self._load_in_child("base", None)
+
+    def _load_in_child(self, which: str, checkpoint: str | None) -> None:
         try:
-            loaded = inference.load_base(self.run_dir, tokenizer=tuned.tokenizer if tuned else None)
-        except Exception as exc:
-            self.post_message(self.LoadFailed("base", f"{type(exc).__name__}: {exc}"))
+            result = self.child.call("load", which=which, run_dir=str(self.run_dir), checkpoint=checkpoint).wait()
+        except ChildError as exc:
+            self.post_message(self.LoadFailed(which, str(exc)))
             return
-        self.post_message(self.Loaded("base", loaded))
+        self.post_message(self.Loaded(which, LoadedModel(result["label"], result.get("model_id", ""),
+                                                         list(result.get("notes") or []))))
 
     @on(Loaded)
     def _loaded(self, message: Loaded) -> None:
@@ -184,6 +197,7 @@ class ChatScreen(Screen):
             self.query_one("#chat-notes", Static).update(as_text("\n".join(loaded.notes)))
             self.query_one("#chat-notes").display = bool(loaded.notes)
         self._status()
+        self._send_waiting()
 
     @on(LoadFailed)
     def _load_failed(self, message: LoadFailed) -> None:
@@ -191,6 +205,11 @@ class ChatScreen(Screen):
         self.notify(message.reason, title=f"could not load the {message.which} model", severity="error")
         if message.which == "base":
             self._set_compare(False)
+            self._send_waiting()
+        elif self.waiting:
+            self._pane("tuned").add("note", f"not sent (the model did not load): "
+                                            f"{'; '.join(text for text, _ in self.waiting)}")
+            self.waiting.clear()
         self._status()
 
     # -- sending and streaming --------------------------------------------------------------------
@@ -228,15 +247,23 @@ class ChatScreen(Screen):
         text = event.value.strip()
         if not text:
             return
-        if self.loading_models or self.generations or "tuned" not in self.models:
-            self.notify("wait for the model" + (" to finish answering" if self.generations else " to load"),
-                        severity="warning")
-            return
         settings = self._settings()
         if settings is None:
             return
         event.input.value = ""
+        if self.loading_models or self.generations or "tuned" not in self.models:
+            self.waiting.append((text, settings))
+            self._pane("tuned").add("note", f"waiting for the model {'to answer' if self.generations else 'to load'}:"
+                                            f" {text}")
+            self._status()
+            return
         self.send(text, settings)
+
+    def _send_waiting(self) -> None:
+        """Send the oldest message typed while the model was busy, once every model it needs is free."""
+        if self.waiting and not self.loading_models and not self.generations and "tuned" in self.models:
+            text, settings = self.waiting.pop(0)
+            self.send(text, settings)
 
     def send(self, text: str, settings: inference.GenerationSettings | None = None) -> None:
         """Ask ``text`` of the tuned model (and of the base, when comparing); answers stream in."""
@@ -247,24 +274,29 @@ class ChatScreen(Screen):
             pane = self._pane(which)
             pane.add("user", text)
             self.streaming[which] = pane.add("assistant", streaming=True)
-            generation = inference.Generation(self.models[which], list(history), settings)
-            self.generations[which] = generation
-            self._generate(which, generation)
+            try:
+                call = self.child.call("generate", which=which, messages=list(history), settings=asdict(settings))
+            except ChildError as exc:
+                self.post_message(self.Finished(which, "", "error", str(exc)))
+                continue
+            self.generations[which] = call
+            self._generate(which, call)
         self._status()
 
-    def _generate(self, which: str, generation: inference.Generation) -> None:
-        self.run_worker(lambda: self._stream(which, generation), thread=True, group=f"chat-generate-{which}",
+    def _generate(self, which: str, call: Call) -> None:
+        self.run_worker(lambda: self._stream(which, call), thread=True, group=f"chat-generate-{which}",
                         exclusive=True, exit_on_error=False, name=f"generate {which}")
 
-    def _stream(self, which: str, generation: inference.Generation) -> None:
-        try:
-            for piece in generation:
-                self.post_message(self.Token(which, piece))
-        except Exception as exc:
-            self.post_message(self.Finished(which, generation.text, "error", f"{type(exc).__name__}: {exc}"))
-            return
-        reason = "stopped" if generation.stopped.is_set() else (generation.finish_reason or "stop")
-        self.post_message(self.Finished(which, generation.text, reason))
+    def _stream(self, which: str, call: Call) -> None:
+        text = ""
+        for reply in call:
+            if reply["type"] == "token":
+                text += reply["text"]
+                self.post_message(self.Token(which, reply["text"]))
+            elif reply["type"] == "done":
+                self.post_message(self.Finished(which, reply["result"]["text"], reply["result"]["reason"]))
+            elif reply["type"] == "error":
+                self.post_message(self.Finished(which, text, "error", reply["error"]))
 
     @on(Token)
     def _token(self, message: Token) -> None:
@@ -286,6 +318,7 @@ class ChatScreen(Screen):
         self._status()
         if not self.generations:
             self.query_one("#chat-input", Input).focus()
+            self._send_waiting()
 
     # -- actions ----------------------------------------------------------------------------------
 
@@ -298,6 +331,7 @@ class ChatScreen(Screen):
             self.dismiss()
 
     def action_clear(self) -> None:
+        self.waiting.clear()
         for generation in self.generations.values():
             generation.stop()
         for which in PANES:
