@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from finetty.core.plugin.api import (DATA_KINDS, DataFormat, Method, MethodContext, Objective, Option, Quantizer,
+from finetty.core.plugin.api import (DATA_KINDS, METHOD_KINDS, Architecture, DataFormat, DataKind, Linear, Method,
+                                     MethodContext, MethodKind, Objective, Option, Quantizer, Trainable,
                                      TrainerContext, hookimpl, peft_method)
 
 
@@ -51,6 +52,7 @@ def sft_trainer(ctx: TrainerContext, train_on: str = "assistant"):
 
 
 __all__ = [
-    "DATA_KINDS", "DataFormat", "Method", "MethodContext", "Objective", "Option", "Quantizer",
-    "TrainerContext", "hookimpl", "peft_method", "sft_trainer", "tokenize_conversation", "trainer_class",
+    "DATA_KINDS", "METHOD_KINDS", "Architecture", "DataFormat", "DataKind", "Linear", "Method", "MethodContext",
+    "MethodKind", "Objective", "Option", "Quantizer", "Trainable", "TrainerContext", "hookimpl", "peft_method",
+    "sft_trainer", "tokenize_conversation", "trainer_class",
 ]

@@ -103,7 +103,6 @@ def test_every_core_module_lives_in_a_room():
     assert not loose, loose
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: estimate, export, evaluate and the worker still name built-ins")
 def test_core_names_no_builtin_plugin():
     """Core learns what it needs from descriptors: no ``method == "full"``, no import of finetty.plugins."""
     wrong = []

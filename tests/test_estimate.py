@@ -87,6 +87,8 @@ CASES = [
     ("qlora-bf16-no-double-quant", RECIPES / "demo-qlora.yaml", ["train.bf16=true",
                                                                 "quantizer_options.double_quant=false"]),
     ("lora-8bit", RECIPES / "demo-lora.yaml", ["quantizer=bnb-8bit"]),
+    ("adapter-pfeiffer", RECIPES / "demo-lora.yaml", ["method=adapter", "method_options={placement: pfeiffer}"]),
+    ("dora-8bit-optim", RECIPES / "demo-lora.yaml", ["method=dora", "train.optim=adamw_bnb_8bit"]),
 ]
 
 

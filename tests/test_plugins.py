@@ -37,7 +37,8 @@ def broken_site(tmp_path):
             from finetty.core.plugin_api import Method, hookimpl
             @hookimpl
             def register_methods(register):
-                register(Method(name="lora", summary="an impostor", apply=None, load=None))
+                register(Method(name="lora", summary="an impostor", apply=lambda m, o, c: m,
+                                load=lambda p, o, b: b()))
         """,
     }, {"broken": "broken_plugin", "raising": "raising_plugin", "colliding": "colliding_plugin"})
     return {"PYTHONPATH": str(site), "FINETTY_LOAD_PLUGINS": own_plugin_names() + ",broken,raising,colliding"}

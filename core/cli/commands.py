@@ -249,14 +249,15 @@ def cmd_plugins(args) -> int:
     for plugin in registry.plugins:
         kinds = sorted({kind for kind, _ in plugin.provides}) or ["-"]
         names = ", ".join(name for _, name in plugin.provides) or "-"
-        status = "[green]ok[/]" if plugin.error is None else "[red]failed[/]"
+        status = {"ok": "[green]ok[/]", "partial": "[yellow]partial[/]"}.get(plugin.state, "[red]failed[/]")
         table.add_row(as_text(plugin.name, one_line=True), as_text(", ".join(kinds), one_line=True),
                       as_text(names, one_line=True), as_text(plugin.distribution, one_line=True),
                       as_text(plugin.version, one_line=True), status)
     console.print(table)
-    for plugin in registry.failed:
-        console.print(f"[red]{as_markup(plugin.name)}[/] ({as_markup(plugin.distribution)}): {as_markup(plugin.error)}",
-                      soft_wrap=True)
+    for plugin in registry.failed:  # (partial ones too: what they could not register, and why)
+        colour = "yellow" if plugin.state == "partial" else "red"
+        console.print(f"[{colour}]{as_markup(plugin.name)}[/] ({as_markup(plugin.distribution)}): "
+                      f"{as_markup(plugin.error)}", soft_wrap=True)
     if args.options:
         for kind, components in registry.components.items():
             for name, component in components.items():

@@ -203,10 +203,10 @@ def cmd_export(args) -> int:
     result = export.export(run_dir, out, checkpoint=args.checkpoint, merge=args.merge)
     for note in result.notes:
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
-    what = "merged model" if result.merged else ("whole model" if result.method == "full" else "adapter")
+    what = "merged model" if result.merged else ("whole model" if result.whole_model else "adapter")
     console.print(f"exported the {what} of run [bold]{run_dir.name}[/] ({result.label}) to {result.path}")
     console.print(f"  {', '.join(result.files)}")
-    if result.merged or result.method == "full":
+    if result.merged or result.whole_model:
         console.print(f"  load it with AutoModelForCausalLM.from_pretrained({str(result.path)!r})")
     else:
         console.print("  load it with peft.AutoPeftModelForCausalLM.from_pretrained(...) onto the base"

@@ -19,10 +19,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from finetty.core.plugin.architecture import Architecture, Linear, Trainable
 
 GIB = 2**30
 
@@ -41,92 +43,7 @@ BNB_MIN_8BIT_SIZE = 4096  # bitsandbytes keeps 32-bit state for tensors smaller 
 BNB_BLOCK = 256
 LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
-
-# -- the model's architecture ----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Linear:
-    name: str  # full module name, e.g. model.layers.3.self_attn.q_proj
-    inputs: int
-    outputs: int
-    bias: bool
-
-
-@dataclass
-class Architecture:
-    """What the estimate needs from a config.json."""
-
-    model_type: str
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    tied: bool
-    qkv_bias: bool = False
-    o_bias: bool = False
-    mlp_bias: bool = False
-    qk_norm: bool = False
-    fused: bool = False  # phi3: qkv_proj and gate_up_proj
-    known_layout: bool = True
-
-    @classmethod
-    def from_config(cls, config: dict) -> "Architecture":
-        text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
-        model_type = str(config.get("model_type", "unknown"))
-        hidden = int(text["hidden_size"])
-        heads = int(text["num_attention_heads"])
-        head_dim = text.get("head_dim") or hidden // heads
-        attention_bias = bool(text.get("attention_bias", False))
-        return cls(
-            model_type=model_type, hidden=hidden, intermediate=int(text.get("intermediate_size") or 4 * hidden),
-            layers=int(text["num_hidden_layers"]), heads=heads,
-            kv_heads=int(text.get("num_key_value_heads") or heads), head_dim=int(head_dim),
-            vocab=int(text["vocab_size"]), tied=bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
-            qkv_bias=attention_bias or model_type == "qwen2", o_bias=attention_bias,
-            mlp_bias=bool(text.get("mlp_bias", False)), qk_norm=model_type in ("qwen3", "olmo2"),
-            fused=model_type == "phi3",
-            known_layout=model_type in ("llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "olmo2"),
-        )
-
-    def linears(self) -> list[Linear]:
-        """Every linear layer of the decoder (lm_head excluded), named as transformers names them."""
-        h, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
-        found = []
-        for n in range(self.layers):
-            attn, mlp = f"model.layers.{n}.self_attn", f"model.layers.{n}.mlp"
-            if self.fused:
-                found += [Linear(f"{attn}.qkv_proj", h, q + 2 * kv, self.qkv_bias),
-                          Linear(f"{attn}.o_proj", q, h, self.o_bias),
-                          Linear(f"{mlp}.gate_up_proj", h, 2 * i, self.mlp_bias),
-                          Linear(f"{mlp}.down_proj", i, h, self.mlp_bias)]
-            else:
-                found += [Linear(f"{attn}.q_proj", h, q, self.qkv_bias), Linear(f"{attn}.k_proj", h, kv, self.qkv_bias),
-                          Linear(f"{attn}.v_proj", h, kv, self.qkv_bias), Linear(f"{attn}.o_proj", q, h, self.o_bias),
-                          Linear(f"{mlp}.gate_proj", h, i, self.mlp_bias), Linear(f"{mlp}.up_proj", h, i, self.mlp_bias),
-                          Linear(f"{mlp}.down_proj", i, h, self.mlp_bias)]
-        return found
-
-    def other_parameters(self) -> dict[str, int]:
-        """Element counts of what is not a decoder linear: embeddings, head, norms."""
-        norms = self.layers * 2 * self.hidden + self.hidden
-        if self.qk_norm:
-            norms += self.layers * 2 * self.head_dim
-        parts = {"model.embed_tokens": self.vocab * self.hidden, "norms": norms}
-        if not self.tied:
-            parts["lm_head"] = self.vocab * self.hidden
-        return parts
-
-    @property
-    def rotary_buffer_bytes(self) -> int:
-        return 2 * (self.head_dim // 2) * 4  # inv_freq and original_inv_freq, float32
-
-    @property
-    def parameters(self) -> int:
-        return sum(l.inputs * l.outputs + (l.outputs if l.bias else 0) for l in self.linears()) + \
-            sum(self.other_parameters().values())
+__all__ = ["Architecture", "Estimate", "Linear", "Spec", "compute", "estimate", "find_config", "gib"]
 
 
 # -- finding the config ------------------------------------------------------------------------------
@@ -339,94 +256,20 @@ def _spec(recipe) -> Spec:
                 processes=processes, sharding=sharding)
 
 
-def _quantized(arch: Architecture, spec: Spec) -> set[str]:
-    """Names of the linears bitsandbytes replaces (every decoder linear unless skipped; never lm_head)."""
-    if spec.quantizer == "none":
-        return set()
-    skip = spec.quantizer_options.get("skip_modules") or []
-    return {l.name for l in arch.linears() if not any(l.name == s or l.name.endswith("." + s) for s in skip)}
+def _registry(registry: Any = None) -> Any:
+    from finetty.core.plugin.registry import load_plugins
+
+    return registry if registry is not None else load_plugins()
 
 
-def _four_bit_bytes(numel: int, nested: bool) -> tuple[int, int]:
-    """(packed weight bytes, quantization-constant bytes) of one bitsandbytes 4-bit weight (blocks of 64)."""
-    blocks = -(-numel // 64)
-    if nested:  # absmax in 8 bits, its own absmax per 256 blocks, the 8-bit code, the 4-bit code, an offset
-        constants = blocks + 4 * -(-blocks // 256) + 256 * 4 + 16 * 4 + 4
-    else:
-        constants = 4 * blocks + 16 * 4
-    return -(-numel // 2), constants
-
-
-def _lora_targets(arch: Architecture, options: dict) -> list[Linear]:
-    """The modules PEFT adapts for ``target_modules`` (same rules: 'all-linear', a regex, or name suffixes)."""
-    targets = options.get("target_modules", "all-linear")
-    candidates = arch.linears() + [Linear("lm_head", arch.hidden, arch.vocab, False)]
-    if targets == "all-linear":
-        return arch.linears()
-    if isinstance(targets, str):
-        return [l for l in candidates if re.fullmatch(targets, l.name)]
-    wanted = [str(t) for t in targets or []]
-    return [l for l in candidates if l.name in wanted or any(l.name.endswith("." + t) for t in wanted)]
-
-
-def _trainable(arch: Architecture, spec: Spec, base_bytes: int) -> tuple[list[tuple[int, int]], bool, list[str]]:
-    """Trainable tensors as (elements, bytes per element); whether the count is exact; notes."""
-    notes: list[str] = []
-    method = spec.method
-    opts = spec.method_options
-    adapter = 4  # PEFT keeps adapter weights in float32 (autocast_adapter_dtype) on any base dtype
-    if method == "full":
-        tensors = [(l.inputs * l.outputs, base_bytes) for l in arch.linears()]
-        tensors += [(l.outputs, base_bytes) for l in arch.linears() if l.bias]
-        tensors += [(arch.vocab * arch.hidden, base_bytes)] * (1 if arch.tied else 2)
-        norm_tensors = arch.layers * 2 + 1 + (arch.layers * 2 if arch.qk_norm else 0)
-        tensors += [(arch.hidden, base_bytes)] * (arch.layers * 2 + 1)
-        if arch.qk_norm:
-            tensors += [(arch.head_dim, base_bytes)] * (arch.layers * 2)
-        assert norm_tensors >= 0
-        return tensors, arch.known_layout, notes
-    if method in ("lora", "qlora", "dora"):
-        r = int(opts.get("r", 8))
-        targets = _lora_targets(arch, opts)
-        tensors = []
-        for l in targets:
-            tensors += [(r * l.inputs, adapter), (l.outputs * r, adapter)]
-            if method == "dora":
-                tensors.append((l.outputs, adapter))
-        bias = opts.get("bias", "none")
-        biased = arch.linears() if bias == "all" else targets if bias == "lora_only" else []
-        tensors += [(l.outputs, base_bytes) for l in biased if l.bias]
-        for name in opts.get("modules_to_save") or []:
-            if name in ("lm_head", "embed_tokens"):
-                tensors.append((arch.vocab * arch.hidden, base_bytes))
-            else:
-                notes.append(f"modules_to_save {name!r} is not modelled")
-        if not targets:
-            notes.append("target_modules matches no module of this model")
-        return tensors, arch.known_layout, notes
-    # adapter methods whose shapes finetty models only roughly
-    h, L = arch.hidden, arch.layers
-    if method == "ia3":
-        kv = arch.kv_heads * arch.head_dim
-        tensors = [(kv, 4), (kv, 4), (arch.intermediate, 4)] * L
-    elif method == "prefix":
-        tokens = int(opts.get("num_virtual_tokens", 20))
-        tensors = [(tokens * L * 2 * arch.kv_heads * arch.head_dim, 4)]
-        if opts.get("prefix_projection"):
-            width = int(opts.get("encoder_hidden_size") or h)
-            tensors += [(tokens * h, 4), (h * width + width, 4), (width * L * 2 * h + L * 2 * h, 4)]
-    elif method == "prompt":
-        tensors = [(int(opts.get("num_virtual_tokens", 20)) * h, 4)]
-    elif method == "adapter":
-        width = max(1, h // int(opts.get("reduction_factor", 16)))
-        per = 2 * h * width + width + h
-        tensors = [(per, 4)] * (L * (2 if opts.get("placement", "houlsby") == "houlsby" else 1))
-    else:
-        notes.append(f"method {method!r} is a plugin finetty's estimate does not model: its trainable parameters "
-                     "(and their gradients and optimizer state) are left out")
-        return [], False, notes
-    notes.append(f"{method}: trainable parameters approximated from the method's usual shapes")
-    return tensors, False, notes
+def _trainable(arch: Architecture, spec: Spec, registry: Any) -> Trainable:
+    """What the method trains, as its descriptor describes it (``Method.trainable``)."""
+    method = registry.methods.get(spec.method)
+    if method is None or method.trainable is None:
+        return Trainable((), notes=(f"method {spec.method!r} does not describe what it trains "
+                                    "(Method.trainable): its trainable parameters (and their gradients and "
+                                    "optimizer state) are left out",))
+    return method.trainable(arch, spec.method_options)
 
 
 def _optimizer_bytes(tensors: list[tuple[int, int]], optim: str) -> int:
@@ -447,10 +290,11 @@ def _optimizer_bytes(tensors: list[tuple[int, int]], optim: str) -> int:
     return sum(states * numel * size + 4 for numel, size in tensors)
 
 
-def _activations(arch: Architecture, spec: Spec, trainable: list) -> dict[str, int]:
+def _activations(arch: Architecture, spec: Spec, trainable: Trainable, registry: Any) -> dict[str, int]:
     """Bytes held for the backward pass at the peak (see docs/memory.md for the model and its source)."""
     p = DTYPE_BYTES[spec.dtype]
-    rows = spec.micro_batch * (2 if spec.objective == "dpo" else 1)
+    objective = registry.objectives.get(spec.objective)
+    rows = spec.micro_batch * (objective.sequences_per_example if objective is not None else 1)
     tokens = rows * spec.max_length
     h, kv, i = arch.hidden, arch.kv_heads * arch.head_dim, arch.intermediate
     q = arch.heads * arch.head_dim
@@ -458,14 +302,7 @@ def _activations(arch: Architecture, spec: Spec, trainable: list) -> dict[str, i
     # q/k/v into attention (q + 2 kv), attention output (q), SwiGLU: gate and up outputs (i each),
     # SiLU output (i), the product into down_proj (i)
     per_layer = p * (2 * h + 2 * h + q + 2 * kv + q + 4 * i)
-    extra = 0
-    if spec.method in ("lora", "qlora", "dora"):
-        r = int(spec.method_options.get("r", 8))
-        targets = [l for l in _lora_targets(arch, spec.method_options) if l.name.startswith("model.layers.0.")]
-        extra = sum(4 * r for _ in targets)  # the float32 low-rank intermediate of each adapted module
-        if float(spec.method_options.get("lora_dropout", 0) or 0) > 0:
-            extra += sum((4 + 1) * l.inputs for l in targets)  # dropped copy of the input, plus its mask
-    per_layer += extra
+    per_layer += trainable.activation_bytes
     # the head: logits in the compute dtype, their float32 copy for the loss and log-softmax's output
     logits = (p + 8) * tokens * arch.vocab
     if spec.gradient_checkpointing:
@@ -477,39 +314,48 @@ def _activations(arch: Architecture, spec: Spec, trainable: list) -> dict[str, i
     return {"layers": per_layer * arch.layers * tokens, "logits": logits}
 
 
-def compute(arch: Architecture, spec: Spec) -> dict:
-    """The byte counts of every part, for one process."""
+def compute(arch: Architecture, spec: Spec, registry: Any = None) -> dict:
+    """The byte counts of every part, for one process; the method and quantizer describe their own share."""
+    registry = _registry(registry)
     base = DTYPE_BYTES[spec.dtype]
-    quantized = _quantized(arch, spec)
+    notes: list[str] = []
+    quantizer = registry.quantizers.get(spec.quantizer) if spec.quantizer != "none" else None
+    stored: dict[str, dict[str, int]] = {}
+    if quantizer is not None and quantizer.stored is None:
+        notes.append(f"quantizer {spec.quantizer!r} does not describe its storage (Quantizer.stored): its layers "
+                     f"are counted in {spec.dtype}")
+    elif quantizer is not None:
+        for l in arch.linears():
+            found = quantizer.stored(l, spec.quantizer_options)
+            if found is not None:
+                stored[l.name] = found
     detail: dict[str, int] = {}
-    # prepare_model_for_kbit_training upcasts every 16-bit parameter of a quantized base to float32
-    plain = 4 if quantized else base
-    plain_name = "float32" if quantized else spec.dtype
-    nested = bool(spec.quantizer_options.get("double_quant", True))
+    # e.g. prepare_model_for_kbit_training upcasts every 16-bit parameter of a quantized base to float32
+    upcast = bool(stored) and quantizer is not None and quantizer.float32_rest
+    plain = 4 if upcast else base
+    plain_name = "float32" if upcast else spec.dtype
 
     def add(key: str, amount: int) -> None:
         detail[key] = detail.get(key, 0) + amount
 
     for l in arch.linears():
-        numel = l.inputs * l.outputs
-        if l.name in quantized and spec.quantizer == "bnb-4bit":
-            packed, constants = _four_bit_bytes(numel, nested)
-            add(f"4-bit {spec.quantizer_options.get('quant_type', 'nf4')}", packed)
-            add("quantization constants", constants)
-        elif l.name in quantized:  # bnb-8bit: int8 weights and a float32 scale per output row
-            add("int8", numel)
-            add("quantization constants", 4 * l.outputs)
+        if l.name in stored:
+            for key, amount in stored[l.name].items():
+                add(key, amount)
         else:
-            add(plain_name, numel * plain)
+            add(plain_name, l.inputs * l.outputs * plain)
         if l.bias:
             add(plain_name, l.outputs * plain)
     for numel in arch.other_parameters().values():
         add(plain_name, numel * plain)
     add("buffers", arch.rotary_buffer_bytes)
-    tensors, exact, notes = _trainable(arch, spec, base)
+    described = _trainable(arch, spec, registry)
+    notes += described.notes
+    tensors = [(n, 4 if dtype == "float32" else base) for n, dtype in described.tensors]
     trainable_bytes = sum(n * s for n, s in tensors)
-    trainable = sum(n for n, _ in tensors)
-    if spec.method != "full" and trainable_bytes:
+    method = registry.methods.get(spec.method)
+    if not (method is not None and method.whole_model) and trainable_bytes:
+        # added weights; a whole-model method trains the base's own, already counted
         add("adapters (float32)" if all(s == 4 for _, s in tensors) else "adapters", trainable_bytes)
     weights = sum(detail.values())
     gradients = trainable_bytes
@@ -519,12 +365,12 @@ def compute(arch: Architecture, spec: Spec) -> dict:
     if spec.sharding in ("all", "grads+optimizer"):
         gradients //= spec.processes
         optimizer //= spec.processes
-    activations = _activations(arch, spec, tensors)
+    activations = _activations(arch, spec, described, registry)
     act = sum(activations.values())
     margin = CONTEXT_BYTES + int(MARGIN_FRACTION * (weights + gradients + optimizer + act))
     return dict(weights=weights, weights_detail=detail, gradients=gradients, optimizer=optimizer,
-                activations=act, activations_detail=activations, margin=margin, trainable=trainable,
-                exact=exact, notes=notes,
+                activations=act, activations_detail=activations, margin=margin, trainable=described.parameters,
+                exact=described.exact, notes=notes,
                 total=weights + gradients + optimizer + act + margin)
 
 
@@ -558,26 +404,51 @@ def _verdicts(total: int, gpus: list, watermark: float, processes: int) -> list[
                        fits=total <= g.total, under_watermark=total <= watermark * g.total) for g in used]
 
 
-def _variants(spec: Spec) -> list[tuple[str, str, Spec]]:
+def _defaults(component: Any) -> dict:
+    return {o.name: o.default for o in component.options}
+
+
+def _lighter_storage(arch: Architecture, spec: Spec, registry: Any) -> tuple[str, str, Spec] | None:
+    """On a plain base, the change that stores it in the fewest bytes, read from the descriptors: for a method
+    that trains the base's own weights, a method offered with a quantizer (``implies_quantizer``, as qlora is);
+    for any other, the quantizer that supports the method's kind and stores the least."""
+    method = registry.methods.get(spec.method)
+    if spec.quantizer != "none" or method is None:
+        return None
+    options: list[tuple[str, str, Spec]] = []
+    if method.whole_model:
+        for other in registry.methods.values():
+            quantizer = registry.quantizers.get(other.implies_quantizer or "")
+            if quantizer is not None and other.trainable is not None and quantizer.stored is not None:
+                options.append((f"--set method={other.name}",
+                                f"train {other.name} on a {quantizer.name} base instead of every weight",
+                                dataclasses.replace(spec, method=other.name, method_options=_defaults(other),
+                                                    quantizer=quantizer.name,
+                                                    quantizer_options=_defaults(quantizer))))
+    else:
+        for quantizer in registry.quantizers.values():
+            if method.kind in quantizer.supports and quantizer.stored is not None:
+                options.append((f"--set quantizer={quantizer.name}", f"store the base as {quantizer.summary}",
+                                dataclasses.replace(spec, quantizer=quantizer.name,
+                                                    quantizer_options=_defaults(quantizer))))
+    if not options:
+        return None
+    return min(options, key=lambda o: compute(arch, o[2], registry)["total"])
+
+
+def _variants(arch: Architecture, spec: Spec, registry: Any) -> list[tuple[str, str, Spec]]:
     """Single changes that lower memory: (--set text, why, changed spec)."""
     found = []
     if not spec.gradient_checkpointing:
         found.append(("--set train.gradient_checkpointing=true", "recompute activations in the backward pass "
                       "(about a third slower)", dataclasses.replace(spec, gradient_checkpointing=True)))
-    if spec.method in ("lora", "dora") and spec.quantizer == "none":
-        found.append(("--set quantizer=bnb-4bit" if spec.method == "dora" else "--set method=qlora",
-                      "store the base in 4 bits (QLoRA)",
-                      dataclasses.replace(spec, method="qlora" if spec.method == "lora" else spec.method,
-                                          quantizer="bnb-4bit", quantizer_options={"double_quant": True})))
-    if spec.method == "full":
-        opts = {"r": 16, "target_modules": "all-linear"}
-        found.append(("--set method=qlora --set method_options.r=16", "train LoRA adapters on a 4-bit base "
-                      "instead of every weight", dataclasses.replace(spec, method="qlora", method_options=opts,
-                                                                     quantizer="bnb-4bit",
-                                                                     quantizer_options={"double_quant": True})))
-        if "8bit" not in spec.optim:
-            found.append(("--set train.optim=paged_adamw_8bit", "keep the optimizer's moments in 8 bits",
-                          dataclasses.replace(spec, optim="paged_adamw_8bit")))
+    lighter = _lighter_storage(arch, spec, registry)
+    if lighter is not None:
+        found.append(lighter)
+    method = registry.methods.get(spec.method)
+    if method is not None and method.whole_model and "8bit" not in spec.optim:
+        found.append(("--set train.optim=paged_adamw_8bit", "keep the optimizer's moments in 8 bits",
+                      dataclasses.replace(spec, optim="paged_adamw_8bit")))
     micro = spec.micro_batch
     while micro > 1:
         smaller = _smaller_batch(micro)
@@ -600,13 +471,13 @@ def _smaller_batch(micro: int) -> int:
     return max(d for d in range(1, micro // 2 + 1) if micro % d == 0)
 
 
-def _suggest(arch: Architecture, spec: Spec, gpus: list, watermark: float) -> list[Suggestion]:
+def _suggest(arch: Architecture, spec: Spec, gpus: list, watermark: float, registry: Any) -> list[Suggestion]:
     limit = watermark * min(g.total for g in gpus) if gpus else None
     made = []
     seen_kinds = set()
-    for change, why, variant in _variants(spec):
+    for change, why, variant in _variants(arch, spec, registry):
         kind = change.split("=")[0]
-        total = compute(arch, variant)["total"]
+        total = compute(arch, variant, registry)["total"]
         fits = None if limit is None else total <= limit
         if kind in seen_kinds:
             continue  # the first (mildest) change of each kind that fits, else the strongest
@@ -619,30 +490,34 @@ def _suggest(arch: Architecture, spec: Spec, gpus: list, watermark: float) -> li
                                         accumulation=spec.accumulation * spec.micro_batch)
         changes = ["--set train.gradient_checkpointing=true", "--set train.per_device_train_batch_size=1",
                    f"--set train.gradient_accumulation_steps={spec.accumulation * spec.micro_batch}"]
-        if spec.quantizer == "none" and spec.method in ("lora", "full"):
-            strongest = dataclasses.replace(strongest, method="qlora", quantizer="bnb-4bit",
-                                            quantizer_options={"double_quant": True},
-                                            method_options=spec.method_options if spec.method == "lora"
-                                            else {"r": 16, "target_modules": "all-linear"})
-            changes.insert(0, "--set method=qlora")
-        total = compute(arch, strongest)["total"]
+        lighter = _lighter_storage(arch, spec, registry)
+        if lighter is not None:
+            change, _, variant = lighter
+            strongest = dataclasses.replace(strongest, method=variant.method, method_options=variant.method_options,
+                                            quantizer=variant.quantizer,
+                                            quantizer_options=variant.quantizer_options)
+            changes.insert(0, change)
+        total = compute(arch, strongest, registry)["total"]
         made.append(Suggestion(" ".join(changes), "all of these together", total, total <= limit))
     made.sort(key=lambda s: (not s.fits, -s.total if s.fits else s.total))
     return made
 
 
 def estimate(recipe, gpus: list | None = None, base_dir: Path | None = None,
-             host_available: int | None = None) -> Estimate:
+             host_available: int | None = None, registry: Any = None) -> Estimate:
     """Predict ``recipe``'s peak memory per GPU; ``gpus`` (readings with index, name, total) default to the visible ones.
 
     With no GPU the run trains on the CPU: the verdict is then about host memory,
     against ``host_available`` bytes (default: what the host has available now).
-    Light: no torch, no weights; reads config.json only.
+    Light: no torch, no weights; reads config.json only. ``registry``: the
+    plugins whose descriptors describe the method and quantizer (default: the
+    loaded ones).
     """
+    registry = _registry(registry)
     config, source = find_config(recipe.model, base_dir)
     arch = Architecture.from_config(config)
     spec = _spec(recipe)
-    parts = compute(arch, spec)
+    parts = compute(arch, spec, registry)
     monitor = getattr(recipe, "monitor", None) or {}
     watermark = float(monitor.get("watermark", 0.9))
     gpus = visible_gpus() if gpus is None else list(gpus)
@@ -666,5 +541,5 @@ def estimate(recipe, gpus: list | None = None, base_dir: Path | None = None,
     if not gpus:
         result.host_available = _host_available() if host_available is None else host_available
     if not result.fits:
-        result.suggestions = _suggest(arch, spec, result.gpus and gpus, watermark)
+        result.suggestions = _suggest(arch, spec, result.gpus and gpus, watermark, registry)
     return result

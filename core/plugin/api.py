@@ -23,18 +23,27 @@ Built-ins live in ``plugins/`` and use exactly this module, nothing else of core
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal, Protocol
 
 import pluggy
 
+from finetty.core.plugin.architecture import Architecture, Linear, Trainable
 from finetty.core.plugin.options import Option
 
 hookimpl = pluggy.HookimplMarker("finetty")
 
 #: The kinds of data a format produces and an objective consumes.
 DATA_KINDS = ("conversation", "preference", "text", "kto")
+DataKind = Literal["conversation", "preference", "text", "kto"]
+
+#: What a method trains, which decides what it can train on and what its result is:
+#: ``whole``: the base's own weights (the result is a whole model; a quantized base cannot be trained);
+#: ``peft``: a PEFT adapter on a frozen base; ``modules``: modules of its own added to a frozen base.
+METHOD_KINDS = ("whole", "peft", "modules")
+MethodKind = Literal["whole", "peft", "modules"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,22 @@ class MethodContext:
     """the base model's folder (e.g. for a tokenizer a method initialises from)"""
 
 
+class ApplyFn(Protocol):
+    def __call__(self, model: Any, options: dict[str, Any], ctx: MethodContext, /) -> Any: ...
+
+
+class LoadFn(Protocol):
+    def __call__(self, path: Path, options: dict[str, Any], load_base: Callable[[], Any], /) -> Any: ...
+
+
+class SaveFn(Protocol):
+    def __call__(self, model: Any, folder: Path, /) -> None: ...
+
+
+class TrainableFn(Protocol):
+    def __call__(self, arch: Architecture, options: dict[str, Any], /) -> Trainable: ...
+
+
 @dataclass(frozen=True)
 class Method:
     """What is trained.
@@ -57,10 +82,20 @@ class Method:
     writes the result in a format loadable without finetty (default:
     ``model.save_pretrained``). ``load(path, options, load_base)`` rebuilds a
     model for inference from a saved directory; ``load_base()`` loads the base.
-    ``quantizers`` lists the quantizers it accepts (``"none"`` always means a
-    plain base); ``implies_quantizer`` is set for names like ``qlora``.
-    ``freezes_base`` is true when only added weights train, so the base with
-    the method disabled can serve as a reference model.
+
+    ``kind`` (one of :data:`METHOD_KINDS`) says what trains: a quantizer lists
+    the kinds it supports, so a method never names quantizers. Left out, it is
+    ``whole`` when ``freezes_base`` is false, else ``modules``.
+    ``implies_quantizer`` is set for names like ``qlora``. ``freezes_base`` is
+    true when only added weights train, so the base with the method disabled
+    can serve as a reference model.
+
+    ``runtime_libraries`` names the heavy libraries (import names) the worker
+    needs for this method, so it can hide the others (``()``: none beyond
+    torch and transformers; None: unknown, nothing is hidden).
+    ``trainable(arch, options)`` describes what the method trains for the
+    memory estimate (see :class:`Trainable`); without it the estimate says the
+    method is not modelled.
 
     Optional, for methods whose saved weights the stock ``Trainer`` cannot
     read back: ``restore(model, dir)`` loads what ``save`` wrote into the live
@@ -71,31 +106,96 @@ class Method:
 
     name: str
     summary: str
-    apply: Callable[[Any, dict, MethodContext], Any]
-    load: Callable[[Path, dict, Callable[[], Any]], Any]
+    apply: ApplyFn
+    load: LoadFn
     options: tuple[Option, ...] = ()
-    save: Callable[[Any, Path], None] | None = None
-    quantizers: tuple[str, ...] = ("none",)
+    save: SaveFn | None = None
     implies_quantizer: str | None = None
     freezes_base: bool = True
     mergeable: bool = False
-    restore: Callable[[Any, Path], None] | None = None
-    disabled: Callable[[Any], Any] | None = None
+    restore: SaveFn | None = None
+    disabled: Callable[[Any], AbstractContextManager[Any]] | None = None
+    kind: MethodKind | None = None
+    runtime_libraries: tuple[str, ...] | None = None
+    trainable: TrainableFn | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind is None:
+            object.__setattr__(self, "kind", "modules" if self.freezes_base else "whole")
+        elif self.kind not in METHOD_KINDS:
+            raise ValueError(f"method {self.name!r}: kind {self.kind!r} is not one of {METHOD_KINDS}")
+
+    @property
+    def whole_model(self) -> bool:
+        """True when the result is a whole model (nothing to merge; it loads without the base)."""
+        return self.kind == "whole"
+
+    def trainable_parameters(self, arch: Architecture, options: dict[str, Any]) -> int | None:
+        """How many parameters the method trains on ``arch``; None when it does not say."""
+        return None if self.trainable is None else self.trainable(arch, options).parameters
+
+
+class QuantizationConfigFn(Protocol):
+    def __call__(self, options: dict[str, Any], compute_dtype: str, /) -> Any: ...
+
+
+class QuantizeFn(Protocol):
+    def __call__(self, model: Any, options: dict[str, Any], compute_dtype: str, /) -> Any: ...
+
+
+class PrepareFn(Protocol):
+    def __call__(self, model: Any, gradient_checkpointing: bool, /) -> Any: ...
+
+
+class DequantizeFn(Protocol):
+    def __call__(self, model: Any, compute_dtype: str, /) -> Any: ...
+
+
+class StoredFn(Protocol):
+    def __call__(self, linear: Linear, options: dict[str, Any], /) -> dict[str, int] | None: ...
 
 
 @dataclass(frozen=True)
 class Quantizer:
     """How the base model's weights are stored.
 
+    The base is quantized in one of two ways (at least one must be given):
     ``config(options, compute_dtype)`` returns a transformers quantization
-    config (e.g. ``BitsAndBytesConfig``) or None; ``compute_dtype`` is the
+    config (e.g. ``BitsAndBytesConfig``) that ``from_pretrained`` applies, and
+    ``quantize(model, options, compute_dtype)`` transforms the loaded model
+    (for storage transformers does not know). ``compute_dtype`` is the
     recipe's (``float32``, ``bfloat16`` or ``float16``).
+
+    ``supports`` lists the method kinds (:data:`METHOD_KINDS`) that can train
+    on this base. ``prepare(model, gradient_checkpointing)`` readies the stored
+    base before the method wraps it (bitsandbytes: PEFT's
+    ``prepare_model_for_kbit_training``). ``dequantize(model, compute_dtype)``
+    turns the stored base back into plain weights, so ``finetty export
+    --merge`` can fold an adapter into it; without it merging is refused.
+
+    For the memory estimate: ``stored(linear, options)`` returns the bytes one
+    decoder linear's weight takes, by label (``{"int8": ..., "quantization
+    constants": ...}``), or None when that layer stays unquantized;
+    ``float32_rest`` says that ``prepare`` leaves every other parameter in
+    float32. ``runtime_libraries`` as for :class:`Method`.
     """
 
     name: str
     summary: str
-    config: Callable[[dict, str], Any]
+    config: QuantizationConfigFn | None = None
     options: tuple[Option, ...] = ()
+    supports: tuple[MethodKind, ...] = ("peft",)
+    quantize: QuantizeFn | None = None
+    prepare: PrepareFn | None = None
+    dequantize: DequantizeFn | None = None
+    stored: StoredFn | None = None
+    float32_rest: bool = False
+    runtime_libraries: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        wrong = [k for k in self.supports if k not in METHOD_KINDS]
+        if wrong:
+            raise ValueError(f"quantizer {self.name!r}: supports {wrong} are not method kinds {METHOD_KINDS}")
 
 
 @dataclass(frozen=True)
@@ -111,11 +211,11 @@ class TrainerContext:
 
     model: Any
     tokenizer: Any
-    train_records: list
-    eval_records: list | None
+    train_records: list[Any]
+    eval_records: list[Any] | None
     args: Any
-    callbacks: list
-    options: dict
+    callbacks: list[Any]
+    options: dict[str, Any]
     method: Method
     max_length: int
     truncation: str
@@ -125,13 +225,27 @@ class TrainerContext:
 
 @dataclass(frozen=True)
 class Objective:
-    """What loss is trained: builds a ``transformers.Trainer`` (or subclass)."""
+    """What loss is trained: ``build_trainer(ctx)`` builds a ``transformers.Trainer`` (or subclass).
+
+    ``accepts`` lists the data kinds it trains on; ``runtime_libraries`` as for
+    :class:`Method` (None: unknown, the worker hides nothing);
+    ``sequences_per_example`` is how many sequences one example puts through
+    the model in a step (2 for a chosen and a rejected answer), for the memory
+    estimate's activations.
+    """
 
     name: str
     summary: str
-    accepts: tuple[str, ...]
+    accepts: tuple[DataKind, ...]
     build_trainer: Callable[[TrainerContext], Any]
     options: tuple[Option, ...] = ()
+    runtime_libraries: tuple[str, ...] | None = None
+    sequences_per_example: int = 1
+
+    def __post_init__(self) -> None:
+        wrong = [k for k in self.accepts if k not in DATA_KINDS]
+        if wrong:
+            raise ValueError(f"objective {self.name!r}: accepts {wrong}, which are not data kinds {DATA_KINDS}")
 
 
 @dataclass(frozen=True)
@@ -148,9 +262,9 @@ class DataFormat:
 
     name: str
     summary: str
-    kind: str
-    detect: Callable[[dict], bool]
-    convert: Callable[[dict], Any]
+    kind: DataKind
+    detect: Callable[[dict[str, Any]], bool]
+    convert: Callable[[dict[str, Any]], Any]
     fields: str = ""
 
     def __post_init__(self) -> None:
@@ -158,40 +272,43 @@ class DataFormat:
             raise ValueError(f"data format {self.name!r}: kind {self.kind!r} is not one of {DATA_KINDS}")
 
 
+#: Every descriptor type, for the registry's checks.
+Descriptor = Method | Quantizer | Objective | DataFormat
+
+
 def peft_method(
     name: str,
     summary: str,
-    make_config: Callable[[dict, MethodContext], Any],
+    make_config: Callable[[dict[str, Any], MethodContext], Any],
     options: tuple[Option, ...] = (),
-    quantizers: tuple[str, ...] = ("none",),
     implies_quantizer: str | None = None,
     mergeable: bool = True,
+    trainable: TrainableFn | None = None,
 ) -> Method:
-    """A :class:`Method` for any adapter PEFT implements.
+    """A :class:`Method` of kind ``peft`` for any adapter PEFT implements.
 
-    ``make_config(options, ctx)`` returns the ``peft.PeftConfig``; the base is
-    prepared for k-bit training when it is quantized.
+    ``make_config(options, ctx)`` returns the ``peft.PeftConfig``; a quantized
+    base has already been prepared by its quantizer. ``trainable`` describes
+    the adapter's tensors for the memory estimate.
     """
 
-    def apply(model: Any, values: dict, ctx: MethodContext) -> Any:
-        from peft import get_peft_model, prepare_model_for_kbit_training
+    def apply(model: Any, values: dict[str, Any], ctx: MethodContext) -> Any:
+        from peft import get_peft_model
 
-        if ctx.quantizer != "none":
-            model = prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=ctx.gradient_checkpointing)
         return get_peft_model(model, make_config(values, ctx))
 
-    def load(path: Path, values: dict, load_base: Callable[[], Any]) -> Any:
+    def load(path: Path, values: dict[str, Any], load_base: Callable[[], Any]) -> Any:
         from peft import PeftModel
 
         return PeftModel.from_pretrained(load_base(), str(path))
 
-    return Method(name=name, summary=summary, apply=apply, load=load, options=options,
-                  quantizers=quantizers, implies_quantizer=implies_quantizer, mergeable=mergeable,
-                  disabled=lambda model: model.disable_adapter())
+    return Method(name=name, summary=summary, apply=apply, load=load, options=options, kind="peft",
+                  implies_quantizer=implies_quantizer, mergeable=mergeable, runtime_libraries=("peft",),
+                  trainable=trainable, disabled=lambda model: model.disable_adapter())
 
 
 __all__ = [
-    "DATA_KINDS", "DataFormat", "Method", "MethodContext", "Objective", "Option", "Quantizer",
-    "TrainerContext", "hookimpl", "peft_method",
+    "DATA_KINDS", "METHOD_KINDS", "Architecture", "DataFormat", "DataKind", "Descriptor", "Linear", "Method",
+    "MethodContext", "MethodKind", "Objective", "Option", "Quantizer", "Trainable", "TrainerContext", "hookimpl",
+    "peft_method",
 ]

@@ -14,15 +14,15 @@ import traceback
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from types import ModuleType
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pluggy
 
 from finetty.core.plugin import hookspecs
 from finetty.core.plugin.options import Option
-from finetty.core.plugin.api import DataFormat, Method, Objective, Quantizer
+from finetty.core.plugin.api import DataFormat, Descriptor, Method, Objective, Quantizer
 
-KINDS: dict[str, tuple[str, type]] = {
+KINDS: dict[str, tuple[str, type[Descriptor]]] = {
     "method": ("register_methods", Method),
     "quantizer": ("register_quantizers", Quantizer),
     "objective": ("register_objectives", Objective),
@@ -44,8 +44,20 @@ class PluginInfo:
     detail: str | None = None
 
     @property
+    def state(self) -> str:
+        """``ok``; ``partial`` when it registered some components and failed on others; else ``failed``."""
+        if self.error is None:
+            return "ok"
+        return "partial" if self.provides else "failed"
+
+    @property
     def status(self) -> str:
-        return "ok" if self.error is None else f"failed: {self.error}"
+        return "ok" if self.error is None else f"{self.state}: {self.error}"
+
+    @property
+    def package(self) -> str:
+        """What to install to get this plugin, e.g. ``finetty-freeze 1.0``."""
+        return f"{self.distribution} {self.version}".strip()
 
 
 @dataclass
@@ -56,7 +68,7 @@ class Registry:
     components: dict[str, dict[str, Any]]
     owners: dict[tuple[str, str], PluginInfo]
 
-    def get(self, kind: str, name: str) -> Any | None:
+    def get(self, kind: str, name: str) -> Any | None:  # (the descriptor type depends on ``kind``)
         return self.components[kind].get(name)
 
     def names(self, kind: str) -> list[str]:
@@ -89,13 +101,52 @@ class Registry:
                 return plugin
         return None
 
+    def used_by(self, components: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
+        """The plugins that provide these ``(kind, name)`` components: what a run records about where they came from."""
+        found = []
+        for kind, name in components:
+            owner = self.owners.get((kind, name))
+            if owner is not None:
+                found.append({"kind": kind, "name": name, "plugin": owner.name,
+                              "distribution": owner.distribution, "version": owner.version})
+        return found
+
+    def unavailable(self, kind: str, name: str, recorded: Iterable[dict[str, Any]] = ()) -> str:
+        """Why ``name`` is missing, naming the package to install when a failed plugin or a past run says which."""
+        broken = self.failure_for(kind, name)
+        if broken is not None:
+            return f"{kind} {name!r} is not available: plugin {broken.name!r} ({broken.package}) failed to load: " \
+                   f"{broken.error}"
+        for entry in recorded:
+            if entry.get("kind") == kind and entry.get("name") == name:
+                return (f"{kind} {name!r} is not available: it came from plugin {entry.get('plugin')!r}; "
+                        f"install {entry.get('distribution')} {entry.get('version', '')}".rstrip())
+        return f"{kind} {name!r} is not available"
+
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+#: The callables each kind of descriptor must carry (one of a tuple's alternatives is enough), and the optional ones.
+REQUIRED: dict[str, tuple[tuple[str, ...], ...]] = {
+    "method": (("apply",), ("load",)),
+    "quantizer": (("config", "quantize"),),
+    "objective": (("build_trainer",),),
+    "data format": (("detect",), ("convert",)),
+}
+OPTIONAL: dict[str, tuple[str, ...]] = {
+    "method": ("save", "restore", "disabled", "trainable"),
+    "quantizer": ("config", "quantize", "prepare", "dequantize", "stored"),
+    "objective": (),
+    "data format": (),
+}
+
+
 def _check_descriptor(kind: str, obj: Any) -> str | None:
+    """Why ``obj`` cannot be registered as a ``kind``, or None: checked once, here, so a bad plugin is named now
+    rather than failing mid-run."""
     expected = KINDS[kind][1]
     if not isinstance(obj, expected):
         return f"registered {type(obj).__name__} where a {expected.__name__} was expected"
@@ -109,7 +160,25 @@ def _check_descriptor(kind: str, obj: Any) -> str | None:
     names = [o.name for o in options]
     if len(set(names)) != len(names):
         return f"{kind} {obj.name!r}: option names repeat"
+    for alternatives in REQUIRED[kind]:
+        if not any(callable(getattr(obj, a)) for a in alternatives):
+            return f"{kind} {obj.name!r}: {' or '.join(alternatives)} must be a function, not " \
+                   f"{getattr(obj, alternatives[0])!r}"
+    for name in OPTIONAL[kind]:
+        value = getattr(obj, name)
+        if value is not None and not callable(value):
+            return f"{kind} {obj.name!r}: {name} must be a function or None, not {value!r}"
+    for name in ("runtime_libraries",):
+        value = getattr(obj, name, None)
+        if value is not None and not (isinstance(value, tuple) and all(isinstance(v, str) for v in value)):
+            return f"{kind} {obj.name!r}: {name} must be a tuple of import names or None, not {value!r}"
     return None
+
+
+def _call_hook(function: Callable[..., Any], argnames: Iterable[str], register: Callable[[Any], None]) -> None:
+    """Call a hook implementation with the arguments it declares, and only those (pluggy's contract)."""
+    given = {"register": register}
+    function(**{name: given[name] for name in argnames})
 
 
 def _allowlist() -> set[str] | None:
@@ -165,7 +234,7 @@ def discover(extra: Iterable[tuple[str, ModuleType | Any]] = ()) -> Registry:
             info = by_plugin[id(impl.plugin)]
             found: list[Any] = []
             try:
-                impl.function(**{name: found.append for name in impl.argnames})
+                _call_hook(impl.function, impl.argnames, found.append)
             except Exception as exc:
                 problem = f"{hook_name} raised {_one_line(exc)}"
                 info.error = problem if info.error is None else f"{info.error}; {problem}"

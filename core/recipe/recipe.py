@@ -313,12 +313,16 @@ def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, ch
                                f"not {recipe.quantizer!r}", "drop the quantizer key or use method: lora")
         recipe.quantizer = method.implies_quantizer
     _check_kind("quantizer", recipe.quantizer, registry, source, allow_none=True)
-    if recipe.quantizer not in method.quantizers:
-        able = [m.name for m in registry.methods.values() if recipe.quantizer in m.quantizers]
-        why = (": it updates the base's own weights, and quantized weights cannot be trained"
-               if not method.freezes_base and recipe.quantizer != "none" else "")
+    stored = registry.quantizers.get(recipe.quantizer)
+    if stored is not None and method.kind not in stored.supports:  # (the quantizer says what can train on it)
+        able = [m.name for m in registry.methods.values()
+                if m.kind in stored.supports and m.implies_quantizer in (None, stored.name)]
+        why = (": it updates the base's own weights, and quantized weights cannot be trained" if method.whole_model
+               else f": quantizer {stored.name!r} supports {' and '.join(stored.supports)} methods, and "
+                    f"{method.name!r} is a {method.kind} method")
+        fits = [q.name for q in registry.quantizers.values() if method.kind in q.supports]
         raise source.error(("quantizer",), f"method {method.name!r} cannot train on a {recipe.quantizer!r} base{why}",
-                           f"use quantizer: {' or '.join(method.quantizers)} with {method.name!r}"
+                           f"use quantizer: {' or '.join(['none'] + fits)} with {method.name!r}"
                            + (f", or a method that trains adapters on a {recipe.quantizer!r} base: {', '.join(able)}"
                               if able else ""))
     recipe.method_options = _check_options("method_options", method, data.get("method_options"), source)

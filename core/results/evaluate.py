@@ -77,7 +77,7 @@ def to_example(item: Any) -> Example:
     """A normalized record (conversation, preference or text) as an evaluation example."""
     if isinstance(item, str):
         return Example(None, None, text=item)
-    if isinstance(item, dict) and "prompt" in item:  # preference: the chosen answer is the reference
+    if isinstance(item, dict):  # a preference (the one kind that is a mapping): the chosen answer is the reference
         prompt = list(item["prompt"])
         return Example(prompt, item["chosen"], prompt + [{"role": "assistant", "content": item["chosen"]}])
     messages = list(item)

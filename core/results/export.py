@@ -9,7 +9,8 @@
   as safetensors with the tokenizer and the generation config, loadable by
   ``AutoModelForCausalLM.from_pretrained``. A quantized base (QLoRA, 8-bit) is
   first dequantized into the recipe's compute dtype, so the merged weights are
-  the ones the adapter was trained against. Methods that cannot be merged
+  the ones the adapter was trained against (the quantizer's ``dequantize``;
+  one without it cannot be merged). Methods that cannot be merged
   (``Method.mergeable`` is false: prefix, prompt, bottleneck adapters) are
   exported in adapter form, and the result says so.
 
@@ -45,6 +46,8 @@ class ExportResult:
     merged: bool
     label: str
     method: str
+    whole_model: bool = False
+    """the result is a whole model whether merged or not (the method trained the base's own weights)"""
     files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -101,8 +104,8 @@ def export(run_dir: Path, out: Path, checkpoint: str | None = None, merge: bool 
     partial.mkdir()
     try:
         merged = False
-        if merge and method.name == "full":
-            notes.append("method full already produces a whole model: exported as is (nothing to merge)")
+        if merge and method.whole_model:
+            notes.append(f"method {method.name} already produces a whole model: exported as is (nothing to merge)")
             files = _copy_tree(source, partial)
         elif merge and not method.mergeable:
             notes.append(f"method {method.name!r} cannot be merged into the base (its weights are not a change "
@@ -123,7 +126,8 @@ def export(run_dir: Path, out: Path, checkpoint: str | None = None, merge: bool 
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return ExportResult(out, merged, label, method.name, sorted(files + [PROVENANCE]), notes)
+    return ExportResult(out, merged, label, method.name, whole_model=method.whole_model,
+                        files=sorted(files + [PROVENANCE]), notes=notes)
 
 
 def _merge(run_dir: Path, recipe, registry, method, source: Path, target: Path) -> list[str]:

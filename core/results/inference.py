@@ -178,14 +178,22 @@ def _method(recipe, registry):
     return method
 
 
-def quantization_config(recipe, registry) -> Any:
-    """The recipe's quantizer plugin's config (None for a plain base)."""
+def quantizer_of(recipe, registry) -> Any:
+    """The recipe's quantizer descriptor (None for a plain base)."""
     if recipe.quantizer in (None, "none"):
         return None
     quantizer = registry.quantizers.get(recipe.quantizer)
     if quantizer is None:
         raise InputError(None, f"quantizer {recipe.quantizer!r}", "is not available",
                          "install the plugin that provides it (see `finetty plugins`)")
+    return quantizer
+
+
+def quantization_config(recipe, registry) -> Any:
+    """The recipe's quantizer plugin's transformers config (None for a plain base or a quantizer without one)."""
+    quantizer = quantizer_of(recipe, registry)
+    if quantizer is None or quantizer.config is None:
+        return None
     return quantizer.config(recipe.quantizer_options, models.compute_dtype(recipe.train))
 
 
@@ -193,18 +201,24 @@ def base_loader(run_dir: Path, recipe, registry, dequantize: bool = False):
     """A function loading the base as the worker did (same dtype, same quantizer).
 
     ``dequantize`` turns a quantized base back into plain linear layers in the
-    recipe's compute dtype (for merging QLoRA adapters)."""
+    recipe's compute dtype through the quantizer's own ``dequantize`` (for
+    merging QLoRA adapters)."""
     model_dir = base_model_dir(run_dir, recipe)
     dtype = models.compute_dtype(recipe.train)
+    quantizer = quantizer_of(recipe, registry)
     quantization = quantization_config(recipe, registry)
+    if dequantize and quantizer is not None and quantizer.dequantize is None:
+        raise InputError(None, f"quantizer {quantizer.name!r}", "offers no dequantize step, so an adapter trained "
+                         "on it cannot be merged into plain weights", "export without --merge")
 
     def load_base():
-        import torch
-
         model = models.load_model(model_dir, "float32" if quantization is None and dtype == "float32" else dtype,
                                   quantization, recipe.trust_remote_code)
-        if quantization is not None and dequantize:
-            model = model.dequantize(dtype=getattr(torch, dtype))
+        if quantizer is not None and quantizer.quantize is not None:
+            model = quantizer.quantize(model, recipe.quantizer_options, dtype)
+        if quantizer is not None and dequantize:
+            assert quantizer.dequantize is not None  # (refused above)
+            model = quantizer.dequantize(model, dtype)
         return model
 
     return load_base

@@ -144,14 +144,18 @@ def _setup_model(recipe, registry, events):
     tokenizer = models.load_tokenizer(model_dir, recipe.trust_remote_code)
     dtype = models.compute_dtype(recipe.train)
     quantization = None
-    if recipe.quantizer != "none":
-        quantizer = registry.quantizers[recipe.quantizer]
+    quantizer = registry.quantizers[recipe.quantizer] if recipe.quantizer != "none" else None
+    if quantizer is not None and quantizer.config is not None:
         quantization = _plugin_call("quantizer", quantizer.name, quantizer.config, recipe.quantizer_options, dtype)
     model = models.load_model(model_dir, "float32" if quantization is None and dtype == "float32" else dtype,
                               quantization, recipe.trust_remote_code)
+    checkpointing = bool(recipe.train.get("gradient_checkpointing"))
+    if quantizer is not None and quantizer.quantize is not None:
+        model = _plugin_call("quantizer", quantizer.name, quantizer.quantize, model, recipe.quantizer_options, dtype)
+    if quantizer is not None and quantizer.prepare is not None:
+        model = _plugin_call("quantizer", quantizer.name, quantizer.prepare, model, checkpointing)
     method = registry.methods[recipe.method]
-    context = MethodContext(quantizer=recipe.quantizer,
-                            gradient_checkpointing=bool(recipe.train.get("gradient_checkpointing")),
+    context = MethodContext(quantizer=recipe.quantizer, gradient_checkpointing=checkpointing,
                             model_type=model.config.model_type, model_path=str(model_dir))
     model = _plugin_call("method", method.name, method.apply, model, recipe.method_options, context)
     return model_dir, tokenizer, model, method
@@ -198,7 +202,11 @@ def _count_parameters(model) -> tuple[int, int]:
 
 
 def _skip_unneeded_imports(recipe, registry) -> list[str]:
-    """Hide bitsandbytes (no quantizer, no 8-bit optimizer) and peft (the built-in full method) from this process.
+    """Hide bitsandbytes and peft from this process when no component of the run needs them.
+
+    Each method, objective and quantizer names its ``runtime_libraries``
+    (None: unknown, so nothing is hidden); a bitsandbytes optimizer needs
+    bitsandbytes whatever the components say.
 
     transformers and peft import them whenever they are installed; bitsandbytes
     pulls in torch._dynamo and inductor (about a second), peft two seconds more.
@@ -209,13 +217,16 @@ def _skip_unneeded_imports(recipe, registry) -> list[str]:
     """
     if os.environ.get("FINETTY_KEEP_IMPORTS") == "1":
         return []
-    skip = []
-    if not recipe_mod.needs_bitsandbytes(recipe):
-        skip.append("bitsandbytes")
-    method = registry.methods.get(recipe.method)
-    if method is not None and getattr(method.apply, "__module__", "") == "finetty.plugins.methods.full" \
-            and recipe.objective in ("sft", "cpt"):
-        skip.append("peft")
+    components = [registry.get("method", recipe.method), registry.get("objective", recipe.objective)]
+    if recipe.quantizer != "none":
+        components.append(registry.get("quantizer", recipe.quantizer))
+    declared = [getattr(c, "runtime_libraries", None) for c in components]
+    if any(d is None for d in declared):
+        return []
+    needed = {name for d in declared for name in d}
+    if recipe_mod.needs_bitsandbytes(dataclasses.replace(recipe, quantizer="none")):
+        needed.add("bitsandbytes")
+    skip = [name for name in ("bitsandbytes", "peft") if name not in needed]
     for name in skip:
         if name not in sys.modules:
             sys.modules[name] = None
@@ -225,11 +236,10 @@ def _skip_unneeded_imports(recipe, registry) -> list[str]:
 def train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool) -> int:
     recipe = recipe_mod.from_run(run_dir)
     registry = load_plugins()
-    for kind, name in (("method", recipe.method), ("objective", recipe.objective)):
+    recorded = _recorded_plugins(run_dir)
+    for kind, name in _components(recipe):
         if registry.get(kind, name) is None:
-            broken = registry.failure_for(kind, name)
-            raise PluginFailure(f"{kind} {name!r} is not available"
-                                + (f": plugin {broken.name!r} failed to load: {broken.error}" if broken else ""))
+            raise PluginFailure(registry.unavailable(kind, name, recorded))
     _skip_unneeded_imports(recipe, registry)
     _check_engine(recipe)
     from finetty.core.train.callbacks import CheckpointCallback, EventsCallback, RequestsCallback, TokenCounter
@@ -255,6 +265,7 @@ def train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool) 
     started = dict(recipe=recipe.to_dict(), versions=_versions(), device=_device(), world_size=args.world_size,
                    distributed_type=recipe.launch.get("distributed_type") if args.world_size > 1 else None,
                    trainable_parameters=trainable, total_parameters=total, model_dir=str(model_dir), pid=os.getpid(),
+                   plugins=registry.used_by(_components(recipe)),
                    resumed_from=str(resume_from.relative_to(run_dir)) if resume_from else None)
     callbacks = [EventsCallback(events, tokens, started), checkpoints, RequestsCallback(requests)]
     objective = registry.objectives[recipe.objective]
@@ -293,6 +304,26 @@ def train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool) 
     events.emit("run_finished", step=step, final=rundir.FINAL, train_loss=result.training_loss,
                 runtime=result.metrics.get("train_runtime"), tokens=trained_tokens)
     return 0
+
+
+def _components(recipe) -> list[tuple[str, str]]:
+    """The (kind, name) of every plugin component the run uses."""
+    found = [("method", recipe.method), ("objective", recipe.objective)]
+    return found + ([("quantizer", recipe.quantizer)] if recipe.quantizer != "none" else [])
+
+
+def _recorded_plugins(run_dir: Path) -> list[dict]:
+    """The plugins an earlier start of this run recorded in its run_started event (to name what to install)."""
+    import json
+
+    try:
+        with open(run_dir / "events.jsonl", encoding="utf-8") as lines:
+            for line in lines:
+                if '"run_started"' in line:
+                    return list(json.loads(line).get("plugins") or [])
+    except (OSError, ValueError):
+        pass
+    return []
 
 
 def _tokens_at(checkpoint: Path) -> int:

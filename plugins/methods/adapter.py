@@ -9,7 +9,7 @@ adapter weights (``bottleneck_adapter.safetensors``) and a small JSON config
 
 from __future__ import annotations
 
-from finetty.core.plugin_api import Method, Option, hookimpl
+from finetty.core.plugin_api import Architecture, Method, Option, Trainable, hookimpl
 
 ADAPTER_OPTIONS = (
     Option("placement", "str", "houlsby",
@@ -57,8 +57,18 @@ def _disabled(model):
     return bottleneck.disabled(model)
 
 
+def _trainable(arch: Architecture, options: dict) -> Trainable:
+    """Down and up projections with biases, one or two adapters per layer (as :func:`bottleneck.attach` builds)."""
+    h = arch.hidden
+    width = max(1, h // int(options.get("reduction_factor", 16)))
+    per = ((h * width, "float32"), (width, "float32"), (width * h, "float32"), (h, "float32"))
+    count = arch.layers * (2 if options.get("placement", "houlsby") == "houlsby" else 1)
+    return Trainable(per * count, exact=arch.known_layout)
+
+
 @hookimpl
 def register_methods(register):
     register(Method(name="adapter", summary="Bottleneck adapters (Houlsby / Pfeiffer) in every layer; base frozen",
                     apply=_apply, load=_load, save=_save, restore=_restore, disabled=_disabled,
-                    options=ADAPTER_OPTIONS))
+                    options=ADAPTER_OPTIONS, kind="modules",
+                    runtime_libraries=(), trainable=_trainable))

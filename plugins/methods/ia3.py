@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from finetty.core.plugin_api import Option, hookimpl, peft_method
+from finetty.core.plugin_api import Architecture, Option, Trainable, hookimpl, peft_method
 
 IA3_OPTIONS = (
     Option("target_modules", "str|list", None,
@@ -24,7 +24,14 @@ def ia3_config(options: dict, ctx):
     return IA3Config(task_type="CAUSAL_LM", **values)
 
 
+def ia3_trainable(arch: Architecture, options: dict) -> Trainable:
+    """Approximately: PEFT's default for Llama-style models scales k, v and down_proj's input in every layer."""
+    kv = arch.kv_heads * arch.head_dim
+    return Trainable(((kv, "float32"), (kv, "float32"), (arch.intermediate, "float32")) * arch.layers,
+                     notes=("ia3: trainable parameters approximated from the method's usual shapes",))
+
+
 @hookimpl
 def register_methods(register):
     register(peft_method("ia3", "IA3: learned rescaling of keys, values and feed-forward activations (PEFT)",
-                         ia3_config, options=IA3_OPTIONS, quantizers=("none", "bnb-4bit", "bnb-8bit")))
+                         ia3_config, options=IA3_OPTIONS, trainable=ia3_trainable))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from finetty.core.plugin_api import Option, hookimpl, peft_method
+from finetty.core.plugin_api import Architecture, Option, Trainable, hookimpl, peft_method
 
 PREFIX_OPTIONS = (
     Option("num_virtual_tokens", "int", 20, "how many virtual tokens are prepended at every layer",
@@ -52,8 +52,20 @@ def generate_with_prefix(model):
     return model
 
 
+def prefix_trainable(arch: Architecture, options: dict) -> Trainable:
+    """A key and a value per virtual token and layer, plus the projection MLP when it is on."""
+    tokens, h, layers = int(options.get("num_virtual_tokens", 20)), arch.hidden, arch.layers
+    tensors: list = [(tokens * layers * 2 * arch.kv_heads * arch.head_dim, "float32")]
+    if options.get("prefix_projection"):
+        width = int(options.get("encoder_hidden_size") or h)
+        tensors += [(tokens * h, "float32"), (h * width + width, "float32"),
+                    (width * layers * 2 * h + layers * 2 * h, "float32")]
+    return Trainable(tuple(tensors), notes=("prefix: trainable parameters approximated from the method's usual "
+                                            "shapes",))
+
+
 _PEFT = peft_method("prefix", "Prefix tuning: trained key/value prefixes at every layer (PEFT)",
-                    prefix_config, options=PREFIX_OPTIONS, mergeable=False)
+                    prefix_config, options=PREFIX_OPTIONS, mergeable=False, trainable=prefix_trainable)
 
 
 def _apply(model, options, ctx):

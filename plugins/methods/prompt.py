@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from finetty.core.plugin_api import Option, hookimpl, peft_method
+from finetty.core.plugin_api import Architecture, Option, Trainable, hookimpl, peft_method
 
 PROMPT_OPTIONS = (
     Option("num_virtual_tokens", "int", 20, "how many virtual tokens are prepended to the input",
@@ -25,7 +25,13 @@ def prompt_config(options: dict, ctx):
                               prompt_tuning_init=PromptTuningInit.RANDOM)
 
 
+def prompt_trainable(arch: Architecture, options: dict) -> Trainable:
+    """One embedding per virtual token."""
+    return Trainable(((int(options.get("num_virtual_tokens", 20)) * arch.hidden, "float32"),),
+                     notes=("prompt: trainable parameters approximated from the method's usual shapes",))
+
+
 @hookimpl
 def register_methods(register):
     register(peft_method("prompt", "Prompt tuning: trained embeddings of virtual tokens before the input (PEFT)",
-                         prompt_config, options=PROMPT_OPTIONS, mergeable=False))
+                         prompt_config, options=PROMPT_OPTIONS, mergeable=False, trainable=prompt_trainable))

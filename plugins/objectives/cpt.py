@@ -61,4 +61,5 @@ def build_trainer(ctx):
 @hookimpl
 def register_objectives(register):
     register(Objective(name="cpt", summary="Continued pre-training: causal LM loss on plain text packed into blocks",
-                       accepts=("text",), options=CPT_OPTIONS, build_trainer=build_trainer))
+                       accepts=("text",), options=CPT_OPTIONS, build_trainer=build_trainer,
+                       runtime_libraries=()))

@@ -128,4 +128,5 @@ def build_trainer(ctx):
 @hookimpl
 def register_objectives(register):
     register(Objective(name="dpo", summary="Direct preference optimisation on prompt / chosen / rejected pairs (TRL)",
-                       accepts=("preference",), options=DPO_OPTIONS, build_trainer=build_trainer))
+                       accepts=("preference",), options=DPO_OPTIONS, build_trainer=build_trainer,
+                       sequences_per_example=2, runtime_libraries=("trl", "peft")))

@@ -13,5 +13,5 @@ SFT_OPTIONS = (
 @hookimpl
 def register_objectives(register):
     register(Objective(name="sft", summary="Supervised fine-tuning on conversations (loss on assistant tokens)",
-                       accepts=("conversation", "text"), options=SFT_OPTIONS,
+                       accepts=("conversation", "text"), options=SFT_OPTIONS, runtime_libraries=(),
                        build_trainer=lambda ctx: sft_trainer(ctx, train_on=ctx.options["train_on"])))

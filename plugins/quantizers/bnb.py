@@ -1,13 +1,16 @@
 """bitsandbytes quantizers: the base stored in 4 bits (NF4 / FP4) or 8 bits (LLM.int8()).
 
-A quantized base cannot itself be trained, so only adapter methods (lora,
-qlora, dora, ia3) accept these; ``method: full`` with a quantizer is refused
-when the recipe is validated.
+A quantized base cannot itself be trained, so these support PEFT adapter
+methods only (``supports=("peft",)``: lora, qlora, dora, ia3, ...); ``method:
+full`` with a quantizer is refused when the recipe is validated. The base is
+prepared with PEFT's ``prepare_model_for_kbit_training`` (which leaves every
+unquantized parameter in float32), and ``dequantize`` gives plain weights back
+for ``finetty export --merge``.
 """
 
 from __future__ import annotations
 
-from finetty.core.plugin_api import Option, Quantizer, hookimpl
+from finetty.core.plugin_api import Linear, Option, Quantizer, hookimpl
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -50,9 +53,48 @@ def eight_bit_config(options: dict, compute_dtype: str):
                               llm_int8_skip_modules=options["skip_modules"])
 
 
+def prepare(model, gradient_checkpointing: bool):
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+
+
+def dequantize(model, compute_dtype: str):
+    import torch
+
+    return model.dequantize(dtype=getattr(torch, compute_dtype))
+
+
+def _skipped(linear: Linear, options: dict) -> bool:
+    return any(linear.name == s or linear.name.endswith("." + s) for s in options.get("skip_modules") or [])
+
+
+def four_bit_stored(linear: Linear, options: dict) -> dict[str, int] | None:
+    """Two weights a byte, and the constants of blocks of 64 (8-bit absmax with its own absmax per 256 blocks,
+    the 8-bit and 4-bit codes and an offset when nested; else float32 absmax)."""
+    if _skipped(linear, options):
+        return None
+    numel = linear.inputs * linear.outputs
+    blocks = -(-numel // 64)
+    if options.get("double_quant", True):
+        constants = blocks + 4 * -(-blocks // 256) + 256 * 4 + 16 * 4 + 4
+    else:
+        constants = 4 * blocks + 16 * 4
+    return {f"4-bit {options.get('quant_type', 'nf4')}": -(-numel // 2), "quantization constants": constants}
+
+
+def eight_bit_stored(linear: Linear, options: dict) -> dict[str, int] | None:
+    """int8 weights and a float32 scale per output row."""
+    if _skipped(linear, options):
+        return None
+    return {"int8": linear.inputs * linear.outputs, "quantization constants": 4 * linear.outputs}
+
+
 @hookimpl
 def register_quantizers(register):
+    common = dict(supports=("peft",), prepare=prepare, dequantize=dequantize, float32_rest=True,
+                  runtime_libraries=("bitsandbytes", "peft"))
     register(Quantizer(name="bnb-4bit", summary="bitsandbytes 4-bit base (NF4 / FP4, double quantization)",
-                       config=four_bit_config, options=FOUR_BIT_OPTIONS))
+                       config=four_bit_config, options=FOUR_BIT_OPTIONS, stored=four_bit_stored, **common))
     register(Quantizer(name="bnb-8bit", summary="bitsandbytes 8-bit base (LLM.int8())",
-                       config=eight_bit_config, options=EIGHT_BIT_OPTIONS))
+                       config=eight_bit_config, options=EIGHT_BIT_OPTIONS, stored=eight_bit_stored, **common))
