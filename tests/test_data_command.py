@@ -80,3 +80,20 @@ def test_a_model_whose_template_cannot_render_tools_is_refused_before_a_run(tmp_
     assert out.returncode == 2, out.stderr
     assert "does not render tools" in out.stderr and "tool schemas or tool calls" in out.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_apps_preview_is_the_same_report(tmp_path, demo_model):
+    """tui/preview.py answers with describe()'s report: column fates, warnings and the trained part marked."""
+    from finetty.tui.preview import compute
+
+    shutil.copy(DATA / "tools-sharegpt.jsonl", tmp_path / "tools.jsonl")
+    answer = compute({"model": "tiny-demo", "dataset": "tools.jsonl", "format": "auto", "objective": "sft",
+                      "max_length": 512, "base_dir": str(tmp_path)})
+    report = answer["report"]
+    assert report["columns"]["id"] == "ignored" and report["tools"]
+    assert report["warnings"][0].startswith("column 'id' is ignored: 5 of 5 records carry it")
+    sample = answer["samples"][0]
+    assert '[[<tool_call>{"name": "lookup_tide", "arguments": {"harbour": "Bergen"}}</tool_call><|im_end|>\n]]' \
+        in sample
+    assert "<|im_start|>tool\n{\"high\": \"12:40\", \"low\": \"06:10\"}<|im_end|>" in sample  # shown, not trained
+    assert "[[" not in sample.split("<|im_start|>tool")[1].split("<|im_end|>")[0]
