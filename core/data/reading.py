@@ -93,63 +93,114 @@ def resolve_source(spec: str, base_dir: Path, recipe_file: str | Path | None = N
                      f"built-ins: {', '.join(BUILTIN)}; paths are relative to the recipe's folder")
 
 
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(number, line)`` read as they are needed, so a file larger than memory can be streamed."""
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise InputError(path, None, f"cannot be read: {exc.strerror}", "check the file's permissions") from None
+    with handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                yield number, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                raise InputError(path, f"line {number}", "is not valid UTF-8", "save the file as UTF-8") from None
+
+
+def _starts_with_bracket(path: Path) -> bool:
+    """Whether a .json file is one JSON list (read whole) rather than JSON lines (read line by line)."""
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(4096):
+                stripped = chunk.lstrip()
+                if stripped:
+                    return stripped.startswith(b"[")
+    except OSError as exc:
+        raise InputError(path, None, f"cannot be read: {exc.strerror}", "check the file's permissions") from None
+    return False
+
+
+def _whole_json(path: Path) -> Iterator[tuple[Path, str, dict]]:
+    try:
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InputError(path, f"line {line}", "is not valid UTF-8", "save the file as UTF-8") from None
+    except OSError as exc:
+        raise InputError(path, None, f"cannot be read: {exc.strerror}", "check the file's permissions") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"line {exc.lineno}, column {exc.colno}", f"is not valid JSON: {exc.msg}",
+                         "a .json dataset is one list of objects") from None
+    if not isinstance(data, list) or not data:
+        raise InputError(path, None, "is not a non-empty JSON list of records",
+                         "a .json dataset is one list of objects; use .jsonl for one object a line")
+    for number, record in enumerate(data):
+        if not isinstance(record, dict):
+            raise InputError(path, f"record {number}", f"is a JSON {type(record).__name__}",
+                             "every record must be an object")
+        yield path, f"record {number}", record
+
+
+def _line_records(path: Path, kind: str) -> Iterator[tuple[Path, str, dict]]:
+    """Text, CSV and JSON-lines records, one line at a time."""
+    seen = False
+    lines = _lines(path)
+    if kind == "csv":
+        numbers = []
+
+        def texts():
+            for number, line in lines:
+                numbers.append(number)
+                yield line
+
+        for row in csv.DictReader(texts()):
+            seen = True
+            if None in row:
+                raise InputError(path, f"line {numbers[-1]}", "has more values than the header has columns",
+                                 "quote values that contain commas")
+            yield path, f"line {numbers[-1]}", dict(row)
+        if not numbers or not any(True for _ in ()):
+            seen = seen or bool(numbers)
+    else:
+        for number, line in lines:
+            if not line.strip():
+                continue
+            seen = True
+            if kind == "text":
+                yield path, f"line {number}", {"text": line}
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(path, f"line {number}, column {exc.colno}", f"is not valid JSON: {exc.msg}",
+                                 "each line must be one JSON object") from None
+            if not isinstance(record, dict):
+                raise InputError(path, f"line {number}", f"holds a JSON {type(record).__name__}",
+                                 "each line must be one JSON object")
+            yield path, f"line {number}", record
+    if not seen:
+        raise InputError(path, None, "is empty", "add at least one record")
+
+
 def iter_records(source: DataSource, options: dict | None = None) -> Iterator[tuple[Path, str, dict]]:
-    """Yield ``(file, place, record)`` for every record, raising InputError at the first unreadable one."""
+    """Yield ``(file, place, record)`` for every record, raising InputError at the first unreadable one.
+
+    Text, CSV and JSON-lines files are read a line at a time (a dataset larger
+    than memory streams); a .json list and parquet are read whole.
+    """
     if source.hub_id:
         raise InputError(None, "key dataset", "cached hub datasets are read by the worker", None)
     for path in source.files:
         kind = DATA_SUFFIXES[path.suffix.lower()]
-        try:
-            raw = path.read_bytes()
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            line = raw[: exc.start].count(b"\n") + 1
-            raise InputError(path, f"line {line}", "is not valid UTF-8", "save the file as UTF-8") from None
-        except OSError as exc:
-            raise InputError(path, None, f"cannot be read: {exc.strerror}", "check the file's permissions") from None
         if kind == "parquet":
             yield from _parquet_records(path)
-            continue
-        if not text.strip():
-            raise InputError(path, None, "is empty", "add at least one record")
-        if kind == "text":
-            for number, line in enumerate(text.splitlines(), 1):
-                if line.strip():
-                    yield path, f"line {number}", {"text": line}
-        elif kind == "csv":
-            reader = csv.DictReader(text.splitlines())
-            for number, row in enumerate(reader, 2):
-                if None in row:
-                    raise InputError(path, f"line {number}", "has more values than the header has columns",
-                                     "quote values that contain commas")
-                yield path, f"line {number}", dict(row)
-        elif path.suffix.lower() == ".jsonl" or (not text.lstrip().startswith("[")):
-            for number, line in enumerate(text.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(path, f"line {number}, column {exc.colno}", f"is not valid JSON: {exc.msg}",
-                                     "each line must be one JSON object") from None
-                if not isinstance(record, dict):
-                    raise InputError(path, f"line {number}", f"holds a JSON {type(record).__name__}",
-                                     "each line must be one JSON object")
-                yield path, f"line {number}", record
+        elif kind == "json" and path.suffix.lower() == ".json" and _starts_with_bracket(path):
+            yield from _whole_json(path)
         else:
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise InputError(path, f"line {exc.lineno}, column {exc.colno}", f"is not valid JSON: {exc.msg}",
-                                 "a .json dataset is one list of objects") from None
-            if not isinstance(data, list) or not data:
-                raise InputError(path, None, "is not a non-empty JSON list of records",
-                                 "a .json dataset is one list of objects; use .jsonl for one object a line")
-            for number, record in enumerate(data):
-                if not isinstance(record, dict):
-                    raise InputError(path, f"record {number}", f"is a JSON {type(record).__name__}",
-                                     "every record must be an object")
-                yield path, f"record {number}", record
+            yield from _line_records(path, kind)
 
 
 def _parquet_records(path: Path) -> Iterator[tuple[Path, str, dict]]:
@@ -459,8 +510,8 @@ def uses_tools(example: Any) -> bool:
     """Whether a normalized conversation carries tool schemas, tool calls or tool results."""
     if isinstance(example, dict) and "messages" in example:
         return bool(example.get("tools")) or uses_tools(example["messages"])
-    if isinstance(example, dict) and "prompt" in example:
-        return uses_tools(example["prompt"])
+    if isinstance(example, dict):  # a preference or kto record: the tools are in its prompt
+        return uses_tools(example.get("prompt") or [])
     return isinstance(example, list) and any(m.get("tool_calls") or m.get("role") == "tool" for m in example)
 
 
