@@ -107,3 +107,45 @@ def test_a_real_run_and_an_eval_write_only_declared_events(runs_dir, demo_model)
     assert index is not None and index.phase == "finished"
     assert (index.step, index.loss, index.checkpoints, index.events, index.end) == \
         (replayed.step, replayed.loss, replayed.checkpoints, replayed.events, replayed.end)
+
+
+def test_an_ill_typed_line_breaks_no_reader(runs_dir):
+    """Reproduction 5 of issue 19: one parseable but ill-typed line in one run stopped `finetty runs` for every
+    run and the app at its start. Now it is skipped, counted and said, everywhere."""
+    from finetty.tui.screens.monitor import MonitorScreen
+
+    from .conftest import finetty
+    from .test_tui_app import make_app, run, table_statuses, until
+    from .tui_runs import make_runs
+
+    made = make_runs(runs_dir)
+    with open(made["finished"] / "events.jsonl", "a") as handle:
+        handle.write(ILL_TYPED + "\n")
+    with open(made["stopped"] / "events.jsonl", "r+") as handle:  # and one in the middle of a history
+        lines = handle.readlines()
+        handle.seek(0)
+        handle.writelines(lines[:5] + [ILL_TYPED + "\n"] + lines[5:])
+
+    out = finetty("runs", "--runs-dir", str(runs_dir))
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    for kind, path in made.items():
+        assert path.name in text and kind in text
+    assert f"{made['finished'].name}: skipped 1 line(s)" in text and f"{made['stopped'].name}: skipped 1" in text
+    attach = finetty("attach", made["finished"].name, "--runs-dir", str(runs_dir), "--history")
+    assert attach.returncode == 0 and "finished at step 60" in attach.stdout and "skipped 1 line" in attach.stdout
+
+    async def scenario():
+        app = make_app(runs_dir)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: len(table_statuses(app.screen)) == 4, what="every run listed")
+            statuses = table_statuses(app.screen)
+            assert statuses[made["finished"].name] == "finished" and statuses[made["stopped"].name] == "stopped"
+            app.screen.query_one("#runs-table").move_cursor(row=list(statuses).index(made["stopped"].name))
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, MonitorScreen))
+            monitor = app.screen
+            await until(pilot, lambda: monitor.history.status == "stopped", what="the replay")
+            assert monitor.history.summary.skipped == 1 and monitor.history.train[-1][0] == 40
+
+    run(scenario())

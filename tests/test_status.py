@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from finetty.core.run import summary as summary_mod
@@ -85,3 +87,66 @@ def test_settle_keeps_the_events_reason_and_adds_lost():
     assert (lost.status, lost.reason) == ("lost", LOST_REASON)
     summary_mod.settle(lost, complete=True, live=True, heartbeat_age=20.0)  # the same summary, asked again
     assert (lost.status, lost.label, lost.reason) == ("stalled", "stalled (for 20 s)", None)
+
+
+@pytest.mark.slow
+def test_a_stopped_worker_shows_as_stalled_and_stop_says_it_did_not_stop(tmp_path, demo_model):
+    """Reproduction 7 of issue 19: after `kill -STOP` of the worker, `runs` said running forever and `finetty
+    stop` reported success while nothing happened. Now the heartbeat stops, the run is `stalled (for N s)`, and
+    stop says plainly that the worker has not stopped; once the worker runs again, it takes the request."""
+    import os
+    import signal
+    import time
+
+    from finetty.core.run import rundir
+
+    from .conftest import RECIPES, events, finetty, only_run, wait_for
+
+    runs = tmp_path / "runs"
+    finetty("train", str(RECIPES / "demo-lora.yaml"), "--runs-dir", str(runs), "--detach",
+            "--set", "train.max_steps=100000", "--set", "train.save_steps=100000", "--set", "train.logging_steps=1",
+            check=True)
+    run_dir = only_run(runs)
+    wait_for(lambda: (run_dir / "events.jsonl").exists() and any(e["type"] == "step" for e in events(run_dir)),
+             "the first step")
+    pid = rundir.lock_holder(run_dir)
+    beat = run_dir / rundir.HEARTBEAT_FILE
+    assert json.loads(beat.read_text())["pid"] == pid
+    quick = {"FINETTY_STALL_AFTER_S": "3", "COLUMNS": "200"}
+    assert "running" in finetty("runs", "--runs-dir", str(runs)).stdout
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: time.time() - beat.stat().st_mtime > 4, "the heartbeat to stop")
+        listed = " ".join(finetty("runs", "--runs-dir", str(runs), env=quick).stdout.split())
+        assert f"{run_dir.name} stalled (for " in listed, listed
+        stop = finetty("stop", run_dir.name, "--runs-dir", str(runs), "--wait", "2", env=quick)
+        assert stop.returncode == 1, stop.stdout + stop.stderr
+        said = " ".join(stop.stderr.split())
+        assert "not stopped" in said and f"worker {pid} has not run for" in said and f"kill -CONT {pid}" in said
+        assert not any(e["type"] == "stopped" for e in events(run_dir))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # running again, the worker finds the stop request it was sent while stopped
+    wait_for(lambda: rundir.summarize(run_dir).status == "stopped", "the run to stop", timeout=300)
+    stopped = [e for e in events(run_dir) if e["type"] == "stopped"]
+    assert len(stopped) == 1 and stopped[0]["checkpoint"]
+    assert "stopped" in finetty("runs", "--runs-dir", str(runs), env=quick).stdout
+
+
+@pytest.mark.slow
+def test_stop_waits_for_the_worker_and_reports_the_checkpoint(tmp_path, demo_model):
+    from finetty.core.run import rundir
+
+    from .conftest import RECIPES, events, finetty, only_run, wait_for
+
+    runs = tmp_path / "runs"
+    finetty("train", str(RECIPES / "demo-lora.yaml"), "--runs-dir", str(runs), "--detach",
+            "--set", "train.max_steps=100000", "--set", "train.save_steps=100000", check=True)
+    run_dir = only_run(runs)
+    wait_for(lambda: (run_dir / "events.jsonl").exists() and any(e["type"] == "step" for e in events(run_dir)),
+             "the first step")
+    stop = finetty("stop", run_dir.name, "--runs-dir", str(runs), "--wait", "300")
+    assert stop.returncode == 0 and "stopped at step" in stop.stdout, stop.stdout + stop.stderr
+    stopped = [e for e in events(run_dir) if e["type"] == "stopped"][0]
+    assert f"stopped at step {stopped['step']} with checkpoint {stopped['checkpoint']}" in " ".join(stop.stdout.split())
+    assert rundir.latest_checkpoint(run_dir).name == rundir.checkpoint_name(stopped["step"])
