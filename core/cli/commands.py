@@ -272,7 +272,7 @@ def cmd_plugins(args) -> int:
 #: Modules that add commands: each has ``add_commands(add)`` where ``add(name, func, help)`` returns
 #: the sub-parser. They are imported at start-up, so they must import nothing heavy at module level.
 COMMAND_MODULES: tuple[str, ...] = ("finetty.core.cli.queue", "finetty.core.cli.results",
-                                    "finetty.core.cli.estimate", "finetty.core.cli.data")
+                                    "finetty.core.cli.estimate", "finetty.core.cli.data", "finetty.core.cli.importer")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="finetty", description="Fine-tune language models from a terminal.")

@@ -9,6 +9,7 @@ and what is expected.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +19,7 @@ import yaml
 
 from finetty.core.data import reading as data_mod
 from finetty.core.model import loading as models
-from finetty.core.errors import InputError
+from finetty.core.errors import InputError, InputErrors, raise_all
 from finetty.core.plugin.options import nearest, resolve_options
 from finetty.core.plugin.registry import Registry
 from finetty.core.recipe.train_args import FINETTY_TRAIN_OPTIONS, RESERVED, TRAIN_DEFAULTS, check_value, training_argument_fields
@@ -54,6 +55,9 @@ class Recipe:
     """the objective's options"""
     train: dict = field(default_factory=dict)
     """transformers TrainingArguments fields, plus max_length, truncation and val_size"""
+    chat_template: str | None = None
+    """how conversations are laid out for the model: a named template (chatml, llama3, qwen2, mistral, gemma,
+    phi3, alpaca, vicuna) or a Jinja file; empty: the model's own (see finetty.core.model.templates)"""
     trust_remote_code: bool = False
     """run the model repository's own Python code; off unless you trust its author"""
     launch: dict = field(default_factory=dict)
@@ -174,9 +178,7 @@ def _check_options(key: str, descriptor: Any, given: Any, source: _Source) -> di
         raise source.error((key,), f"must be a mapping of option: value, not {type(given).__name__}",
                            "for example {r: 16}; `finetty plugins --options` lists the options")
     values, problems = resolve_options(getattr(descriptor, "options", ()), given)
-    if problems:
-        option, problem, fix = problems[0]
-        raise source.error((key, option), f"{option} {problem}", fix)
+    raise_all([source.error((key, option), f"{option} {problem}", fix) for option, problem, fix in problems])
     return values
 
 
@@ -200,25 +202,32 @@ def _check_train(train: Any, source: _Source) -> dict:
     known = training_argument_fields()
     ours = {o.name: o for o in FINETTY_TRAIN_OPTIONS}
     resolved = {**TRAIN_DEFAULTS, **{o.name: o.default for o in FINETTY_TRAIN_OPTIONS}}
+    problems = []
     for key, value in train.items():
         key = str(key)
         if key in RESERVED:
-            raise source.error(("train", key), f"{key} is set by finetty", RESERVED[key])
+            problems.append(source.error(("train", key), f"{key} is set by finetty", RESERVED[key]))
+            continue
         if key in ours:
             problem = ours[key].check(value)
             if problem:
-                raise source.error(("train", key), f"{key} {problem}", ours[key].help)
+                problems.append(source.error(("train", key), f"{key} {problem}", ours[key].help))
+                continue
         elif key in known:
             value = _number(value) if known[key] & {"float", "int"} else value
             problem = check_value(key, value, known[key])
             if problem:
-                raise source.error(("train", key), f"{key} {problem}",
-                                   f"see transformers' TrainingArguments for what {key} takes")
+                problems.append(source.error(("train", key), f"{key} {problem}",
+                                             f"see transformers' TrainingArguments for what {key} takes"))
+                continue
         else:
             close = nearest(key, list(known) + list(ours))
-            raise source.error(("train", key), f"{key!r} is not a training setting",
-                               f"did you mean {close!r}?" if close else "see transformers' TrainingArguments")
+            problems.append(source.error(("train", key), f"{key!r} is not a training setting",
+                                         f"did you mean {close!r}?" if close else
+                                         "see transformers' TrainingArguments"))
+            continue
         resolved[key] = value
+    raise_all(problems)
     if resolved.get("bf16") and resolved.get("fp16"):
         raise source.error(("train", "bf16"), "bf16 and fp16 are both on", "choose one")
     val = resolved["val_size"]
@@ -279,34 +288,32 @@ def _check_tools_template(recipe: Recipe, base_dir: Path, source: _Source) -> No
                            "use a model whose chat template renders tools (tools, tool_calls), or drop the tools")
 
 
-def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, check_data: bool = True,
-             check_sources: bool = True) -> Recipe:
-    """Check every key of a parsed recipe and return it resolved, with defaults filled in."""
-    for key in data:
-        if key not in TOP_LEVEL:
-            close = nearest(str(key), list(TOP_LEVEL))
-            raise source.error((str(key),), f"{key!r} is not a recipe key",
-                               f"did you mean {close!r}?" if close else f"keys: {', '.join(TOP_LEVEL)}")
-    recipe = Recipe()
-    for key in ("model", "format", "method", "quantizer", "objective"):
-        value = data.get(key, getattr(recipe, key))
-        if not isinstance(value, str) or not value.strip():
-            raise source.error((key,), f"{key} must be a name or path, not {value!r}",
-                               f"for example {key}: {getattr(Recipe, key)}")
-        setattr(recipe, key, value.strip())
-    trust = data.get("trust_remote_code", False)
-    if not isinstance(trust, bool):
-        raise source.error(("trust_remote_code",), f"must be true or false, not {trust!r}",
-                           "write true or false without quotes; leave it out to keep it off")
-    recipe.trust_remote_code = trust
-    recipe.dataset = data.get("dataset", recipe.dataset)
-    if not isinstance(recipe.dataset, (str, dict, list)) or recipe.dataset in ("", [], {}):
-        raise source.error(("dataset",), f"dataset must be a name or path, not {recipe.dataset!r}",
-                           "for example dataset: identity, or a list of datasets to mix")
+def _unknown_key(key: str, source: _Source) -> InputError:
+    """A key that is not finetty's: another tool's name for one of ours gets that key, else the nearest."""
+    from finetty.core.recipe.llamafactory import hint
 
-    _check_kind("method", recipe.method, registry, source)
-    _check_kind("objective", recipe.objective, registry, source)
-    method = registry.methods[recipe.method]
+    fix = hint(key)
+    if fix is None:
+        close = nearest(key, list(TOP_LEVEL))
+        fix = f"did you mean {close!r}?" if close else f"keys: {', '.join(TOP_LEVEL)}"
+    return source.error((key,), f"{key!r} is not a recipe key", fix)
+
+
+class _Problems(list):
+    """The InputErrors met so far: validation goes on past a problem and reports them all at the end."""
+
+    def attempt(self, check, *args, **kwargs):
+        """``(True, check(...))``, or ``(False, None)`` with its InputError (each of an InputErrors') kept."""
+        try:
+            return True, check(*args, **kwargs)
+        except InputErrors as exc:
+            self.extend(exc.errors)
+        except InputError as exc:
+            self.append(exc)
+        return False, None
+
+
+def _check_quantizer(method: Any, recipe: Recipe, registry: Registry, source: _Source) -> None:
     if method.implies_quantizer:
         if recipe.quantizer not in ("none", method.implies_quantizer):
             raise source.error(("quantizer",), f"method {method.name!r} always uses {method.implies_quantizer!r}, "
@@ -325,44 +332,191 @@ def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, ch
                            f"use quantizer: {' or '.join(['none'] + fits)} with {method.name!r}"
                            + (f", or a method that trains adapters on a {recipe.quantizer!r} base: {', '.join(able)}"
                               if able else ""))
-    recipe.method_options = _check_options("method_options", method, data.get("method_options"), source)
-    quantizer = registry.quantizers.get(recipe.quantizer)
-    recipe.quantizer_options = _check_options("quantizer_options", quantizer, data.get("quantizer_options"), source)
-    objective = registry.objectives[recipe.objective]
-    recipe.objective_options = _check_options("objective_options", objective, data.get("objective_options"), source)
+
+
+def _check_target_modules(recipe: Recipe, model_dir: Path | None, source: _Source) -> None:
+    """``target_modules`` that match no module of the model (``all`` for ``all-linear``) fail in the worker,
+    after the model has loaded; the safetensors headers name every weight, so say it now, with the real names."""
+    targets = recipe.method_options.get("target_modules")
+    if model_dir is None or targets is None or targets == "all-linear":
+        return
+    shapes = models.weight_shapes(model_dir)
+    vocab = models.read_config(model_dir).get("vocab_size")
+    modules = [name[: -len(".weight")] for name, shape in shapes.items() if name.endswith(".weight")
+               and len(shape) == 2]
+    if isinstance(targets, str):
+        try:
+            hit = any(re.fullmatch(targets, m) for m in modules)
+        except re.error as exc:
+            raise source.error(("method_options", "target_modules"), f"{targets!r} is not a valid regular "
+                               f"expression ({exc})", "give 'all-linear', a list of names, or a valid regex") from None
+    else:
+        hit = any(m == str(t) or m.endswith("." + str(t)) for t in targets for m in modules)
+    if hit:
+        return
+    # linear layers: 2-D weights that are not the embedding or the output head (their rows are the vocabulary)
+    names = sorted({m.rsplit(".", 1)[-1] for m, (rows, cols) in
+                    ((m, shapes[m + ".weight"]) for m in modules) if vocab not in (rows, cols)})
+    shown = ", ".join(names) if names else "none found"
+    raise source.error(("method_options", "target_modules"), f"{targets!r} matches no module of the model "
+                       f"(its linear layers: {shown})",
+                       "use all-linear, or a list of those names such as [" + ", ".join(names[:2]) + "]")
+
+
+def _check_precision(train: dict, source: _Source) -> None:
+    """bf16 / fp16 the machine cannot run fail inside TrainingArguments or accelerate; say so before a run exists.
+
+    torch is imported only when one of them is on.
+    """
+    if not (train.get("bf16") or train.get("fp16")):
+        return
+    import torch
+
+    probe = getattr(getattr(torch, "accelerator", None), "is_available", None)  # torch >= 2.6
+    accelerator = probe() if probe else torch.cuda.is_available()
+    key = "bf16" if train.get("bf16") else "fp16"
+    if torch.cuda.is_available() and key == "bf16" and not torch.cuda.is_bf16_supported():
+        raise source.error(("train", key), f"bf16 is on, and this GPU ({torch.cuda.get_device_name(0)}) cannot "
+                           "compute in bfloat16", "use fp16: true instead, or leave bf16 off")
+    if accelerator:
+        return
+    if key == "fp16":
+        raise source.error(("train", key), "fp16 is on, and this machine has no GPU: float16 mixed precision "
+                           "runs on a GPU only", "leave fp16 off on the CPU, or use bf16: true with use_cpu: true")
+    if not train.get("use_cpu"):
+        raise source.error(("train", key), "bf16 is on, and this machine has no GPU: transformers trains in "
+                           "bfloat16 on the CPU only when told to", "add use_cpu: true under train:, or leave bf16 off")
+
+
+def _check_chat_template(recipe: Recipe, model_dir: Path | None, kind: str, source: _Source) -> None:
+    """Conversations are rendered through a chat template; a base model without one fails in the worker."""
+    from finetty.core.data.tokenize import chat_template_of
+    from finetty.core.model import templates
+
+    if recipe.chat_template or model_dir is None or kind == "text" or chat_template_of(model_dir):
+        return
+    names = ", ".join(sorted(templates.TEMPLATES))
+    raise source.error(("model",), f"model {Path(recipe.model).name!r} has no chat template, and the recipe "
+                       f"trains on {kind} data, which is rendered through one",
+                       f"add chat_template: chatml (or {names}, or the path of a Jinja file) to the recipe")
+
+
+def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, check_data: bool = True,
+             check_sources: bool = True) -> Recipe:
+    """Check every key of a parsed recipe and return it resolved, with defaults filled in.
+
+    Every problem is collected and reported together (:class:`InputErrors`);
+    a check that depends on an earlier one (a method's options on the method)
+    is skipped when that one failed, so each problem is reported once.
+    """
+    problems = _Problems()
+    problems.extend(_unknown_key(str(key), source) for key in data if key not in TOP_LEVEL)
+    recipe = Recipe()
+    given = {}
+    for key in ("model", "format", "method", "quantizer", "objective"):
+        value = data.get(key, getattr(recipe, key))
+        given[key] = isinstance(value, str) and bool(value.strip())
+        if not given[key]:
+            problems.append(source.error((key,), f"{key} must be a name or path, not {value!r}",
+                                         f"for example {key}: {getattr(Recipe, key)}"))
+            continue
+        setattr(recipe, key, value.strip())
+    trust = data.get("trust_remote_code", False)
+    if not isinstance(trust, bool):
+        problems.append(source.error(("trust_remote_code",), f"must be true or false, not {trust!r}",
+                                     "write true or false without quotes; leave it out to keep it off"))
+    else:
+        recipe.trust_remote_code = trust
+    recipe.dataset = data.get("dataset", recipe.dataset)
+    dataset_ok = isinstance(recipe.dataset, (str, dict, list)) and recipe.dataset not in ("", [], {})
+    if not dataset_ok:
+        problems.append(source.error(("dataset",), f"dataset must be a name or path, not {recipe.dataset!r}",
+                                     "for example dataset: identity, or a list of datasets to mix"))
+    template = data.get("chat_template")
+    if template is not None:
+        from finetty.core.model import templates
+
+        if not isinstance(template, str) or not template.strip():
+            problems.append(source.error(("chat_template",), f"must be a template name or a file path, not "
+                                         f"{template!r}", f"for example chat_template: chatml"))
+        else:
+            ok, resolved = problems.attempt(templates.check, template.strip(), base_dir, source.file,
+                                            source.place("chat_template"))
+            recipe.chat_template = resolved if ok else None
+
+    method_ok = given["method"] and problems.attempt(_check_kind, "method", recipe.method, registry, source)[0]
+    objective_ok = given["objective"] and problems.attempt(_check_kind, "objective", recipe.objective, registry,
+                                                           source)[0]
+    method = registry.methods[recipe.method] if method_ok else None
+    quantizer_ok = method_ok and given["quantizer"] and problems.attempt(_check_quantizer, method, recipe, registry,
+                                                                         source)[0]
+    if method_ok:
+        recipe.method_options = problems.attempt(_check_options, "method_options", method,
+                                                 data.get("method_options"), source)[1] or {}
+    if quantizer_ok:
+        quantizer = registry.quantizers.get(recipe.quantizer)
+        recipe.quantizer_options = problems.attempt(_check_options, "quantizer_options", quantizer,
+                                                    data.get("quantizer_options"), source)[1] or {}
+    objective = registry.objectives[recipe.objective] if objective_ok else None
+    if objective_ok:
+        recipe.objective_options = problems.attempt(_check_options, "objective_options", objective,
+                                                    data.get("objective_options"), source)[1] or {}
     options = data.get("dataset_options") or {}
     if not isinstance(options, dict):
-        raise source.error(("dataset_options",), f"must be a mapping, not {type(options).__name__}",
-                           "for example dataset_options: {name: Ada, author: me}")
-    recipe.dataset_options = options
-    recipe.data_options = data_mod.check_data_options(data.get("data_options"), source.file)
-    recipe.train = _check_train(data.get("train"), source)
-    recipe.launch = _check_launch(data.get("launch"), source)
-    recipe.monitor = _check_monitor(data.get("monitor"), recipe, source)
+        problems.append(source.error(("dataset_options",), f"must be a mapping, not {type(options).__name__}",
+                                     "for example dataset_options: {name: Ada, author: me}"))
+    else:
+        recipe.dataset_options = options
+    recipe.data_options = problems.attempt(data_mod.check_data_options, data.get("data_options"), source.file)[1] \
+        or {}
+    train_ok, train = problems.attempt(_check_train, data.get("train"), source)
+    recipe.train = train if train_ok else {**TRAIN_DEFAULTS, **{o.name: o.default for o in FINETTY_TRAIN_OPTIONS}}
+    launch_ok, launch = problems.attempt(_check_launch, data.get("launch"), source)
+    recipe.launch = launch if launch_ok else {}
+    if launch_ok and train_ok:
+        recipe.monitor = problems.attempt(_check_monitor, data.get("monitor"), recipe, source)[1] or {}
 
-    if recipe.format != "auto" and recipe.format not in registry.data_formats:
+    format_ok = not given["format"] or recipe.format == "auto" or recipe.format in registry.data_formats
+    if not format_ok:
         broken = registry.failure_for("data format", recipe.format)
         close = nearest(recipe.format, registry.names("data format"))
-        raise source.error(("format",), f"{recipe.format!r} is not a known data format"
-                           + (f" (plugin {broken.name!r} failed: {broken.error})" if broken else ""),
-                           f"did you mean {close!r}?" if close else
-                           f"auto or one of {', '.join(registry.names('data format'))}")
+        problems.append(source.error(("format",), f"{recipe.format!r} is not a known data format"
+                                     + (f" (plugin {broken.name!r} failed: {broken.error})" if broken else ""),
+                                     f"did you mean {close!r}?" if close else
+                                     f"auto or one of {', '.join(registry.names('data format'))}"))
     if not check_sources:  # `finetty estimate`: the model and data need not be downloaded yet
+        raise_all(problems)
         return recipe
-    models.resolve(recipe.model, base_dir, source.file)
-    local = Path(recipe.model).expanduser()
-    local = local if local.is_absolute() else base_dir / local
-    if recipe.model != "tiny-demo" and local.exists():
-        recipe.model = str(local.resolve())
-    entries = data_mod.parse_dataset(recipe.dataset, base_dir, source.file)
-    recipe.dataset = data_mod.resolved_dataset(recipe.dataset, base_dir)
-    if check_data:
-        found = data_mod.read_data(entries, recipe.format, registry.data_formats, objective.accepts, objective.name,
-                                   recipe.dataset_options, recipe.data_options,
-                                   {n: o.accepts for n, o in registry.objectives.items()}, source.file,
-                                   seed=recipe.train.get("seed", 42))
-        if found is not None and found.tools:
-            _check_tools_template(recipe, base_dir, source)
+    if train_ok:
+        problems.attempt(_check_precision, recipe.train, source)
+    model_ok, model_dir = (problems.attempt(models.resolve, recipe.model, base_dir, source.file) if given["model"]
+                           else (False, None))
+    if model_ok:
+        local = Path(recipe.model).expanduser()
+        local = local if local.is_absolute() else base_dir / local
+        if recipe.model != "tiny-demo" and local.exists():
+            recipe.model = str(local.resolve())
+    if model_ok and method_ok:
+        problems.attempt(_check_target_modules, recipe, model_dir, source)
+    kind = None
+    if dataset_ok:
+        parsed, entries = problems.attempt(data_mod.parse_dataset, recipe.dataset, base_dir, source.file)
+        if parsed:
+            recipe.dataset = data_mod.resolved_dataset(recipe.dataset, base_dir)
+        if parsed and check_data and objective_ok and format_ok and train_ok:
+            read, found = problems.attempt(
+                data_mod.read_data, entries, recipe.format, registry.data_formats, objective.accepts, objective.name,
+                recipe.dataset_options, recipe.data_options, {n: o.accepts for n, o in registry.objectives.items()},
+                source.file, seed=recipe.train.get("seed", 42), train=recipe.train)
+            if read and found is not None:
+                kind = found.kind
+                if found.tools and model_ok:
+                    problems.attempt(_check_tools_template, recipe, base_dir, source)
+    if kind is None and objective_ok and "text" not in objective.accepts:
+        kind = " or ".join(objective.accepts)  # not read (a hub dataset): what the objective trains on
+    if kind is not None and model_ok:
+        problems.attempt(_check_chat_template, recipe, model_dir, kind, source)
+    raise_all(problems)
     return recipe
 
 
