@@ -149,3 +149,66 @@ def test_an_ill_typed_line_breaks_no_reader(runs_dir):
             assert monitor.history.summary.skipped == 1 and monitor.history.train[-1][0] == 40
 
     run(scenario())
+
+
+# -- the history index (summary.json) ------------------------------------------------------------------
+
+def _long_run(folder, steps: int):
+    """A finished run of ``steps`` step events, written directly (a real run of that length would take hours)."""
+    import shutil
+
+    from .tui_runs import FIXTURE
+
+    folder.mkdir(parents=True)
+    shutil.copy(FIXTURE / "recipe.yaml", folder / "recipe.yaml")
+    lines = [json.dumps({"ts": 1.0, "type": "worker_started", "pid": 1, "resume": False}),
+             json.dumps({"ts": 2.0, "type": "run_started", "step": 0, "total_steps": steps,
+                         "recipe": {"model": "tiny-demo", "method": "lora"}})]
+    lines += [json.dumps({"ts": 2.0 + i / 100, "type": "step", "step": i, "epoch": i / 1000, "loss": 3.0 - i / steps,
+                          "learning_rate": 1e-3, "grad_norm": 1.0, "tokens": 512 * i, "tokens_per_second": 9000.0,
+                          "elapsed": i / 100}) for i in range(1, steps + 1)]
+    (folder / "events.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_the_history_index_replaces_a_long_replay_and_is_rebuilt_when_stale(tmp_path, monkeypatch):
+    """Reproduction 11 of issue 19 (a 1M-event history cost 1.8 GB and 17 s to list): a run is listed from its
+    index and the events after it; without an index the events are folded in chunks (memory bounded by the
+    chunk, not the history) and the index is written back; an index describing another file is not trusted."""
+    import pytest
+
+    from finetty.core.run import rundir, summary as summary_mod
+
+    run = _long_run(tmp_path / "runs" / "long", 100_000)
+    size = (run / "events.jsonl").stat().st_size
+    monkeypatch.setattr(summary_mod, "READ_CHUNK", 256 * 1024)
+    batches = []
+    fold = summary_mod.apply_events
+    monkeypatch.setattr(summary_mod, "apply_events", lambda summary, events: (batches.append(len(events)),
+                                                                               fold(summary, events)))
+    first = rundir.summarize(run)
+    assert (first.status, first.step, first.total, first.events) == ("lost", 100_000, 100_000, 100_002)
+    assert first.loss == pytest.approx(2.0)
+    assert sum(batches) == 100_002 and max(batches) < 3_000  # never the whole history in memory at once
+    index = summary_mod.read_index(run)
+    assert index is not None and index.offset == size and index.step == 100_000  # written back
+
+    # the index is read, not the history: garbage over the first line's bytes changes nothing
+    with open(run / "events.jsonl", "r+b") as handle:
+        first_line = len(handle.readline())
+        handle.seek(0)
+        handle.write(b"x" * (first_line - 1))
+    again = rundir.summarize(run)
+    assert (again.step, again.events, again.skipped) == (100_000, 100_002, 0)
+
+    # what is written after the index is folded in
+    with open(run / "events.jsonl", "a") as handle:
+        handle.write(json.dumps({"ts": 5000.0, "type": "run_finished", "step": 100_000, "final": "final",
+                                 "train_loss": 2.5, "runtime": 1000.0, "tokens": 1}) + "\n")
+    assert rundir.summarize(run).status == "finished"
+
+    # an index longer than the file it claims to describe (the file was replaced) is rebuilt from the events
+    short = _long_run(tmp_path / "other", 10)
+    (run / "events.jsonl").write_bytes((short / "events.jsonl").read_bytes())
+    rebuilt = rundir.summarize(run)
+    assert (rebuilt.step, rebuilt.total, rebuilt.events, rebuilt.status) == (10, 10, 12, "lost")

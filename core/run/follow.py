@@ -57,17 +57,21 @@ def follow(run_dir: Path, console: Console, poll_interval: float = 0.2, on_wait=
             _say_skipped(console, summary.skipped)
             return summary.end
     quiet_since = time.monotonic()
+    ended = None
     with progress:
         while True:
-            events = summary_mod.poll_into(summary, reader)
-            ended = None
+            # a long history arrives a chunk at a time (bounded memory); an end counts once nothing follows it
+            events = summary_mod.poll_into(summary, reader, summary_mod.READ_CHUNK)
             for event in events:
                 ended = _show(progress, task, event, ended)
             if reader.skipped > skipped:
                 _say_skipped(progress.console, reader.skipped - skipped)
                 skipped = reader.skipped
-            if ended is not None:
+            more = bool(events) and not reader.at_end
+            if ended is not None and not more:
                 return ended
+            if more:
+                continue
             if events:
                 quiet_since = time.monotonic()
             elif time.monotonic() - quiet_since > QUIET:
