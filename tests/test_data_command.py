@@ -97,3 +97,18 @@ def test_the_apps_preview_is_the_same_report(tmp_path, demo_model):
         in sample
     assert "<|im_start|>tool\n{\"high\": \"12:40\", \"low\": \"06:10\"}<|im_end|>" in sample  # shown, not trained
     assert "[[" not in sample.split("<|im_start|>tool")[1].split("<|im_end|>")[0]
+
+
+def test_a_streamed_mixture_trains_to_max_steps(tmp_path, demo_model, monkeypatch):
+    for name in ("mix-greetings.jsonl", "mix-farewells.jsonl"):
+        shutil.copy(DATA / name, tmp_path / name)
+    recipe = write_recipe(tmp_path, "dataset: [{path: mix-greetings.jsonl, weight: 2}, mix-farewells.jsonl]\n"
+                                    "data_options: {streaming: true}\n"
+                                    "train: {max_steps: 6, per_device_train_batch_size: 4, logging_steps: 1, "
+                                    "save_steps: 100, learning_rate: 3.0e-3}\n")
+    run_dir = inprocess.train(recipe, tmp_path / "runs", monkeypatch=monkeypatch)
+    found = events(run_dir)
+    steps = [e["step"] for e in found if e["type"] == "step"]
+    assert steps[-1] == 6 and found[-1]["type"] == "run_finished"  # 9 examples, 4 a batch: three passes
+    assert any(e["type"] == "warning" and e["message"].startswith("streaming: examples are read as training goes")
+               for e in found)

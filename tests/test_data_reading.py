@@ -190,3 +190,23 @@ def test_validation_and_training_read_the_same_records(tmp_path):
     examples, data_format = reading.load_records(source, "auto", formats)
     assert summary.format == data_format.name == "alpaca"
     assert examples[0][-1] == {"role": "assistant", "content": "42"}
+
+
+def test_streaming_reads_the_head_to_validate_and_every_record_as_it_trains(monkeypatch):
+    with pytest.raises(InputError, match="train.max_steps: is needed with data_options.streaming"):
+        read("mix-greetings.jsonl", data_options={"streaming": True})
+    monkeypatch.setattr(reading, "STREAM_HEAD", 2)
+    streaming = {"streaming": True}
+    head = reading.read_data(reading.parse_dataset("mix-greetings.jsonl", DATA), "auto", load_plugins().data_formats,
+                             SFT, "sft", {}, streaming, train={"max_steps": 5})
+    assert head.records == 2  # validation read the first records only
+    entries = reading.parse_dataset([{"path": "mix-greetings.jsonl", "weight": 3}, "mix-farewells.jsonl"], DATA)
+    stream, found = reading.stream_examples(entries, "auto", load_plugins().data_formats, SFT, "sft", {}, streaming,
+                                            {"max_steps": 5})
+    first = [e[0]["content"] for e in stream]
+    second = [e[0]["content"] for e in stream]
+    assert sorted(first) == sorted(second) == sorted([f"Greet person {i}" for i in range(6)]
+                                                     + [f"Say goodbye to person {i}" for i in range(3)])
+    assert first != second  # each pass interleaves the two files afresh
+    with pytest.raises(InputError, match="train.val_size: a held-out split needs the whole dataset"):
+        reading.check_streaming({"max_steps": 5, "val_size": 0.1})

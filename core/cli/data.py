@@ -34,7 +34,7 @@ def load_report(recipe_path, overrides: list[str], show: int) -> dict:
     found = data_mod.read_data(data_mod.parse_dataset(recipe.dataset, base, recipe_path), recipe.format,
                                registry.data_formats, objective.accepts, objective.name, recipe.dataset_options,
                                recipe.data_options, {n: o.accepts for n, o in registry.objectives.items()},
-                               recipe_path, hub=True, seed=recipe.train.get("seed", 42))
+                               recipe_path, hub=True, seed=recipe.train.get("seed", 42), train=recipe.train)
     model_dir = demo.ensure_demo() if recipe.model == demo.NAME else models.resolve(recipe.model, base)
     tokenizer = models.load_tokenizer(model_dir, recipe.trust_remote_code)
     if found.tools:

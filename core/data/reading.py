@@ -149,21 +149,22 @@ def _line_records(path: Path, kind: str) -> Iterator[tuple[Path, str, dict]]:
     seen = False
     lines = _lines(path)
     if kind == "csv":
-        numbers = []
+        numbers: list[int] = []
+        filled: list[bool] = []
 
         def texts():
             for number, line in lines:
                 numbers.append(number)
+                if not filled and line.strip():
+                    filled.append(True)
                 yield line
 
         for row in csv.DictReader(texts()):
-            seen = True
             if None in row:
                 raise InputError(path, f"line {numbers[-1]}", "has more values than the header has columns",
                                  "quote values that contain commas")
             yield path, f"line {numbers[-1]}", dict(row)
-        if not numbers or not any(True for _ in ()):
-            seen = seen or bool(numbers)
+        seen = bool(filled)
     else:
         for number, line in lines:
             if not line.strip():
@@ -249,7 +250,10 @@ ENTRY_KEYS = {"path": "a file, folder, built-in name, cached hub id or dataset_i
               "ignore_columns": "columns dropped on purpose"}
 DATA_OPTIONS = {"ignore_columns": "columns dropped on purpose, in every dataset",
                 "system": "the system prompt of conversations that have none",
-                "seed": "the seed that samples mixtures (default: train.seed)"}
+                "seed": "the seed that samples mixtures (default: train.seed)",
+                "streaming": "read conversations as training goes, for data larger than memory (needs max_steps)"}
+#: With streaming, validation and `finetty data` read this many records of each dataset.
+STREAM_HEAD = 1000
 
 
 @dataclass
@@ -405,8 +409,8 @@ def check_data_options(value: Any, recipe_file=None) -> dict:
             close = nearest(str(key), list(DATA_OPTIONS))
             raise InputError(recipe_file, f"key data_options.{key}", f"{key!r} is not a data option",
                              f"did you mean {close!r}?" if close else f"options: {', '.join(DATA_OPTIONS)}")
-        kind = {"ignore_columns": list, "system": str, "seed": int}[key]
-        if not isinstance(item, kind) or isinstance(item, bool):
+        kind = {"ignore_columns": list, "system": str, "seed": int, "streaming": bool}[key]
+        if not isinstance(item, kind) or (isinstance(item, bool) and kind is not bool):
             raise InputError(recipe_file, f"key data_options.{key}", f"{key} {item!r} is not a {kind.__name__}",
                              DATA_OPTIONS[key])
     return dict(value)
@@ -586,16 +590,51 @@ def _refuse_kind(data_format, accepts, objective: str, objectives: dict, where: 
                      f"for {data_format.kind} data {take}")
 
 
-def _read_entry(entry: DataEntry, fmt: str, formats: dict, accepts: tuple, objective: str, options: dict,
-                data_options: dict, objectives: dict, recipe_file, hub: bool) -> DataResult | None:
-    ignore = set(entry.ignore_columns) | set(data_options.get("ignore_columns") or ())
-    if entry.source.hub_id and not hub:
-        return None
-    rows = []
+def _raw_rows(entry: DataEntry, options: dict, limit: int | None = None) -> Iterator[tuple[Path, str, dict]]:
+    """An entry's records with null columns dropped and placeholders filled, as they are read."""
     reader = _hub_records(entry.source) if entry.source.hub_id else iter_records(entry.source)
-    for path, place, record in reader:
+    for count, (path, place, record) in enumerate(reader):
+        if limit is not None and count >= limit:
+            return
         record = {k: v for k, v in record.items() if v is not None}
-        rows.append((path, place, fill_placeholders(record, options, (path, place))))
+        yield path, place, fill_placeholders(record, options, (path, place))
+
+
+def _mapped_row(record: dict, entry: DataEntry, ignore: set) -> dict:
+    return _mapped({k: v for k, v in record.items() if k not in ignore}, entry)[0]
+
+
+def _convert(data_format, entry: DataEntry, path: Path, place: str, record: dict, ctx: dict) -> tuple[Any, set]:
+    """One mapped record converted by its format; a column the format left unread that cannot be ignored
+    (images, a KTO label) is refused here. Returns the example and the columns the format read."""
+    rename = entry.rename()
+    tracked = _Tracked(record)
+    try:
+        example = data_format.convert(tracked)
+    except (ValueError, TypeError, KeyError, AttributeError, StopIteration) as exc:
+        article = "an" if data_format.name[:1] in "aeiou" else "a"
+        raise InputError(path, place, f"{exc}", f"{article} {data_format.name} record has {data_format.fields}"
+                         if data_format.fields else f"see what {article} {data_format.name} record holds: "
+                         "`finetty plugins`") from None
+    for column in set(record) - tracked.read:
+        original = next((c for c, f in rename.items() if f == column), column)
+        if column in REFUSED_COLUMNS:
+            raise InputError(path, place, f"column {original!r} {REFUSED_COLUMNS[column]}, which the "
+                             f"{data_format.name} format cannot train on: its <{column[:-1]}> markers would train "
+                             "as plain text",
+                             f"use a data format plugin that reads {column}, or drop the column on purpose: "
+                             f"data_options: {{ignore_columns: [{original}]}}")
+        if column in KTO_COLUMNS and data_format.kind in ("conversation", "preference"):
+            kto = next((f for f in ctx["formats"].values() if f.kind == "kto"), data_format)
+            _refuse_kind(kto, ctx["accepts"], ctx["objective"], ctx["objectives"], (path, place), original)
+    system = entry.system or ctx["data_options"].get("system")
+    return _with_default_system(example, data_format.kind, system), tracked.read
+
+
+def _read_entry(entry: DataEntry, fmt: str, ctx: dict, recipe_file, limit: int | None) -> DataResult:
+    ignore = set(entry.ignore_columns) | set(ctx["data_options"].get("ignore_columns") or ())
+    formats = ctx["formats"]
+    rows = list(_raw_rows(entry, ctx["options"], limit))
     if not rows:
         raise InputError(entry.source.files[0] if entry.source.files else recipe_file, None, "holds no records",
                          "add at least one record")
@@ -603,10 +642,7 @@ def _read_entry(entry: DataEntry, fmt: str, formats: dict, accepts: tuple, objec
     for _, _, record in rows:
         for column in record:
             carried[column] = carried.get(column, 0) + 1
-    mapped_rows = []
-    for path, place, record in rows:
-        kept = {k: v for k, v in record.items() if k not in ignore}
-        mapped_rows.append((path, place, _mapped(kept, entry)[0]))
+    mapped_rows = [(path, place, _mapped_row(record, entry, ignore)) for path, place, record in rows]
     rename = entry.rename()
     chosen_format = fmt if entry.format == "auto" else entry.format
     if chosen_format != "auto":
@@ -618,40 +654,18 @@ def _read_entry(entry: DataEntry, fmt: str, formats: dict, accepts: tuple, objec
     else:
         data_format, why = _detect(mapped_rows, formats)
         detected = True
-    first = mapped_rows[0][:2]
     if entry.ranking and data_format.kind != "preference":
         raise InputError(recipe_file, entry.place, "is marked ranking (chosen/rejected pairs), read as "
                          f"{data_format.name} data", "read it with format: preference")
-    if data_format.kind not in accepts:
+    if data_format.kind not in ctx["accepts"]:
         label = next((c for c in KTO_COLUMNS if c in mapped_rows[0][2]), None)
-        _refuse_kind(data_format, accepts, objective, objectives, first, label)
+        _refuse_kind(data_format, ctx["accepts"], ctx["objective"], ctx["objectives"], mapped_rows[0][:2], label)
     read: set = set()
     examples = []
     for path, place, record in mapped_rows:
-        tracked = _Tracked(record)
-        try:
-            example = data_format.convert(tracked)
-        except (ValueError, TypeError, KeyError, AttributeError, StopIteration) as exc:
-            article = "an" if data_format.name[:1] in "aeiou" else "a"
-            raise InputError(path, place, f"{exc}", f"{article} {data_format.name} record has {data_format.fields}"
-                             if data_format.fields else f"see what {article} {data_format.name} record holds: "
-                             "`finetty plugins`") from None
-        read |= tracked.read
-        unread = set(record) - tracked.read
-        for column in unread:
-            original = next((c for c, f in rename.items() if f == column), column)
-            if column in REFUSED_COLUMNS:
-                raise InputError(path, place, f"column {original!r} {REFUSED_COLUMNS[column]}, which the "
-                                 f"{data_format.name} format cannot train on: its <{column[:-1]}> markers would train "
-                                 "as plain text",
-                                 f"use a data format plugin that reads {column}, or drop the column on purpose: "
-                                 f"data_options: {{ignore_columns: [{original}]}}")
-            if column in KTO_COLUMNS and data_format.kind in ("conversation", "preference"):
-                kto = next((f for f in formats.values() if f.kind == "kto"), data_format)
-                _refuse_kind(kto, accepts, objective, objectives, (path, place), original)
-        examples.append(_with_default_system(example, data_format.kind,
-                                             entry.system or data_options.get("system")))
-    inverse = {f: c for c, f in rename.items()}
+        example, seen = _convert(data_format, entry, path, place, record, ctx)
+        read |= seen
+        examples.append(example)
     fates = {}
     for column in carried:
         if column in ignore:
@@ -661,7 +675,7 @@ def _read_entry(entry: DataEntry, fmt: str, formats: dict, accepts: tuple, objec
         else:
             fates[column] = "ignored"
     return DataResult(data_format.name, data_format.kind, detected, why, len(rows), examples, fates, carried,
-                      {c: f for f, c in inverse.items()}, formats=[data_format])
+                      dict(rename), formats=[data_format])
 
 
 def _sample(examples: list, count: int, rng) -> list:
@@ -672,7 +686,7 @@ def _sample(examples: list, count: int, rng) -> list:
 
 def read_data(entries: list[DataEntry], fmt: str, formats: dict, accepts: tuple, objective: str,
               options: dict | None = None, data_options: dict | None = None, objectives: dict | None = None,
-              recipe_file=None, hub: bool = False, seed: int = 42) -> DataResult | None:
+              recipe_file=None, hub: bool = False, seed: int = 42, train: dict | None = None) -> DataResult | None:
     """Read every dataset of a recipe, convert each record, apply the mixture; bad input raises InputError.
 
     This is the one reader: recipe validation, ``finetty data``, the app's
@@ -680,17 +694,28 @@ def read_data(entries: list[DataEntry], fmt: str, formats: dict, accepts: tuple,
     trains. Cached hub datasets are read through ``datasets`` only with
     ``hub=True`` (the worker); validation skips them (returns None when every
     dataset is one). ``objectives`` (name -> accepted kinds) lets a refusal
-    name the objective that would train the data.
+    name the objective that would train the data. With ``data_options.streaming``
+    only the first :data:`STREAM_HEAD` records of each dataset are read here (the
+    worker streams the rest with :func:`stream_examples`); ``train`` (the
+    recipe's training settings) is checked for what streaming needs.
     """
     import random
 
     data_options = data_options or {}
+    streaming = bool(data_options.get("streaming"))
+    if streaming:
+        check_streaming(train or {}, recipe_file)
+    ctx = {"formats": formats, "accepts": accepts, "objective": objective, "objectives": objectives or {},
+           "options": options or {}, "data_options": data_options}
     results = []
     for entry in entries:
-        found = _read_entry(entry, fmt, formats, accepts, objective, options or {}, data_options,
-                            objectives or {}, recipe_file, hub)
-        if found is not None:
-            results.append((entry, found))
+        if entry.source.hub_id and not hub:
+            continue
+        found = _read_entry(entry, fmt, ctx, recipe_file, STREAM_HEAD if streaming else None)
+        if streaming and found.kind != "conversation":
+            raise InputError(recipe_file, "key data_options.streaming", f"streams conversations, and "
+                             f"{entry.source.describe()} is {found.kind} data", "drop streaming: true")
+        results.append((entry, found))
     if not results:
         return None
     if len(results) == 1 and not results[0][0].samples:
@@ -724,6 +749,61 @@ def read_data(entries: list[DataEntry], fmt: str, formats: dict, accepts: tuple,
                       "; ".join(f"{m['dataset']}: {r.why}" for m, (_, r) in zip(mixture, results)),
                       sum(r.records for _, r in results), examples, columns, carried, mapped, mixture,
                       formats=[f for _, r in results for f in r.formats])
+
+
+def check_streaming(train: dict, recipe_file=None) -> None:
+    """Streaming has no length to count epochs by, no whole set to hold out or pack: say so before a run."""
+    if not isinstance(train.get("max_steps"), int) or train.get("max_steps", -1) <= 0:
+        raise InputError(recipe_file, "key train.max_steps", "is needed with data_options.streaming: a streamed "
+                         "dataset has no length to count epochs by", "set train.max_steps, for example 1000")
+    for key, why in (("val_size", "a held-out split"), ("packing", "packing")):
+        if train.get(key):
+            raise InputError(recipe_file, f"key train.{key}", f"{why} needs the whole dataset, which "
+                             "data_options.streaming does not hold", f"drop train.{key} or streaming")
+
+
+class ExampleStream:
+    """The worker's examples under ``data_options.streaming``: each pass reads the files again, record by record.
+
+    Records go through the same mapping, placeholders, conversion and
+    refusals as :func:`read_data`, with the format it found in each dataset's
+    first records. Several datasets are interleaved at random by their weights
+    (seeded) until each is read through.
+    """
+
+    def __init__(self, entries: list[DataEntry], found: list, ctx: dict, seed: int):
+        self.entries, self.found, self.ctx, self.seed, self.passes = entries, found, ctx, seed, 0
+
+    def _one(self, entry: DataEntry, data_format) -> Iterator[Any]:
+        ignore = set(entry.ignore_columns) | set(self.ctx["data_options"].get("ignore_columns") or ())
+        rows = _raw_rows(entry, self.ctx["options"], entry.samples)
+        for path, place, record in rows:
+            yield _convert(data_format, entry, path, place, _mapped_row(record, entry, ignore), self.ctx)[0]
+
+    def __iter__(self) -> Iterator[Any]:
+        import random
+
+        rng = random.Random(self.seed + self.passes)
+        self.passes += 1
+        streams = [self._one(e, f) for e, f in zip(self.entries, self.found)]
+        weights = [e.weight if e.weight is not None else 1.0 for e in self.entries]
+        while streams:
+            at = rng.choices(range(len(streams)), weights=weights)[0]
+            try:
+                yield next(streams[at])
+            except StopIteration:
+                del streams[at], weights[at]
+
+
+def stream_examples(entries: list[DataEntry], fmt: str, formats: dict, accepts: tuple, objective: str,
+                    options: dict | None, data_options: dict, train: dict, seed: int = 42) -> tuple[ExampleStream,
+                                                                                                   DataResult]:
+    """The streamed examples and what reading each dataset's first records found (for the run's report)."""
+    head = read_data(entries, fmt, formats, accepts, objective, options, data_options, hub=True, seed=seed,
+                     train=train)
+    ctx = {"formats": formats, "accepts": accepts, "objective": objective, "objectives": {},
+           "options": options or {}, "data_options": data_options}
+    return ExampleStream(entries, head.formats, ctx, seed), head
 
 
 # -- the older single-dataset entry points, on the one reader ------------------------------------------

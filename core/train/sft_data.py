@@ -94,6 +94,38 @@ def _trainer_class():
     return SFTTrainer
 
 
+def _streamed_rows(ctx, train_on: str):
+    """A torch ``IterableDataset`` that tokenizes ``data_options.streaming`` examples as the trainer asks for them.
+
+    Over-length examples are truncated or dropped per ``truncation`` and
+    examples left with nothing to learn are skipped, as :func:`tokenize_examples`
+    does for a list; nothing is cached, packed or grouped by length, since the
+    whole dataset is never held.
+    """
+    import torch
+
+    from finetty.core.data.tokenize import check_renders_tools, tokenize_conversation, tokenize_text
+
+    class Rows(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            checked = False
+            for example in ctx.train_records:
+                if isinstance(example, str):
+                    row = tokenize_text(ctx.tokenizer, example, ctx.max_length)
+                else:
+                    if not checked and isinstance(example, dict) and example.get("tools"):
+                        check_renders_tools(ctx.tokenizer)
+                        checked = True
+                    row = tokenize_conversation(ctx.tokenizer, example, ctx.max_length, train_on=train_on)
+                if row["truncated"] and ctx.truncation == "drop":
+                    continue
+                if all(label == IGNORE for label in row["labels"]):
+                    continue
+                yield {"input_ids": row["input_ids"], "labels": row["labels"]}
+
+    return Rows()
+
+
 def build_sft_trainer(ctx, train_on: str = "assistant"):
     from datasets import Dataset
     from transformers import DataCollatorForSeq2Seq
@@ -103,6 +135,11 @@ def build_sft_trainer(ctx, train_on: str = "assistant"):
     packing = bool(getattr(ctx, "packing", False))
     if packing:
         _refuse_prompt_learning(ctx.model)
+    if not isinstance(ctx.train_records, list):  # data_options.streaming: an iterable read as training goes
+        collator = DataCollatorForSeq2Seq(ctx.tokenizer, padding=True, label_pad_token_id=IGNORE)
+        return _trainer_class()(model=ctx.model, args=ctx.args, train_dataset=_streamed_rows(ctx, train_on),
+                                data_collator=collator, processing_class=ctx.tokenizer, callbacks=ctx.callbacks,
+                                method=ctx.method, lengths=None, packed=False)
 
     def prepare(examples):
         rows = prepare_rows(examples, ctx.tokenizer, ctx.max_length, ctx.truncation, train_on, packing, ctx.report)

@@ -165,18 +165,30 @@ def _setup_model(recipe, registry, events):
 
 
 def _setup_data(recipe, registry, events):
-    """The recipe's data through the same reader that validated it; ignored columns and the mixture reported."""
-    found = data_mod.read_data(data_mod.parse_dataset(recipe.dataset, Path.cwd()), recipe.format,
-                               registry.data_formats, registry.objectives[recipe.objective].accepts, recipe.objective,
-                               recipe.dataset_options, getattr(recipe, "data_options", None) or {}, hub=True,
-                               seed=recipe.train.get("seed", 42))
-    for message in found.warnings():
+    """The recipe's data through the same reader that validated it; ignored columns and the mixture reported.
+
+    With ``data_options.streaming`` the examples are an iterable that reads
+    the files as training goes; the counts reported are of their first records.
+    """
+    data_options = getattr(recipe, "data_options", None) or {}
+    entries = data_mod.parse_dataset(recipe.dataset, Path.cwd())
+    arguments = (entries, recipe.format, registry.data_formats, registry.objectives[recipe.objective].accepts,
+                 recipe.objective, recipe.dataset_options, data_options)
+    seed = recipe.train.get("seed", 42)
+    if data_options.get("streaming"):
+        examples, found = data_mod.stream_examples(*arguments, train=recipe.train, seed=seed)
+        messages = [*found.warnings(), f"streaming: examples are read as training goes; the counts are of the "
+                                       f"first {data_mod.STREAM_HEAD} records of each dataset"]
+    else:
+        found = data_mod.read_data(*arguments, hub=True, seed=seed, train=recipe.train)
+        examples, messages = found.examples, found.warnings()
+    for message in messages:
         print(f"finetty: warning: {message}", flush=True)
         events.emit("warning", message=message)
-    examples = found.examples
-    train, evaluation = _split(examples, recipe.train.get("val_size"), recipe.train.get("seed", 42))
+    train, evaluation = _split(examples, recipe.train.get("val_size"), seed)
+    count = len(found.examples)
     events.emit("data", dataset=", ".join(m["dataset"] for m in found.mixture), format=found.format,
-                detected=found.detected, records=len(examples), train_records=len(train),
+                detected=found.detected, records=count, train_records=count - len(evaluation or []),
                 eval_records=len(evaluation or []))
     return train, evaluation
 
