@@ -34,11 +34,52 @@ def finetty_env(tmp_path_factory):
 
     registry.load_plugins(refresh=True)
     yield home
+    _leave_nothing_behind(home)
     for key, value in old.items():
         if value is None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+def finetty_processes(home: Path) -> list[tuple[int, str]]:
+    """(pid, command line) of each finetty process started for ``home``: workers, standbys, queue runners.
+
+    A process is known by the FINETTY_HOME it was started with (``/proc/PID/environ``); other sessions'
+    tests on the same machine have homes of their own, and are not touched."""
+    marker = f"FINETTY_HOME={home}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue  # gone, or not ours to read
+        if "finetty" in command:  # (a zombie has no command line: it is gone already)
+            found.append((int(entry.name), command))
+    return found
+
+
+def _leave_nothing_behind(home: Path) -> None:
+    """The suite ends with no finetty process of its home: the standby is stopped; any other is a stray."""
+    import signal
+
+    from finetty.core.run import standby
+
+    standby.stop()
+    deadline = time.monotonic() + 30
+    while finetty_processes(home) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    strays = finetty_processes(home)
+    for pid, _ in strays:
+        try:
+            os.kill(pid, signal.SIGKILL)  # nothing outlives the suite, whatever the verdict
+        except OSError:
+            pass
+    assert not strays, f"finetty processes left running by the tests: {strays}"
 
 
 @pytest.fixture(scope="session")

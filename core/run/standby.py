@@ -28,7 +28,9 @@ It refuses (and the launcher starts a worker the usual way):
   finetty): then it exits, and the worker started instead leaves a fresh one.
 
 It exits on its own after ``FINETTY_STANDBY_IDLE`` seconds without a run
-(default 1200); ``FINETTY_STANDBY=0`` turns it off. Most of its imports run
+(default 1200; 60 for a home in the temp dir, a test's or a tool's, whose
+purpose is over long before that), and as soon as its finetty home is
+deleted; ``FINETTY_STANDBY=0`` turns it off. Most of its imports run
 at the lowest priority, so it does not slow a run that is training.
 
 Nothing here imports torch in the launcher's process.
@@ -46,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from finetty.core import paths
@@ -54,6 +57,10 @@ from finetty.core.run import entry, rundir
 ENV = "FINETTY_STANDBY"
 IDLE_ENV = "FINETTY_STANDBY_IDLE"
 IDLE_DEFAULT = 1200.0
+IDLE_TEMPORARY_HOME = 60.0
+"""the idle limit for a home under the temp dir (a test's, a benchmark's, a tool's)"""
+HOME_CHECK = 5.0
+"""seconds between two looks at whether the home still exists"""
 
 # what differs between two shells (or test runs) of one person without changing what a run does
 _SESSION_VARS = {"_", "PWD", "OLDPWD", "SHLVL", "TERM", "TERM_PROGRAM", "TERM_PROGRAM_VERSION", "COLORTERM",
@@ -68,10 +75,19 @@ def enabled() -> bool:
 
 
 def idle_seconds() -> float:
+    default = IDLE_TEMPORARY_HOME if temporary_home() else IDLE_DEFAULT
     try:
-        return max(1.0, float(os.environ.get(IDLE_ENV, IDLE_DEFAULT)))
+        return max(1.0, float(os.environ.get(IDLE_ENV, default)))
     except ValueError:
-        return IDLE_DEFAULT
+        return default
+
+
+def temporary_home() -> bool:
+    """True for a finetty home in the temp dir: made for a test or a tool, gone with it."""
+    try:
+        return paths.home().resolve().is_relative_to(Path(tempfile.gettempdir()).resolve())
+    except OSError:
+        return False
 
 
 # -- where it listens ------------------------------------------------------------------------------
@@ -305,12 +321,19 @@ def _serve(listener: socket.socket, expected: dict, leave) -> tuple[dict, int] |
 
     ``leave()`` gives up the socket and the standby's lock before the launcher
     hears the answer, so the standby it then starts for the next launch can take them."""
-    listener.settimeout(idle_seconds())
+    home = paths.home()
+    deadline = time.monotonic() + idle_seconds()
+    listener.settimeout(min(HOME_CHECK, idle_seconds()))
     while True:
         try:
             conn, _ = listener.accept()
-        except (socket.timeout, OSError):
+        except socket.timeout:
+            if time.monotonic() >= deadline or not home.is_dir():
+                return None  # idle too long, or its home was deleted: nothing will launch here again
+            continue
+        except OSError:
             return None
+        deadline = time.monotonic() + idle_seconds()
         with conn:
             conn.settimeout(5)
             try:
