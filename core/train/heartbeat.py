@@ -13,10 +13,12 @@ A beat is a file rewrite, not an event: events.jsonl stays the run's history.
 The thread runs Python between torch's kernels (which let go of the GIL), so a
 long step does not silence it; a stopped or hung process does.
 
-The same thread keeps the run's history index (``summary.json``, see
+A second daemon thread keeps the run's history index (``summary.json``, see
 :mod:`finetty.core.run.summary`) up to date every
-:data:`~finetty.core.run.summary.INDEX_EVERY` seconds; :meth:`Heartbeat.stop`
-writes it a last time after the final event.
+:data:`~finetty.core.run.summary.INDEX_EVERY` seconds (a thread of its own: a
+resume of a long run first folds its whole history, and the beats must not
+wait for that); :meth:`Heartbeat.stop` writes it a last time after the final
+event.
 """
 
 from __future__ import annotations
@@ -46,11 +48,13 @@ class Heartbeat:
         self.index = IndexKeeper(self.run_dir)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="finetty-heartbeat", daemon=True)
-        self._last_index = 0.0
+        self._indexer = threading.Thread(target=self._keep_index, name="finetty-index", daemon=True)
+        self._index_lock = threading.Lock()
 
     def start(self) -> "Heartbeat":
         self.beat()
         self._thread.start()
+        self._indexer.start()
         return self
 
     def beat(self) -> None:
@@ -69,23 +73,26 @@ class Heartbeat:
             pass
 
     def refresh_index(self) -> None:
-        try:
-            self.index.refresh()
-        except Exception:  # the index is a cache of events.jsonl; readers rebuild what it lacks
-            pass
-        self._last_index = time.monotonic()
+        with self._index_lock:
+            try:
+                self.index.refresh()
+            except Exception:  # the index is a cache of events.jsonl; readers rebuild what it lacks
+                pass
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.beat()
-            if time.monotonic() - self._last_index >= INDEX_EVERY:
-                self.refresh_index()
+
+    def _keep_index(self) -> None:
+        while not self._stop.wait(INDEX_EVERY):
+            self.refresh_index()
 
     def stop(self) -> None:
-        """End the thread and bring the index up to date (call after the final event)."""
+        """End the threads and bring the index up to date (call after the final event)."""
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
+        for thread in (self._thread, self._indexer):
+            if thread.is_alive():
+                thread.join(timeout=5)
         self.refresh_index()
 
 
