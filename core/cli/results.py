@@ -172,7 +172,8 @@ def cmd_eval(args) -> int:
             err.print(f"  {label}: {done}/{total} answered")
 
     report = evaluate.evaluate(run_dir, data=args.data, checkpoint=args.checkpoint,
-                               max_new_tokens=args.max_new_tokens, limit=args.limit, progress=progress)
+                               max_new_tokens=args.max_new_tokens, limit=args.limit, progress=progress,
+                               batch_size=args.batch_size)
     json_path, md_path = evaluate.write_report(run_dir, report)
     table = Table("metric", "base", f"tuned ({report.checkpoint})", box=None, pad_edge=False, padding=(0, 2))
     for name in evaluate.METRICS:
@@ -229,7 +230,7 @@ def cmd_serve(args) -> int:
     _notes(loaded)
     try:
         server = serve.APIServer(loaded, args.host, args.port, api_key=args.api_key,
-                                 max_tokens=args.max_new_tokens, verbose=True)
+                                 max_tokens=args.max_new_tokens, verbose=True, max_batch=args.max_batch)
     except OSError as exc:
         raise InputError("--port", str(args.port), f"cannot be bound on {args.host}: {exc.strerror}",
                          "pick another port with --port") from None
@@ -261,6 +262,8 @@ def add_commands(add) -> None:
     evaluation.add_argument("--max-new-tokens", type=_positive_int, default=None,
                             help="longest answer (default: the longest reference + 16, at most 256)")
     evaluation.add_argument("--limit", type=_positive_int, default=None, help="evaluate the first N examples only")
+    evaluation.add_argument("--batch-size", type=_positive_int, default=16,
+                            help="prompts answered together in one left-padded batch (default 16)")
 
     exporting = add("export", cmd_export, "export a run's adapter, or the model merged with it, for use "
                                           "without finetty")
@@ -279,3 +282,5 @@ def add_commands(add) -> None:
                               "which keeps the key out of the process list)")
     serving.add_argument("--max-new-tokens", type=_positive_int, default=512,
                          help="answer length when a request gives no max_tokens (default 512)")
+    serving.add_argument("--max-batch", type=_positive_int, default=16,
+                         help="most requests answered together in one batch; more wait for the next (default 16)")

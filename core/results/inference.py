@@ -7,9 +7,12 @@ recipe's compute dtype) with the tokenizer saved beside the weights, so the
 chat template is the one the run trained with. ``load_base(run_dir)`` is the
 untouched base, prompted the same way, for side-by-side comparison.
 
-``Generation`` streams one answer: ``model.generate`` runs in a thread and
-feeds a ``TextIteratorStreamer``; iterating yields text pieces as they are
-decoded, ``stop()`` ends it early. Nothing here imports torch or transformers
+``generate(loaded, sequences)`` answers several prompts in one left-padded
+``model.generate`` call, each with its own settings, stop strings and
+streaming callback; eval batches through it, the API server's scheduler
+steps every waiting request through it together, and ``Generation`` (one
+streamed answer for chat) is a batch of one, so all three answer alike.
+``Generation``'s ``stop()`` ends it early. Nothing here imports torch or transformers
 at module level: the TUI imports this module and loads models in a worker
 thread.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -46,6 +49,10 @@ class GenerationSettings:
     max_new_tokens: int = 256
     repetition_penalty: float | None = None
     system_prompt: str | None = None
+    seed: int | None = None
+    """the sampling seed of this answer alone (None: drawn from torch's global generator)"""
+    stop: tuple[str, ...] = ()
+    """strings that end the answer where they first appear (not included in it)"""
 
     def generation_config(self, base: Any, eos_ids: list[int], pad_id: int | None) -> Any:
         """A copy of the model's ``GenerationConfig`` with these settings applied."""
@@ -335,12 +342,268 @@ def _device(model):
         return "cpu"
 
 
+def context_length(loaded: Loaded) -> int | None:
+    """The longest sequence the model was built for (``max_position_embeddings`` or its kin), if it says."""
+    config = getattr(loaded.model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+class PromptTooLong(ValueError):
+    """The prompt does not fit the model's context; both lengths in tokens."""
+
+    def __init__(self, prompt_tokens: int, context: int):
+        super().__init__(f"the prompt is {prompt_tokens} tokens, longer than the model's context of {context} "
+                         "tokens")
+        self.prompt_tokens, self.context = prompt_tokens, context
+
+
+class Sequence:
+    """One answer being generated, in a batch with others: the prompt's ids, its own settings, and its state.
+
+    Built by :func:`sequence`; :func:`generate` fills it. ``on_text(piece)`` is called (from the generating
+    thread) with each new piece of the answer, held back while it might be the start of a ``stop`` string;
+    ``on_done()`` once at the end. ``cancel()`` (any thread) ends it at the next step.
+    """
+
+    def __init__(self, prompt_ids: list[int], settings: GenerationSettings, on_text=None, on_done=None):
+        self.prompt_ids = prompt_ids
+        self.settings = settings
+        self.on_text, self.on_done = on_text, on_done
+        self.ids: list[int] = []
+        self.text = ""
+        self.sent = 0
+        self.finish_reason: str | None = None
+        self.error: BaseException | None = None
+        self.cancelled = threading.Event()
+        self.interrupted = False
+        """True when ``cancel()`` ended it before it was done"""
+        self.finished = threading.Event()
+        self.max_new_tokens = settings.max_new_tokens
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.ids)
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def _emit(self, upto: int) -> None:
+        if upto > self.sent:
+            piece, self.sent = self.text[self.sent:upto], upto
+            if self.on_text is not None:
+                self.on_text(piece)
+
+    def _take(self, token: int, tokenizer, eos: list[int]) -> None:
+        """Add one generated token: end on end-of-turn, a stop string, or the length limit."""
+        if token in eos:
+            self._finish("stop")
+            return
+        self.ids.append(token)
+        self.text = tokenizer.decode(self.ids, skip_special_tokens=True)
+        stops = [s for s in (self.settings.stop or ()) if s]
+        hits = [i for i in (self.text.find(s, max(0, self.sent - len(s))) for s in stops) if i >= 0]
+        if hits:
+            self.text = self.text[:min(hits)]
+            self._finish("stop")
+            return
+        if len(self.ids) >= self.max_new_tokens:
+            self._finish("length")
+            return
+        safe = len(self.text)
+        if self.text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+            safe = len(self.text.rstrip("\ufffd"))
+        for stop in stops:  # hold back a tail that may grow into a stop string
+            for size in range(min(len(stop) - 1, safe), 0, -1):
+                if self.text[safe - size:safe] == stop[:size]:
+                    safe -= size
+                    break
+        self._emit(safe)
+
+    def _finish(self, reason: str) -> None:
+        if self.finish_reason is None:
+            self.finish_reason = reason
+            self._emit(len(self.text))
+
+
+def prompt_ids(loaded: Loaded, messages: list[dict] | None = None, text: str | None = None,
+               settings: GenerationSettings | None = None) -> list[int]:
+    """The token ids of a chat prompt (``messages``, rendered with the chat template) or of raw ``text``."""
+    tokenizer = loaded.tokenizer
+    if messages is not None:
+        prompt, special = render(tokenizer, conversation(messages, settings or GenerationSettings()))
+    else:
+        prompt, special = text or "", True
+    return tokenizer(prompt, add_special_tokens=special)["input_ids"]
+
+
+def sequence(loaded: Loaded, messages: list[dict] | None = None, settings: GenerationSettings | None = None,
+             text: str | None = None, on_text=None, on_done=None) -> Sequence:
+    """A :class:`Sequence` for a chat (``messages``) or a plain completion (``text``); PromptTooLong when the
+    prompt leaves no room in the model's context (the answer is cut to the room there is)."""
+    settings = settings or GenerationSettings()
+    ids = prompt_ids(loaded, messages, text, settings)
+    context = context_length(loaded)
+    if context is not None and len(ids) >= context:
+        raise PromptTooLong(len(ids), context)
+    found = Sequence(ids, settings, on_text, on_done)
+    if context is not None:
+        found.max_new_tokens = max(1, min(settings.max_new_tokens, context - len(ids)))
+    return found
+
+
+def _seed() -> int:
+    import torch
+
+    return int(torch.randint(0, 2**62, (), dtype=torch.int64))  # from torch's global generator: manual_seed holds
+
+
+def generate(loaded: Loaded, sequences: list[Sequence]) -> None:
+    """Generate every sequence's answer in one left-padded batch through ``model.generate`` (so every method's
+    own generation path, PEFT prompt learning included, and one KV cache serve the whole batch).
+
+    The batch decodes greedily; each sequence's own settings are applied by a logits processor on its row
+    (repetition penalty, then temperature, top-k and top-p sampling with the sequence's own seeded generator,
+    whose pick becomes the row's only candidate), and a stopping criterion ends each row on its own (end of
+    turn, a stop string, its length limit, or ``cancel()``). A sequence's answer therefore does not depend on
+    what it is batched with. Errors are stored on every sequence (``error``); ``on_done`` is always called.
+    """
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+    from transformers.generation.streamers import BaseStreamer
+
+    model, tokenizer = loaded.model, loaded.tokenizer
+    eos = _eos_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+    rows = []
+    for seq in sequences:
+        config = seq.settings.generation_config(model.generation_config, eos, pad)
+        generator = None
+        if config.do_sample:
+            generator = torch.Generator().manual_seed(seq.settings.seed if seq.settings.seed is not None
+                                                      else _seed())
+        rows.append((config, generator))
+
+    class PerRow(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            scores = scores.float()
+            for row, (config, generator) in enumerate(rows):
+                if sequences[row].done:
+                    continue
+                logits = scores[row]
+                penalty = config.repetition_penalty
+                if penalty not in (None, 1.0):
+                    seen = input_ids[row][-(len(sequences[row].ids) + sequences[row].prompt_tokens):]
+                    picked = logits.gather(0, seen)
+                    logits = logits.scatter(0, seen, torch.where(picked < 0, picked * penalty, picked / penalty))
+                if generator is not None:
+                    logits = logits / max(config.temperature or 1.0, 1e-5)
+                    if config.top_k:
+                        kth = torch.topk(logits, min(config.top_k, logits.shape[-1])).values[-1]
+                        logits = logits.masked_fill(logits < kth, float("-inf"))
+                    if config.top_p is not None and config.top_p < 1.0:
+                        ordered, order = torch.sort(logits, descending=True)
+                        cumulative = ordered.softmax(-1).cumsum(-1)
+                        drop = cumulative - ordered.softmax(-1) > config.top_p
+                        logits = logits.masked_fill(drop.scatter(0, order, drop), float("-inf"))
+                    probabilities = logits.softmax(-1).cpu()
+                    choice = int(torch.multinomial(probabilities, 1, generator=generator))
+                    logits = torch.full_like(logits, float("-inf"))
+                    logits[choice] = 0.0
+                scores[row] = logits
+            return scores
+
+    class Collect(BaseStreamer):
+        first = True
+
+        def put(self, value):
+            if self.first:  # the prompt
+                self.first = False
+                return
+            for row, token in enumerate(value.view(-1).tolist()):
+                if not sequences[row].done:
+                    sequences[row]._take(token, tokenizer, eos)
+
+        def end(self):
+            pass
+
+    class Ended(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            for seq in sequences:
+                if seq.cancelled.is_set() and not seq.done:
+                    seq.interrupted = True
+                    seq._finish("stop")
+            return torch.tensor([seq.done for seq in sequences], dtype=torch.bool, device=input_ids.device)
+
+    try:
+        width = max(seq.prompt_tokens for seq in sequences)
+        ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, seq in enumerate(sequences):  # left padding: every answer starts at the same column
+            if seq.prompt_ids:
+                ids[row, width - seq.prompt_tokens:] = torch.tensor(seq.prompt_ids)
+                mask[row, width - seq.prompt_tokens:] = 1
+        config = copy.deepcopy(model.generation_config)
+        config.do_sample, config.temperature, config.top_p, config.top_k = False, 1.0, 1.0, 50
+        config.repetition_penalty = 1.0
+        config.max_new_tokens, config.max_length = max(seq.max_new_tokens for seq in sequences), None
+        config.eos_token_id, config.pad_token_id = eos or config.eos_token_id, pad
+        device = _device(model)
+        with loaded.lock, torch.inference_mode():
+            if any(not seq.cancelled.is_set() for seq in sequences):
+                model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
+                               logits_processor=LogitsProcessorList([PerRow()]), streamer=Collect(),
+                               stopping_criteria=StoppingCriteriaList([Ended()]))
+        for seq in sequences:
+            if seq.cancelled.is_set() and not seq.done:  # cancelled before it started
+                seq.interrupted = True
+            seq._finish("length" if len(seq.ids) >= seq.max_new_tokens and not seq.interrupted else "stop")
+    except BaseException as exc:
+        for seq in sequences:
+            seq.error = exc
+            if seq.finish_reason is None:
+                seq.finish_reason = "error"
+        if not isinstance(exc, Exception):
+            raise
+    finally:
+        for seq in sequences:
+            seq.finished.set()
+            if seq.on_done is not None:
+                seq.on_done()
+
+
+def answers(loaded: Loaded, conversations: list[list[dict]], settings: GenerationSettings | None = None,
+            batch_size: int = 16) -> list[str]:
+    """The whole answers to many conversations, ``batch_size`` at a time (each batch one ``generate``)."""
+    settings = settings or GenerationSettings()
+    found: list[str] = []
+    for start in range(0, len(conversations), batch_size):
+        batch = [sequence(loaded, messages, settings) for messages in conversations[start:start + batch_size]]
+        generate(loaded, batch)
+        for seq in batch:
+            if seq.error is not None:
+                raise seq.error
+            found.append(seq.text)
+    return found
+
+
 class Generation:
     """One streamed answer. Iterate for text pieces; ``stop()`` (any thread) ends it early.
 
-    After iteration: ``text``, ``prompt_tokens``, ``completion_tokens`` and
-    ``finish_reason`` (``stop``: end of turn or stopped; ``length``: hit
-    ``max_new_tokens``).
+    A batch of one for :func:`generate`, the same path eval and the API server take. After iteration:
+    ``text``, ``prompt_tokens``, ``completion_tokens`` and ``finish_reason`` (``stop``: end of turn, a stop
+    string, or stopped; ``length``: hit ``max_new_tokens``).
     """
 
     def __init__(self, loaded: Loaded, messages: list[dict], settings: GenerationSettings | None = None):
@@ -362,57 +625,32 @@ class Generation:
         if self._started:
             raise RuntimeError("a Generation is iterated once")
         self._started = True
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        import queue
 
-        stopped = self.stopped
-
-        class StopWhenAsked(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return torch.full((input_ids.shape[0],), stopped.is_set(), dtype=torch.bool,
-                                  device=input_ids.device)
-
-        model, tokenizer = self.loaded.model, self.loaded.tokenizer
-        prompt, special = render(tokenizer, self.messages)
-        batch = tokenizer(prompt, add_special_tokens=special, return_tensors="pt").to(_device(model))
-        self.prompt_tokens = int(batch["input_ids"].shape[1])
-        eos = _eos_ids(model, tokenizer)
-        config = self.settings.generation_config(model.generation_config, eos, tokenizer.pad_token_id)
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        result: dict = {}
-
-        def run():
-            try:
-                with torch.inference_mode():
-                    result["ids"] = model.generate(**batch, generation_config=config, streamer=streamer,
-                                                   stopping_criteria=StoppingCriteriaList([StopWhenAsked()]))
-            except BaseException as exc:  # handed to the reader below
-                self.error = exc
-                streamer.end()
-
-        thread = threading.Thread(target=run, name="finetty-generate", daemon=True)
+        pieces: queue.Queue = queue.Queue()
+        done = object()
+        seq = sequence(self.loaded, self.messages, replace(self.settings, system_prompt=None),
+                       on_text=pieces.put, on_done=lambda: pieces.put(done))
+        seq.cancelled = self.stopped
+        self.prompt_tokens = seq.prompt_tokens
+        thread = threading.Thread(target=generate, args=(self.loaded, [seq]), name="finetty-generate",
+                                  daemon=True)
         thread.start()
         finished = False
         try:
-            for piece in streamer:
-                if piece:
-                    self.text += piece
-                    yield piece
+            while (piece := pieces.get()) is not done:
+                self.text += piece
+                yield piece
             finished = True
         finally:
             if not finished:  # the reader went away (closed, or raised): stop generating for nobody
-                stopped.set()
+                self.stopped.set()
             thread.join()
-        if self.error is not None:
-            raise self.error
-        new = result["ids"][0, self.prompt_tokens:].tolist()
-        while new and tokenizer.pad_token_id is not None and new[-1] == tokenizer.pad_token_id \
-                and tokenizer.pad_token_id not in eos:
-            new.pop()
-        self.completion_tokens = len(new)
-        ended = bool(new) and new[-1] in eos
-        self.finish_reason = "length" if not ended and len(new) >= self.settings.max_new_tokens \
-            and not self.stopped.is_set() else "stop"
+        if seq.error is not None:
+            self.error = seq.error
+            raise seq.error
+        self.completion_tokens = seq.completion_tokens
+        self.finish_reason = seq.finish_reason
 
     def run(self) -> str:
         """Generate to the end; the whole answer."""
