@@ -321,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_app()
     logging.basicConfig(level=logging.WARNING)
+    exposed = paths.home_warning()  # runs are private only in a private home
+    if exposed:
+        err.print(f"[yellow]warning:[/] {as_markup(exposed)}", soft_wrap=True)
     try:
         return args.func(args)
     except InputError as exc:

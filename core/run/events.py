@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from finetty.core import paths
 from finetty.core.run.event_types import TERMINAL, problem
 
 EVENTS_FILE = "events.jsonl"
@@ -29,7 +30,9 @@ class EventWriter:
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / EVENTS_FILE
-        self._file = open(self.path, "a", encoding="utf-8")
+        # owner-only, and never through a link planted as events.jsonl (it would redirect every event)
+        self._file = os.fdopen(paths.open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a",
+                               encoding="utf-8")
         if _ends_mid_line(self.path):  # a killed writer left half a line: end it, so our first event is whole
             self._file.write("\n")
             self._file.flush()

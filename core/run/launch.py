@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from finetty.core import paths
 from finetty.core.run import entry, rundir
 from finetty.core.errors import InputError
 
@@ -46,9 +47,12 @@ def _spawn(run_dir: Path, fd: int, resume: bool, distributed: bool) -> int:
     cmd = [sys.executable, "-m", module, str(run_dir), "--lock-fd", str(fd)]
     if resume:
         cmd.append("--resume")
-    with open(run_dir / rundir.LOG_FILE, "ab") as log:
+    # owner-only, never through a link planted as worker.log; the worker creates everything else 0600/0700
+    log_fd = paths.open_nofollow(run_dir / rundir.LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    with os.fdopen(log_fd, "ab") as log:
         process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True, pass_fds=(fd,), close_fds=True, cwd=str(run_dir))
+                                   start_new_session=True, pass_fds=(fd,), close_fds=True, cwd=str(run_dir),
+                                   umask=0o077)
     if not distributed:  # (a supervisor's rank 0 writes its own pid)
         rundir.record_holder(fd, process.pid)  # at once: a stop or a second launch names it from now on
     return process.pid
@@ -58,10 +62,10 @@ def _signal(run_dir: Path, signum: int) -> int:
     if not rundir.is_live(run_dir):
         raise InputError(None, f"run {run_dir.name}", "has no live worker",
                          f"resume it with `finetty train --resume {run_dir.name}`")
-    pid = rundir.lock_holder(run_dir)
+    pid, why = rundir.live_holder(run_dir)  # the pid with its start time: never a reused pid's new owner
     if not pid:
-        raise InputError(None, f"run {run_dir.name}", "is starting; its worker has not said its pid yet",
-                         "try again in a moment")
+        raise InputError(None, f"run {run_dir.name}", f"has a held lock, but {why}; nothing was signalled",
+                         "try again in a moment; if it stays so, see `finetty runs`")
     os.kill(pid, signum)
     return pid
 

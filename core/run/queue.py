@@ -1,7 +1,9 @@
 """The run queue: recipes lined up to train one after another, headless.
 
 The queue belongs to a runs directory and lives in ``<runs>/queue.json``;
-every change happens under an ``flock`` on ``<runs>/queue.lock``. An entry
+every change happens under an ``flock`` on ``<runs>/queue.lock``, waited for at
+most :data:`LOCK_TIMEOUT` seconds (a holder that keeps it longer is named, pid
+and command, instead of hanging), and every file is owner-only. An entry
 holds an already validated recipe; its run directory is created only when it
 starts, so a queued run is never mistaken for a lost one.
 
@@ -28,12 +30,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from finetty.core import paths
+from finetty.core.errors import RunBusyError
 from finetty.core.run import rundir
 
 QUEUE_FILE = "queue.json"
 QUEUE_LOCK = "queue.lock"
 RUNNER_LOCK = "queue-runner.lock"
 RUNNER_LOG = "queue-runner.log"
+LOCK_TIMEOUT = 15.0
+"""seconds a queue operation waits for another one to finish (starting a run under the lock takes a few)"""
 
 
 @dataclass
@@ -77,19 +83,53 @@ def _read(runs: Path) -> QueueState:
 
 def _write(runs: Path, state: QueueState) -> None:
     tmp = runs / (QUEUE_FILE + ".tmp")
-    tmp.write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
+    with os.fdopen(paths.open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(asdict(state), indent=1))
     tmp.replace(runs / QUEUE_FILE)
 
 
+def _holder(fd: int) -> str:
+    """Who holds a queue lock, from the pid and start time it wrote: ``pid 123 (finetty queue add ...)``."""
+    fields = os.pread(fd, 256, 0).decode("ascii", "replace").split()
+    if not fields or not fields[0].isdigit():
+        return "a process that has not written its pid"
+    pid = int(fields[0])
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        command = " ".join(process.cmdline())[:120] or process.name()
+        return f"pid {pid} ({command}) of user {process.username()}"
+    except (psutil.Error, OSError, KeyError):
+        return f"pid {pid}"
+
+
 @contextmanager
-def _locked(runs: Path) -> Iterator[QueueState]:
-    """The queue, read under its lock and written back when the block ends without error."""
-    runs.mkdir(parents=True, exist_ok=True)
-    with open(runs / QUEUE_LOCK, "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+def _locked(runs: Path, timeout: float | None = None) -> Iterator[QueueState]:
+    """The queue, read under its lock and written back when the block ends without error.
+
+    Waits at most ``timeout`` seconds (default :data:`LOCK_TIMEOUT`) for the lock, then raises
+    :class:`RunBusyError` naming the holder: a stuck or hostile holder never hangs a command."""
+    paths.make_private_dir(runs)
+    fd = paths.open_nofollow(runs / QUEUE_LOCK, os.O_RDWR | os.O_CREAT)
+    timeout = LOCK_TIMEOUT if timeout is None else timeout
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RunBusyError(f"the queue of {runs} has been locked for {timeout:g} s by {_holder(fd)}; "
+                                       f"nothing was changed: try again, or end that process if it is stuck") from None
+                time.sleep(0.05)
+        rundir.record_holder(fd)
         state = _read(runs)
         yield state
         _write(runs, state)
+    finally:
+        os.close(fd)  # (the next holder writes its own pid over this one's)
 
 
 def read(runs: Path) -> QueueState:
@@ -180,16 +220,14 @@ def run_forever(runs: Path, poll: float = 2.0, say: Callable[[str], None] = lamb
     """Start queued runs one after another until the queue is empty; returns how many started.
 
     Only one runner works a runs directory at a time; a second returns 0 at once."""
-    runs.mkdir(parents=True, exist_ok=True)
-    with open(runs / RUNNER_LOCK, "a+") as lock:
+    paths.make_private_dir(runs)
+    with os.fdopen(paths.open_nofollow(runs / RUNNER_LOCK, os.O_RDWR | os.O_CREAT), "r+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             say("another queue runner is already working this runs directory")
             return 0
-        lock.truncate(0)
-        lock.write(f"{os.getpid()}\n")
-        lock.flush()
+        rundir.record_holder(lock.fileno())
         started = 0
         while True:
             run_dir = advance(runs)
@@ -213,8 +251,8 @@ def ensure_runner(runs: Path) -> subprocess.Popen | None:
     """Start a detached ``finetty queue run`` for ``runs`` unless one is working it already."""
     if runner_alive(runs) or not read(runs).entries:
         return None
-    runs.mkdir(parents=True, exist_ok=True)
-    with open(runs / RUNNER_LOG, "ab") as log:
+    paths.make_private_dir(runs)
+    with os.fdopen(paths.open_nofollow(runs / RUNNER_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab") as log:
         return subprocess.Popen([sys.executable, "-m", "finetty.core.cli", "queue", "run", "--runs-dir", str(runs)],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True)

@@ -46,16 +46,17 @@ def what_runs(method: str, objective: str | None) -> str:
 
 def create(runs: Path, method: str, recipe_text: str) -> Path:
     """Make ``<runs>/<run-id>/`` holding the resolved recipe (written then renamed)."""
-    runs.mkdir(parents=True, exist_ok=True)
+    paths.make_private_dir(runs)  # (0700, missing parents too: they hold every run)
     while True:
         run_dir = paths.child(runs, new_run_id(method, _objective(recipe_text)))
         try:
-            run_dir.mkdir()
+            os.mkdir(run_dir, paths.PRIVATE_DIR)
             break
         except FileExistsError:
             continue
     tmp = run_dir / (RECIPE_FILE + ".tmp")
-    tmp.write_text(recipe_text, encoding="utf-8")
+    with os.fdopen(paths.open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "w", encoding="utf-8") as handle:
+        handle.write(recipe_text)
     tmp.rename(run_dir / RECIPE_FILE)
     return run_dir
 
@@ -74,10 +75,12 @@ def _objective(recipe_text: str) -> str | None:
 def find(run: str, runs: Path) -> Path:
     """A run given as a directory path or as an id in the runs directory."""
     candidate = Path(run).expanduser()
-    if (candidate / RECIPE_FILE).is_file():
-        return candidate
-    if paths.is_safe_name(run) and (runs / run / RECIPE_FILE).is_file():
-        return runs / run
+    for found in (candidate, runs / run if paths.is_safe_name(run) else None):
+        if found is not None and (found / RECIPE_FILE).is_file():
+            if (found / RECIPE_FILE).is_symlink():
+                raise InputError(found / RECIPE_FILE, None, "is a symbolic link, and finetty never follows links "
+                                 "in a run directory", "put the recipe itself there")
+            return found
     raise InputError(None, f"run {run!r}", f"is neither a run directory nor a run id in {runs}",
                      "see `finetty runs` for the ids")
 
@@ -85,8 +88,18 @@ def find(run: str, runs: Path) -> Path:
 # -- the worker lock -------------------------------------------------------------------------------
 
 def acquire_lock(run_dir: Path) -> int:
-    """Take the run's worker lock for a new worker; returns the descriptor to hand to it."""
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    """Take the run's worker lock for a new worker; returns the descriptor to hand to it.
+
+    The lock file is owner-only in an owner-only run directory, so no other user can open it and hold
+    its ``flock``; a lock file that is a link or belongs to another user is refused by name, and a run
+    directory made before runs were private is made so now."""
+    path = run_dir / LOCK_FILE
+    fd = paths.open_nofollow(path, os.O_RDWR | os.O_CREAT)
+    try:
+        _own_privately(fd, path, run_dir)
+    except InputError:
+        os.close(fd)
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -102,18 +115,96 @@ def acquire_lock(run_dir: Path) -> int:
     return fd
 
 
+def _own_privately(fd: int, path: Path, run_dir: Path) -> None:
+    """Refuse a lock file another user owns; make this user's lock and run directory owner-only."""
+    info = os.fstat(fd)
+    if info.st_uid != os.geteuid():
+        raise InputError(path, None, f"belongs to uid {info.st_uid}, not to you (uid {os.geteuid()}): another user "
+                         "made it, and could hold it to block or fake this run's worker",
+                         "remove it, and keep run directories private (chmod 700)")
+    if info.st_mode & 0o077:
+        os.fchmod(fd, paths.PRIVATE_FILE)
+    try:
+        if os.stat(run_dir).st_uid == os.geteuid() and paths.exposure(run_dir):
+            os.chmod(run_dir, paths.PRIVATE_DIR)
+    except OSError:
+        pass
+
+
+def start_time(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), None if there is no such process.
+
+    With the pid it identifies one process for good: a pid is reused, a (pid, start time) pair never."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, ValueError):
+        return None
+
+
 def record_holder(fd: int, pid: int | None = None) -> None:
-    """Write the holder's pid (default: this process) into the lock: the launcher and the worker both do."""
+    """Write the holder's pid (default: this process) and its start time into the lock.
+
+    The launcher and the worker both do; :func:`live_holder` checks the pair before anything signals it."""
+    pid = pid or os.getpid()
+    started = start_time(pid)
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{pid or os.getpid()}\n".encode(), 0)
+    os.pwrite(fd, (f"{pid} {started:.3f}\n" if started is not None else f"{pid}\n").encode(), 0)
+
+
+def write_holder(run_dir: Path) -> None:
+    """Record this process as the holder in a lock another process holds (a supervisor's rank 0)."""
+    fd = paths.open_nofollow(run_dir / LOCK_FILE, os.O_WRONLY | os.O_CREAT)
+    try:
+        record_holder(fd)
+    finally:
+        os.close(fd)
+
+
+def _holder_record(run_dir: Path) -> tuple[int, float | None] | None:
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fields = os.read(fd, 256).decode("ascii", "replace").split()
+    finally:
+        os.close(fd)
+    try:
+        return (int(fields[0]), float(fields[1]) if len(fields) > 1 else None) if fields else None
+    except ValueError:
+        return None
 
 
 def lock_holder(run_dir: Path) -> int | None:
-    try:
-        text = (run_dir / LOCK_FILE).read_text().strip()
-        return int(text) if text else None
-    except (OSError, ValueError):
-        return None
+    """The pid the lock names (as written: it may be dead or, after reuse, another process; see :func:`live_holder`)."""
+    record = _holder_record(run_dir)
+    return record[0] if record else None
+
+
+#: How far a process's start time may read from the one recorded in the lock (the kernel counts in ticks).
+START_TIME_TOLERANCE = 0.5
+
+
+def live_holder(run_dir: Path) -> tuple[int | None, str | None]:
+    """``(pid, None)`` when the lock names a running process that started when the lock says; else ``(None, why)``.
+
+    Anything that signals a worker asks this first: a pid from the lock alone may, after the worker died,
+    belong to an unrelated process."""
+    record = _holder_record(run_dir)
+    if record is None:
+        return None, "its worker has not written its pid yet"
+    pid, recorded = record
+    if recorded is None:
+        return None, f"{run_dir / LOCK_FILE} names pid {pid} without its start time, so it cannot be checked"
+    started = start_time(pid)
+    if started is None:
+        return None, f"pid {pid} in {run_dir / LOCK_FILE} is not running"
+    if abs(started - recorded) > START_TIME_TOLERANCE:
+        return None, (f"pid {pid} in {run_dir / LOCK_FILE} is another process now (started at {started:.3f}, "
+                      f"the worker at {recorded:.3f})")
+    return pid, None
 
 
 def is_live(run_dir: Path) -> bool:
@@ -162,6 +253,76 @@ def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     done = complete_checkpoints(run_dir)
     return done[-1][1] if done else None
+
+
+def file_digest(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB pieces (checkpoint files are large)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for piece in iter(lambda: handle.read(2**20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def describe_files(folder: Path) -> dict[str, dict]:
+    """Each file under ``folder`` (by relative path) with its size and sha256: what a checkpoint's marker records."""
+    return {str(path.relative_to(folder)): {"size": path.stat().st_size, "sha256": file_digest(path)}
+            for path in sorted(folder.rglob("*")) if path.is_file() and path.name != COMPLETE_MARKER}
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """What is wrong with a complete checkpoint's files against its marker (the first thing found), None if intact.
+
+    Markers written before they recorded sizes and hashes (a list of names) are checked for presence only."""
+    try:
+        files = json.loads((checkpoint / COMPLETE_MARKER).read_text()).get("files")
+    except (OSError, ValueError, AttributeError) as exc:
+        return f"its marker {COMPLETE_MARKER} cannot be read ({exc})"
+    expected_files = files if isinstance(files, dict) else {name: None for name in files or ()}
+    for name, expected in expected_files.items():
+        target = checkpoint / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            return f"its marker names {name!r}, which is not inside the checkpoint"
+        try:
+            size = os.lstat(target).st_size
+        except OSError:
+            return f"{name} is missing"
+        if not isinstance(expected, dict):
+            continue
+        if size != expected.get("size"):
+            return f"{name} has {size} bytes where the marker recorded {expected.get('size')}"
+        found = file_digest(target)
+        if found != expected.get("sha256"):
+            return f"{name} has sha256 {found[:16]}... where the marker recorded {str(expected.get('sha256'))[:16]}..."
+    return None
+
+
+def intact_checkpoint(run_dir: Path, move_aside: bool = True, report=lambda message: None) -> Path | None:
+    """The newest complete checkpoint whose files match its marker, None if there is none.
+
+    Each newer one that does not match is reported (which file, what was expected, what was found) and
+    moved aside to ``checkpoints/corrupt-step-NNNNNN/``: never deleted (it may hold what someone wants
+    back), and never again taken for a checkpoint."""
+    for _, checkpoint in reversed(complete_checkpoints(run_dir)):
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            return checkpoint
+        where = "left where it is"
+        if move_aside:
+            aside = checkpoint.with_name(f"corrupt-{checkpoint.name}")
+            suffix = 1
+            while os.path.lexists(aside):
+                suffix += 1
+                aside = checkpoint.with_name(f"corrupt-{checkpoint.name}-{suffix}")
+            try:
+                os.rename(checkpoint, aside)
+                where = f"moved aside to {aside.relative_to(run_dir)}"
+            except OSError as exc:
+                where = f"could not be moved aside ({exc})"
+        report(f"checkpoint {checkpoint.name} is damaged: {problem}; {where}; looking for an earlier intact one")
+    return None
 
 
 # -- status ----------------------------------------------------------------------------------------
@@ -213,7 +374,13 @@ def list_runs(runs: Path) -> list[RunSummary]:
 
 def log_tail(run_dir: Path, lines: int = 20) -> list[str]:
     try:
-        with open(run_dir / LOG_FILE, "rb") as handle:
+        handle = os.fdopen(paths.open_nofollow(run_dir / LOG_FILE, os.O_RDONLY), "rb")
+    except InputError:
+        return [f"({LOG_FILE} is a symbolic link; finetty does not follow links in a run directory)"]
+    except OSError:
+        return []
+    try:
+        with handle:
             handle.seek(0, os.SEEK_END)
             size = handle.tell()
             handle.seek(max(0, size - 16384))

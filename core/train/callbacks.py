@@ -116,7 +116,7 @@ class CheckpointCallback(TrainerCallback):
         (written / "training_args.bin").unlink(missing_ok=True)  # a pickle nothing reads; recipe.yaml says it all
         marker = {"step": state.global_step, "epoch": state.epoch, "saved_at": time.time(),
                   "tokens": tokens,
-                  "files": sorted(p.name for p in written.iterdir())}
+                  "files": rundir.describe_files(written)}  # each file's size and sha256: resume verifies them
         if fault_point("enospc-on-save", state.global_step):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(written / rundir.COMPLETE_MARKER))
         with open(written / rundir.COMPLETE_MARKER, "w") as handle:

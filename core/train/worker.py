@@ -24,6 +24,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from finetty.core import paths
 from finetty.core.data import reading as data_mod
 from finetty.core.data import demo
 from finetty.core.train import distributed
@@ -266,7 +267,11 @@ def train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool) 
     if removed:
         events.emit("warning", message=f"removed incomplete checkpoint data left by a killed worker: "
                                        f"{', '.join(removed)}")
-    resume_from = rundir.latest_checkpoint(run_dir) if resume else None
+    # the newest checkpoint whose files match their recorded sizes and hashes; damaged newer ones are named
+    # and moved aside (by one process: ranks renaming at once would race), never deleted
+    resume_from = rundir.intact_checkpoint(run_dir, move_aside=distributed.rank() == 0,
+                                           report=lambda message: events.emit("warning", message=message)) \
+        if resume else None
     if resume and resume_from is None:
         events.emit("warning", message="no complete checkpoint yet: starting from step 0")
 
@@ -470,6 +475,40 @@ def _failure_reason(exc: BaseException, run_dir: Path) -> str:
     return _one_line(exc)
 
 
+class DiskReserve:
+    """A preallocated file in the run directory, released when the disk is full so the failure can be told.
+
+    At 0 bytes free the worker could otherwise write neither its traceback nor ``run_failed``, nor
+    even remove ``.staging`` (a directory unlinked is fine, but the event about it is not), and the
+    run showed as lost. The reserve is taken at start (``posix_fallocate``: real blocks, not a hole)
+    and given back on a full disk and at every exit."""
+
+    NAME = ".disk-reserve"
+    SIZE = 4 * 2**20
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / self.NAME
+        try:
+            fd = paths.open_nofollow(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        except OSError:
+            self.path = None
+            return
+        try:
+            os.posix_fallocate(fd, 0, self.SIZE)
+        except OSError:  # a full disk already, or a filesystem without it: run without a reserve
+            pass
+        finally:
+            os.close(fd)
+
+    def release(self) -> None:
+        if self.path is not None:
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError:
+                pass
+            self.path = None
+
+
 def _remove_staging(run_dir: Path) -> None:
     """A failed worker's half-written checkpoint is never used; remove it now (a full disk needs the room)."""
     shutil.rmtree(run_dir / rundir.CHECKPOINTS / ".staging", ignore_errors=True)  # callbacks.STAGING
@@ -481,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--lock-fd", type=int, default=None)
     args = parser.parse_args(argv)
+    os.umask(0o077)  # everything this run writes (events, checkpoints, final/) is owner-only
     launched_with = dict(os.environ)  # before this process sets its defaults below
     run_dir = args.run_dir.resolve()
     supervised = distributed.world_size() > 1 or os.environ.get("FINETTY_SUPERVISED") == "1"
@@ -491,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = distributed.RankPrefix(sys.stdout, f"[rank {distributed.rank()}] ")
         sys.stderr = distributed.RankPrefix(sys.stderr, f"[rank {distributed.rank()}] ")
         if distributed.rank() == 0:
-            (run_dir / rundir.LOCK_FILE).write_text(f"{os.getpid()}\n")
+            rundir.write_holder(run_dir)
     lock_fd = None
     if not supervised:
         lock_fd = args.lock_fd if args.lock_fd is not None else rundir.acquire_lock(run_dir)
@@ -502,10 +542,16 @@ def main(argv: list[str] | None = None) -> int:
     logs.quiet_libraries()  # worker.log: finetty's lines, each warning once, errors (FINETTY_LIBRARY_LOGS=1 keeps all)
     events = EventWriter(run_dir) if distributed.rank() == 0 else NullWriter()
     events.emit("worker_started", pid=os.getpid(), resume=args.resume)
+    reserve = DiskReserve(run_dir) if distributed.rank() == 0 else None
+    exposed = paths.home_warning()
+    if exposed:
+        events.emit("warning", message=exposed)
     beat = heartbeat.start(run_dir, lambda: {"stop_requested": requests.stop}) if distributed.rank() == 0 else None
     try:
         return train(run_dir, events, requests, args.resume)
     except BaseException as exc:
+        if reserve is not None and _disk_full(exc, run_dir) is not None:
+            reserve.release()  # the room to say why: the traceback, staging's removal and run_failed all need it
         if not isinstance(exc, RunFailure):
             traceback.print_exc()
         reason = _failure_reason(exc, run_dir)
@@ -516,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
             events.emit("run_failed", reason=reason)
         return 1
     finally:
+        if reserve is not None:
+            reserve.release()
         sys.stdout.flush()
         sys.stderr.flush()
         events.close()
