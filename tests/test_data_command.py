@@ -112,3 +112,28 @@ def test_a_streamed_mixture_trains_to_max_steps(tmp_path, demo_model, monkeypatc
     assert steps[-1] == 6 and found[-1]["type"] == "run_finished"  # 9 examples, 4 a batch: three passes
     assert any(e["type"] == "warning" and e["message"].startswith("streaming: examples are read as training goes")
                for e in found)
+
+
+def test_the_new_run_screen_shows_the_reports_warnings(tmp_path, runs_dir, demo_model):
+    """The app's preview, from tui/preview.py's compute, shows an ignored column the way finetty data does."""
+    import asyncio
+
+    from finetty.tui.preview import compute
+    from finetty.tui.screens.new_run import NewRunScreen
+
+    from .test_tui_app import make_app, until
+
+    shutil.copy(DATA / "tools-sharegpt.jsonl", tmp_path / "tools.jsonl")
+    app = make_app(runs_dir, preview=lambda request: compute({**request, "dataset": "tools.jsonl",
+                                                              "base_dir": str(tmp_path), "max_length": 512}))
+
+    async def scenario():
+        async with app.run_test(size=(120, 60)) as pilot:
+            await pilot.press("n")
+            await until(pilot, lambda: isinstance(app.screen, NewRunScreen), what="the New run screen")
+            shown = lambda: str(app.screen.query_one("#preview-text").render())  # noqa: E731
+            await until(pilot, lambda: "records, format" in shown(), what="the preview")
+            assert "5 records, format sharegpt" in shown()
+            assert "warning: column 'id' is ignored: 5 of 5 records carry it" in " ".join(shown().split())
+
+    asyncio.run(scenario())

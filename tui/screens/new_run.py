@@ -447,6 +447,9 @@ class NewRunScreen(Screen):
                         f"max {lengths['max']}; ")
             text.append(f"{lengths['over']} over max_length {lengths['max_length']}",
                         style="yellow" if lengths["over"] else "green")
+            for warning in (answer.get("report") or {}).get("warnings", []):  # ignored columns, the mixture
+                text.append("\nwarning: ", style="yellow")
+                text.append(clean(warning))
             for number, sample in enumerate(answer["samples"], 1):
                 text.append(f"\n── record {number} ──\n", style="dim")
                 text.append(clean(sample.strip()))  # a record is data: no escape reaches the terminal
