@@ -183,6 +183,11 @@ class FinettyApp(App):
             return
         self.push_screen(ChatScreen(Path(run_dir), checkpoint))
 
+    def open_results(self, run_dir: Path, checkpoint: str | None = None) -> None:
+        from .screens.results import ResultsScreen
+
+        self.push_screen(ResultsScreen(Path(run_dir), checkpoint))
+
     def action_help(self) -> None:
         from .screens.help import HelpScreen
 

@@ -34,6 +34,8 @@ class MonitorScreen(Screen):
         Binding("k", "checkpoint", "Checkpoint now", id="monitor.checkpoint"),
         Binding("c", "chat", "Chat", id="monitor.chat",
                 tooltip="chat with the highlighted checkpoint (Checkpoints tab) or the newest one"),
+        Binding("t", "results", "Results", id="monitor.results",
+                tooltip="eval, export and serve the highlighted checkpoint (Checkpoints tab) or the result"),
         Binding("r", "resume", "Resume", id="monitor.resume", show=False),
         Binding("g", "tab('checkpoints')", "Checkpoints", id="monitor.tab_checkpoints", show=False),
         Binding("l", "tab('log')", "Log", id="monitor.tab_log", show=False),
@@ -214,6 +216,9 @@ class MonitorScreen(Screen):
 
     def action_chat(self) -> None:
         self.app.open_chat(self.run_dir, self._chosen_checkpoint())
+
+    def action_results(self) -> None:
+        self.app.open_results(self.run_dir, self._chosen_checkpoint())
 
     @on(OptionList.OptionSelected, "#checkpoint-list")
     def _checkpoint_selected(self) -> None:

@@ -34,6 +34,7 @@ class RunsScreen(Screen):
         Binding("r", "resume", "Resume", id="runs.resume", tooltip="continue from the newest complete checkpoint"),
         Binding("d", "delete", "Delete", id="runs.delete", tooltip="delete the run's directory (asks first)"),
         Binding("c", "chat", "Chat", id="runs.chat", tooltip="chat with the run's result or newest checkpoint"),
+        Binding("t", "results", "Results", id="runs.results", tooltip="eval, export and serve the run's result"),
         Binding("p", "app.plugins", "Plugins", id="runs.plugins"),
         Binding("left_square_bracket", "queue_move(-1)", "Queue: earlier", id="runs.queue_up", show=False),
         Binding("right_square_bracket", "queue_move(1)", "Queue: later", id="runs.queue_down", show=False),
@@ -205,6 +206,11 @@ class RunsScreen(Screen):
         run = self._need_run()
         if run:
             self.app.open_chat(run.path)
+
+    def action_results(self) -> None:
+        run = self._need_run()
+        if run:
+            self.app.open_results(run.path)
 
     def action_stop(self) -> None:
         run = self._need_run()
