@@ -11,9 +11,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -86,9 +88,18 @@ def test_run_directories_are_created_owner_only(tmp_path):
         os.close(fd)
 
 
+@pytest.fixture
+def open_folder():
+    """A folder every user may enter (pytest's own tmp_path is private, which would hide what is tested)."""
+    folder = Path(tempfile.mkdtemp(prefix="finetty-open-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @as_root
-def test_another_user_can_neither_read_a_run_nor_take_its_lock(tmp_path):
-    run = rundir.create(tmp_path / "runs", "lora", "model: tiny-demo\n")
+def test_another_user_can_neither_read_a_run_nor_take_its_lock(open_folder):
+    run = rundir.create(open_folder / "runs", "lora", "model: tiny-demo\n")
     os.close(rundir.acquire_lock(run))
     probe = ("import fcntl, os, sys\nos.setgid(65534); os.setuid(65534)\n"
              "for path in sys.argv[1:]:\n"
