@@ -33,6 +33,8 @@ def start_worker(run_dir: Path, resume: bool = False) -> int:
     run_dir = Path(run_dir).resolve()  # the worker starts in run_dir: a relative path would not resolve there
     fd = rundir.acquire_lock(run_dir)
     try:
+        # a worker.log planted as a link is refused here, before any process (a standby too) is handed the run
+        os.close(paths.open_nofollow(run_dir / rundir.LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT))
         recipe = from_run(run_dir)
         pid = standby.hand_over(run_dir, fd, resume) if standby.enabled() and standby.serves(recipe) else None
         if pid is None:

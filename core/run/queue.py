@@ -230,7 +230,12 @@ def run_forever(runs: Path, poll: float = 2.0, say: Callable[[str], None] = lamb
         rundir.record_holder(lock.fileno())
         started = 0
         while True:
-            run_dir = advance(runs)
+            try:
+                run_dir = advance(runs)
+            except RunBusyError as exc:  # another queue command held the lock too long: say so, try again
+                say(str(exc))
+                time.sleep(poll)
+                continue
             if run_dir is not None:
                 started += 1
                 say(f"started {run_dir.name}")

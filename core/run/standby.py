@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     os.setsid()  # a session and scheduling group of its own, at normal priority, like a cold worker's
     run_dir = Path(request["run_dir"])
     os.umask(int(request.get("umask", 0o22)))
-    log = os.open(run_dir / rundir.LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    log = paths.open_nofollow(run_dir / rundir.LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # 0600, no link
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
