@@ -36,7 +36,7 @@ def load_report(recipe_path, overrides: list[str], show: int) -> dict:
                                recipe.data_options, {n: o.accepts for n, o in registry.objectives.items()},
                                recipe_path, hub=True, seed=recipe.train.get("seed", 42), train=recipe.train)
     model_dir = demo.ensure_demo() if recipe.model == demo.NAME else models.resolve(recipe.model, base)
-    tokenizer = models.load_tokenizer(model_dir, recipe.trust_remote_code)
+    tokenizer = models.load_tokenizer(model_dir, recipe.trust_remote_code, recipe.chat_template)
     if found.tools:
         try:
             check_renders_tools(tokenizer)

@@ -130,10 +130,15 @@ def compute_dtype(recipe_train: dict) -> str:
     return "float32"
 
 
-def load_tokenizer(path: Path, trust_remote_code: bool = False):
+def load_tokenizer(path: Path, trust_remote_code: bool = False, chat_template: str | None = None):
+    """The model's tokenizer; ``chat_template`` (a recipe's: a template name or a Jinja file) replaces its own."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if chat_template:
+        from finetty.core.model import templates
+
+        tokenizer.chat_template = templates.source_of(chat_template)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

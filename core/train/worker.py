@@ -31,7 +31,6 @@ from finetty.core.train import distributed
 from finetty.core.train import logs
 from finetty.core.train import heartbeat
 from finetty.core.model import loading as models
-from finetty.core.model import templates
 from finetty.core.memory import monitor
 from finetty.core.memory import oom
 from finetty.core.run import rundir
@@ -143,9 +142,8 @@ def _split(examples: list, val_size, seed: int) -> tuple[list, list | None]:
 
 def _setup_model(recipe, registry, events):
     model_dir = demo.ensure_demo() if recipe.model == demo.NAME else models.resolve(recipe.model, Path.cwd())
-    tokenizer = models.load_tokenizer(model_dir, recipe.trust_remote_code)
-    if recipe.chat_template:  # saved with the tokenizer in every checkpoint and in final/
-        tokenizer.chat_template = templates.source_of(recipe.chat_template)
+    # the recipe's chat template, if any, is saved with the tokenizer in every checkpoint and in final/
+    tokenizer = models.load_tokenizer(model_dir, recipe.trust_remote_code, recipe.chat_template)
     dtype = models.compute_dtype(recipe.train)
     quantization = None
     quantizer = registry.quantizers[recipe.quantizer] if recipe.quantizer != "none" else None
