@@ -41,7 +41,10 @@ class InputErrors(InputError):
     def __init__(self, errors: list[InputError]):
         self.errors = list(errors)
         first = self.errors[0]
-        super().__init__(first.source, None, f"{len(self.errors)} problems", None)
+        # ``place`` and ``problem`` for a caller that shows one field (the app's form marks the first place)
+        each = "; ".join(f"{e.place}: {e.problem}" + (f" ({e.fix})" if e.fix else "") if e.place else
+                         e.problem + (f" ({e.fix})" if e.fix else "") for e in self.errors)
+        super().__init__(first.source, first.place, f"{len(self.errors)} problems: {each}", None)
 
     def __str__(self) -> str:
         return f"{len(self.errors)} problems:\n" + "\n".join(f"  {error}" for error in self.errors)

@@ -107,6 +107,8 @@ def test_every_problem_is_reported_at_once(demo_model, tmp_path, no_accelerator)
     assert [place for place, _ in found] == [
         "line 2, key lora_rank", "line 5, key objective", "line 4, key method_options.lora_dropout",
         "line 6, key train.max_stepz"], found
+    # a caller that shows one message (the app's form) gets every problem in it and the first place to mark
+    assert error.place == "line 2, key lora_rank" and all(e.problem in error.problem for e in error.errors)
     # fixing those brings the checks that needed them: the model's modules and the machine
     path = write(tmp_path, "method: lora\nmethod_options: {target_modules: all}\ntrain: {fp16: true}\n")
     error = refusal(path)
