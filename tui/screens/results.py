@@ -50,7 +50,6 @@ EXPORT_KINDS = (
     ("merged", "merged into the base", {"merge": True}),
     ("gguf", "GGUF (llama.cpp, Ollama)", {"gguf": True}),
 )
-HUB_OPTION = "push_to_hub"
 SERVING = re.compile(r"as model (?P<model>\S+) at (?P<url>https?://\S+)")
 
 
@@ -60,12 +59,6 @@ def export_kinds() -> list[tuple[str, str, dict]]:
 
     accepted = inspect.signature(export.export).parameters
     return [kind for kind in EXPORT_KINDS if all(name in accepted for name in kind[2])]
-
-
-def hub_supported() -> bool:
-    from finetty.core.results import export
-
-    return HUB_OPTION in inspect.signature(export.export).parameters
 
 
 def newest_report(run_dir: Path) -> dict | None:
