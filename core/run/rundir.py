@@ -305,10 +305,14 @@ def intact_checkpoint(run_dir: Path, move_aside: bool = True, report=lambda mess
     Each newer one that does not match is reported (which file, what was expected, what was found) and
     moved aside to ``checkpoints/corrupt-step-NNNNNN/``: never deleted (it may hold what someone wants
     back), and never again taken for a checkpoint."""
+    damaged = False
     for _, checkpoint in reversed(complete_checkpoints(run_dir)):
         problem = checkpoint_problem(checkpoint)
         if problem is None:
+            if damaged:
+                report(f"resuming from {checkpoint.name}, the newest intact checkpoint")
             return checkpoint
+        damaged = True
         where = "left where it is"
         if move_aside:
             aside = checkpoint.with_name(f"corrupt-{checkpoint.name}")
