@@ -32,6 +32,8 @@ def cmd_estimate(args) -> int:
     from finetty.core.recipe import recipe as recipe_mod
     from finetty.core.memory.gpu import GpuReading
     from finetty.core.plugin.registry import load_plugins
+    from finetty.core.run import rundir
+    from finetty.core.text import as_markup
 
     console = Console(highlight=False, soft_wrap=True)  # long lines stay whole (greppable, copyable)
     recipe = recipe_mod.load(args.recipe, list(args.set), load_plugins(), check_data=False, check_sources=False)
@@ -43,11 +45,11 @@ def cmd_estimate(args) -> int:
         print(json.dumps(found.to_dict(), indent=2))
         return 0 if found.fits_here is not False else 1
     gib = estimate_mod.gib
-    console.print(f"[bold]{escape(recipe.model)}[/]  {recipe.method}"
+    console.print(f"[bold]{as_markup(recipe.model)}[/]  {as_markup(rundir.what_runs(recipe.method, recipe.objective))}"
                   + (f" on a {recipe.quantizer} base" if recipe.quantizer != "none" else "")
                   + f"  ({found.parameters / 1e6:,.1f}M parameters, {found.trainable_parameters / 1e6:,.2f}M trainable"
                   + ("" if found.exact_trainable else ", approximate") + ")")
-    console.print(f"config: {escape(found.config_source)}")
+    console.print(f"config: {as_markup(found.config_source)}")
     console.print(f"micro-batch {found.micro_batch} x {found.max_length} tokens, gradient accumulation "
                   f"{found.accumulation}, gradient checkpointing {'on' if found.gradient_checkpointing else 'off'}")
     table = Table("part", "memory", "", box=None, pad_edge=False, padding=(0, 2))

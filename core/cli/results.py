@@ -17,6 +17,7 @@ from rich.table import Table
 from finetty.core import paths
 from finetty.core.run import rundir
 from finetty.core.errors import InputError
+from finetty.core.text import as_markup, clean
 
 console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -99,7 +100,7 @@ def _stream_answer(generation) -> str:
     """Print an answer as it streams; Ctrl-C stops this answer only."""
     try:
         for piece in generation:
-            sys.stdout.write(piece)
+            sys.stdout.write(clean(piece))  # what a model writes is data: no escape reaches the terminal
             sys.stdout.flush()
     except KeyboardInterrupt:
         generation.stop()
@@ -128,7 +129,7 @@ def cmd_chat(args) -> int:
             history = histories[loaded.label]
             history.append({"role": "user", "content": text})
             if len(models) > 1:
-                console.print(f"[bold]{loaded.label}:[/] ", end="")
+                console.print(f"[bold]{as_markup(loaded.label)}:[/] ", end="")
             reply = _stream_answer(inference.Generation(loaded, history, settings))
             history.append({"role": "assistant", "content": reply})
 
@@ -136,7 +137,7 @@ def cmd_chat(args) -> int:
         ask(args.prompt)
         return 0
     names = " and ".join(m.label for m in models)
-    err.print(f"chatting with run [bold]{run_dir.name}[/] ({names}); {settings.describe()}. "
+    err.print(f"chatting with run [bold]{as_markup(run_dir.name)}[/] ({as_markup(names)}); {settings.describe()}. "
               "/clear forgets the conversation, /exit (or Ctrl-D) leaves, Ctrl-C stops an answer.")
     while True:
         try:
@@ -179,11 +180,11 @@ def cmd_eval(args) -> int:
     for name in evaluate.METRICS:
         table.add_row(name.replace("_", " "), evaluate.fmt(name, report.base.get(name)),
                       evaluate.fmt(name, report.tuned.get(name)))
-    console.print(f"run [bold]{report.run}[/], {report.examples} examples from {escape(report.data)}")
+    console.print(f"run [bold]{as_markup(report.run)}[/], {report.examples} examples from {as_markup(report.data)}")
     console.print(table)
     for note in report.notes:
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
-    console.print(f"report: {md_path} (and {json_path.name})")
+    console.print(f"report: {as_markup(md_path)} (and {as_markup(json_path.name)})")
     if not evaluate.record_event(run_dir, report, json_path):
         err.print("[yellow]note:[/] a worker is training this run, so no eval event was added to its "
                   "events.jsonl (the worker is its only writer); the report is written")
@@ -205,10 +206,11 @@ def cmd_export(args) -> int:
     for note in result.notes:
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     what = "merged model" if result.merged else ("whole model" if result.whole_model else "adapter")
-    console.print(f"exported the {what} of run [bold]{run_dir.name}[/] ({result.label}) to {result.path}")
-    console.print(f"  {', '.join(result.files)}")
+    console.print(f"exported the {what} of run [bold]{as_markup(run_dir.name)}[/] ({as_markup(result.label)}) to "
+                  f"{as_markup(result.path)}")
+    console.print(f"  {as_markup(', '.join(result.files))}")
     if result.merged or result.whole_model:
-        console.print(f"  load it with AutoModelForCausalLM.from_pretrained({str(result.path)!r})")
+        console.print(f"  load it with AutoModelForCausalLM.from_pretrained({as_markup(repr(str(result.path)))})")
     else:
         console.print("  load it with peft.AutoPeftModelForCausalLM.from_pretrained(...) onto the base"
                       if (result.path / "adapter_config.json").exists() else
@@ -234,7 +236,7 @@ def cmd_serve(args) -> int:
     except OSError as exc:
         raise InputError("--port", str(args.port), f"cannot be bound on {args.host}: {exc.strerror}",
                          "pick another port with --port") from None
-    console.print(f"serving run [bold]{run_dir.name}[/] as model [bold]{loaded.model_id}[/] at "
+    console.print(f"serving run [bold]{as_markup(run_dir.name)}[/] as model [bold]{as_markup(loaded.model_id)}[/] at "
                   f"{server.url}/v1 (Ctrl-C stops)", soft_wrap=True)
     sys.stdout.flush()
     try:

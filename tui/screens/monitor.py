@@ -137,9 +137,7 @@ class MonitorScreen(Screen):
         if summary.started is not None:
             end = now if summary.status in ("running", "starting") else (summary.updated or summary.started)
             elapsed = max(0.0, end - summary.started)
-        rate = summary.extra.get("seconds_per_step")
-        if summary.status == "running" and summary.total and rate:
-            eta = max(0.0, (summary.total - summary.step) * rate)
+            eta = summary.eta  # (one rule for the ETA: the pace of the recent steps)
         status.append(f"  elapsed {duration(elapsed)}  ETA {duration(eta)}")
         if summary.reason and summary.status in ("failed", "lost", "stopped"):
             status.append(f"\n{clean(summary.reason)}", style="red" if summary.status != "stopped" else "yellow")
