@@ -9,7 +9,6 @@ what its screens render is read back. Neither may carry an escape sequence from 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import select
 import struct
@@ -24,7 +23,7 @@ import pytest
 from finetty.core.text import as_markup, as_text, clean, one_line
 
 from .conftest import REPO
-from .tui_runs import FROZEN, recorded, upto, workers_done, write_run
+from .tui_runs import FROZEN, upto, workers_done, write_run
 
 EVIL = "\x1b]0;pwned-title\x07\x1b]52;c;cHduZWQ=\x07\x1b[2J\x9b2J[]starting[/][bold]"
 NAME = EVIL.replace("/", "")
