@@ -23,7 +23,7 @@ from textual.worker import get_current_worker
 from finetty.core.data import reading as data_mod
 from finetty.core.data import demo
 from finetty.core.model import loading as models
-from finetty.core.text import clean, one_line
+from finetty.core.text import as_text, clean, one_line
 
 from ..form import PATH, TRAIN_FIELDS, FieldError, FormState, field_for, from_recipe, to_recipe, widget_for
 from ..widgets.option_field import OptionField
@@ -146,10 +146,10 @@ class NewRunScreen(Screen):
         registry = self.app.registry
         start = self.start
         models_list = [("tiny-demo  (built-in demo, random weights)", demo.NAME)]
-        models_list += [(name, name) for name in models.cached_hub_models()]
+        models_list += [(as_text(name, one_line=True), name) for name in models.cached_hub_models()]  # (folder names)
         sets = [(short(f"{name}  (built-in: {info[2]})"), name) for name, info in data_mod.BUILTIN.items()]
-        sets += [(f"{name}  (file here)", name) for name in local_data_files(self.base_dir)]
-        sets += [(f"{name}  (hub cache)", name) for name in hub_datasets()]
+        sets += [(as_text(f"{name}  (file here)", one_line=True), name) for name in local_data_files(self.base_dir)]
+        sets += [(as_text(f"{name}  (hub cache)", one_line=True), name) for name in hub_datasets()]
         state = from_recipe({"model": demo.NAME, **start}, {v for _, v in models_list}, {v for _, v in sets})
         models_list.append(("a model folder…", PATH))
         sets.append(("a file or folder…", PATH))
