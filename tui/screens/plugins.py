@@ -9,6 +9,8 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
+from finetty.core.text import as_text, clean, one_line
+
 
 class PluginsScreen(Screen):
     SUB_TITLE = "plugins"
@@ -34,12 +36,14 @@ class PluginsScreen(Screen):
         for plugin in registry.plugins:
             provides = ", ".join(name for _, name in plugin.provides) or "-"
             status = Text("ok", style="green") if plugin.error is None else Text("failed", style="bold red")
-            table.add_row(plugin.name, status, provides if len(provides) <= 30 else provides[:29] + "…", plugin.distribution, plugin.version or "-",
+            table.add_row(as_text(plugin.name, one_line=True), status,
+                          as_text(provides if len(provides) <= 30 else provides[:29] + "…", one_line=True),
+                          as_text(plugin.distribution, one_line=True), as_text(plugin.version or "-", one_line=True),
                           key=plugin.name)
         errors = Text()
         for plugin in registry.failed:
-            errors.append(f"{plugin.name}", style="bold red")
-            errors.append(f" ({plugin.distribution}): {plugin.error}\n")
+            errors.append(one_line(plugin.name), style="bold red")
+            errors.append(f" ({one_line(plugin.distribution)}): {clean(plugin.error)}\n")
         errors.rstrip()
         self.query_one("#plugin-errors", Static).update(errors if registry.failed else
                                                       Text("every plugin loaded", style="green"))
@@ -47,6 +51,6 @@ class PluginsScreen(Screen):
         for kind, components in registry.components.items():
             for name, component in components.items():
                 text.append(f"\n{kind} ", style="dim")
-                text.append(name, style="bold")
-                text.append(f": {component.summary}")
+                text.append(one_line(name), style="bold")
+                text.append(f": {one_line(component.summary)}")
         self.query_one("#plugin-components", Static).update(text)
