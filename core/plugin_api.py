@@ -19,12 +19,38 @@ from __future__ import annotations
 
 from typing import Any
 
-from finetty.core.plugin.api import (DATA_KINDS, METHOD_KINDS, Architecture, DataFormat, DataKind, Linear, Method,
-                                     MethodContext, MethodKind, Objective, Option, Quantizer, Trainable,
-                                     TrainerContext, hookimpl, peft_method)
+from finetty.core.plugin.api import (
+    API_VERSION,
+    DATA_KINDS,
+    METHOD_KINDS,
+    ApplyFn,
+    Architecture,
+    DataFormat,
+    DataKind,
+    DequantizeFn,
+    Linear,
+    LoadFn,
+    Method,
+    MethodContext,
+    MethodKind,
+    Objective,
+    Option,
+    PrepareFn,
+    QuantizationConfigFn,
+    QuantizeFn,
+    Quantizer,
+    SaveFn,
+    StoredFn,
+    Trainable,
+    TrainableFn,
+    TrainerContext,
+    hookimpl,
+    peft_method,
+)
 
 
-def tokenize_conversation(tokenizer: Any, messages: list, max_length: int, train_on: str = "assistant"):
+def tokenize_conversation(tokenizer: Any, messages: list[dict[str, Any]], max_length: int,
+                          train_on: str = "assistant") -> Any:
     """Token ids and labels for one conversation (see :mod:`finetty.core.data.tokenize`)."""
     from finetty.core.data.tokenize import tokenize_conversation as impl
 
@@ -44,7 +70,7 @@ def trainer_class(base: Any = None) -> Any:
     return impl(base)
 
 
-def sft_trainer(ctx: TrainerContext, train_on: str = "assistant"):
+def sft_trainer(ctx: TrainerContext, train_on: str = "assistant") -> Any:
     """A plain ``transformers.Trainer`` over tokenized conversations or texts."""
     from finetty.core.train.sft_data import build_sft_trainer
 
@@ -52,7 +78,8 @@ def sft_trainer(ctx: TrainerContext, train_on: str = "assistant"):
 
 
 __all__ = [
-    "DATA_KINDS", "METHOD_KINDS", "Architecture", "DataFormat", "DataKind", "Linear", "Method", "MethodContext",
-    "MethodKind", "Objective", "Option", "Quantizer", "Trainable", "TrainerContext", "hookimpl", "peft_method",
-    "sft_trainer", "tokenize_conversation", "trainer_class",
+    "API_VERSION", "DATA_KINDS", "METHOD_KINDS", "ApplyFn", "Architecture", "DataFormat", "DataKind", "DequantizeFn",
+    "Linear", "LoadFn", "Method", "MethodContext", "MethodKind", "Objective", "Option", "PrepareFn",
+    "QuantizationConfigFn", "QuantizeFn", "Quantizer", "SaveFn", "StoredFn", "Trainable", "TrainableFn",
+    "TrainerContext", "hookimpl", "peft_method", "sft_trainer", "tokenize_conversation", "trainer_class",
 ]

@@ -23,10 +23,11 @@ Built-ins live in ``plugins/`` and use exactly this module, nothing else of core
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import pluggy
 
@@ -34,6 +35,10 @@ from finetty.core.plugin.architecture import Architecture, Linear, Trainable
 from finetty.core.plugin.options import Option
 
 hookimpl = pluggy.HookimplMarker("finetty")
+
+#: The plugin API's version, given to every hook as ``api_version``: it goes up when a descriptor gains a field
+#: or a hook an argument, so a plugin written for several versions can tell which one it runs against.
+API_VERSION = "2"
 
 #: The kinds of data a format produces and an objective consumes.
 DATA_KINDS = ("conversation", "preference", "text", "kto")
@@ -308,7 +313,7 @@ def peft_method(
 
 
 __all__ = [
-    "DATA_KINDS", "METHOD_KINDS", "Architecture", "DataFormat", "DataKind", "Descriptor", "Linear", "Method",
-    "MethodContext", "MethodKind", "Objective", "Option", "Quantizer", "Trainable", "TrainerContext", "hookimpl",
-    "peft_method",
+    "API_VERSION", "DATA_KINDS", "METHOD_KINDS", "Architecture", "DataFormat", "DataKind", "Descriptor", "Linear",
+    "Method", "MethodContext", "MethodKind", "Objective", "Option", "Quantizer", "Trainable", "TrainerContext",
+    "hookimpl", "peft_method",
 ]

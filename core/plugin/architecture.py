@@ -51,7 +51,7 @@ class Architecture:
     """False when the config's model_type is not one whose module layout is known exactly"""
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "Architecture":
+    def from_config(cls, config: dict[str, Any]) -> Architecture:
         text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
         assert isinstance(text, dict)
         model_type = str(config.get("model_type", "unknown"))
@@ -83,9 +83,12 @@ class Architecture:
                           Linear(f"{mlp}.gate_up_proj", h, 2 * i, self.mlp_bias),
                           Linear(f"{mlp}.down_proj", i, h, self.mlp_bias)]
             else:
-                found += [Linear(f"{attn}.q_proj", h, q, self.qkv_bias), Linear(f"{attn}.k_proj", h, kv, self.qkv_bias),
-                          Linear(f"{attn}.v_proj", h, kv, self.qkv_bias), Linear(f"{attn}.o_proj", q, h, self.o_bias),
-                          Linear(f"{mlp}.gate_proj", h, i, self.mlp_bias), Linear(f"{mlp}.up_proj", h, i, self.mlp_bias),
+                found += [Linear(f"{attn}.q_proj", h, q, self.qkv_bias),
+                          Linear(f"{attn}.k_proj", h, kv, self.qkv_bias),
+                          Linear(f"{attn}.v_proj", h, kv, self.qkv_bias),
+                          Linear(f"{attn}.o_proj", q, h, self.o_bias),
+                          Linear(f"{mlp}.gate_proj", h, i, self.mlp_bias),
+                          Linear(f"{mlp}.up_proj", h, i, self.mlp_bias),
                           Linear(f"{mlp}.down_proj", i, h, self.mlp_bias)]
         return found
 
@@ -105,7 +108,8 @@ class Architecture:
 
     def parameter_tensors(self) -> list[int]:
         """Element counts of every parameter tensor of the model, one entry per tensor."""
-        found = [l.inputs * l.outputs for l in self.linears()] + [l.outputs for l in self.linears() if l.bias]
+        linears = self.linears()
+        found = [x.inputs * x.outputs for x in linears] + [x.outputs for x in linears if x.bias]
         found += [self.vocab * self.hidden] * (1 if self.tied else 2)
         return found + self.norm_tensors()
 
@@ -115,9 +119,9 @@ class Architecture:
         if target_modules == "all-linear":
             return self.linears()
         if isinstance(target_modules, str):
-            return [l for l in candidates if re.fullmatch(target_modules, l.name)]
+            return [x for x in candidates if re.fullmatch(target_modules, x.name)]
         wanted = [str(t) for t in target_modules or []]
-        return [l for l in candidates if l.name in wanted or any(l.name.endswith("." + t) for t in wanted)]
+        return [x for x in candidates if x.name in wanted or any(x.name.endswith("." + t) for t in wanted)]
 
     @property
     def rotary_buffer_bytes(self) -> int:

@@ -6,22 +6,31 @@ with keyword arguments only; an implementation may accept fewer arguments
 than the specification lists, and arguments will be added, never renamed.
 
 Each hook receives ``register``, a callable taking one descriptor from
-:mod:`finetty.core.plugin.api`. A descriptor whose name is already taken, or
-whose options are invalid, is reported in ``finetty plugins`` and skipped.
+:mod:`finetty.core.plugin.api`, and ``api_version``
+(:data:`finetty.core.plugin.api.API_VERSION`), which most plugins leave out of
+their signature. A descriptor whose name is already taken, whose options are
+invalid or which lacks a function it must carry is reported in ``finetty
+plugins`` and skipped; the plugin's other components stay (it is listed as
+partial).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pluggy
+
+from finetty.core.plugin.api import DataFormat, Method, Objective, Quantizer
 
 hookspec = pluggy.HookspecMarker("finetty")
 
 
 @hookspec
-def register_methods(register):
+def register_methods(register: Callable[[Method], None], api_version: str) -> None:
     """Register methods: what is trained (full, lora, qlora, ...).
 
     :param register: call ``register(Method(...))`` once per method.
+    :param api_version: the plugin API's version (leave it out of the signature unless you need it).
     :return: nothing.
 
     Example::
@@ -33,25 +42,28 @@ def register_methods(register):
 
 
 @hookspec
-def register_quantizers(register):
+def register_quantizers(register: Callable[[Quantizer], None], api_version: str) -> None:
     """Register quantizers: how the base model's weights are stored.
 
     :param register: call ``register(Quantizer(...))`` once per quantizer.
+    :param api_version: the plugin API's version (leave it out of the signature unless you need it).
     :return: nothing.
 
     Example::
 
         @hookimpl
         def register_quantizers(register):
-            register(Quantizer("bnb-8bit", "8-bit bitsandbytes", config=make_8bit_config))
+            register(Quantizer("bnb-8bit", "8-bit bitsandbytes", config=make_8bit_config,
+                               supports=("peft",)))
     """
 
 
 @hookspec
-def register_objectives(register):
+def register_objectives(register: Callable[[Objective], None], api_version: str) -> None:
     """Register objectives: what loss is trained (sft, dpo, cpt, ...).
 
     :param register: call ``register(Objective(...))`` once per objective.
+    :param api_version: the plugin API's version (leave it out of the signature unless you need it).
     :return: nothing.
 
     Example::
@@ -64,10 +76,11 @@ def register_objectives(register):
 
 
 @hookspec
-def register_data_formats(register):
+def register_data_formats(register: Callable[[DataFormat], None], api_version: str) -> None:
     """Register dataset formats: how records are laid out (alpaca, sharegpt, ...).
 
     :param register: call ``register(DataFormat(...))`` once per format.
+    :param api_version: the plugin API's version (leave it out of the signature unless you need it).
     :return: nothing.
 
     Example::

@@ -7,9 +7,11 @@ the TUI builds its form fields from it.
 
 from __future__ import annotations
 
+import builtins
 import difflib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "dict": dict}
 
@@ -46,7 +48,7 @@ class Option:
                 raise ValueError(f"option {self.name!r}: default {self.default!r} {problem}")
 
     @property
-    def python_types(self) -> tuple[type, ...]:
+    def python_types(self) -> tuple[builtins.type, ...]:  # (``type`` is a field here)
         return tuple(_TYPES[p] for p in self.type.split("|"))
 
     def check(self, value: Any) -> str | None:

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import os
 import traceback
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from types import ModuleType
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pluggy
 
 from finetty.core.plugin import hookspecs
+from finetty.core.plugin.api import API_VERSION, DataFormat, Descriptor, Method, Objective, Quantizer
 from finetty.core.plugin.options import Option
-from finetty.core.plugin.api import DataFormat, Descriptor, Method, Objective, Quantizer
 
 KINDS: dict[str, tuple[str, type[Descriptor]]] = {
     "method": ("register_methods", Method),
@@ -176,8 +177,9 @@ def _check_descriptor(kind: str, obj: Any) -> str | None:
 
 
 def _call_hook(function: Callable[..., Any], argnames: Iterable[str], register: Callable[[Any], None]) -> None:
-    """Call a hook implementation with the arguments it declares, and only those (pluggy's contract)."""
-    given = {"register": register}
+    """Call a hook implementation with the arguments it declares, and only those (pluggy's contract: an
+    implementation may take a subset of the specification's arguments)."""
+    given: dict[str, Any] = {"register": register, "api_version": API_VERSION}
     function(**{name: given[name] for name in argnames})
 
 
@@ -236,8 +238,8 @@ def discover(extra: Iterable[tuple[str, ModuleType | Any]] = ()) -> Registry:
             try:
                 _call_hook(impl.function, impl.argnames, found.append)
             except Exception as exc:
-                problem = f"{hook_name} raised {_one_line(exc)}"
-                info.error = problem if info.error is None else f"{info.error}; {problem}"
+                failure = f"{hook_name} raised {_one_line(exc)}"
+                info.error = failure if info.error is None else f"{info.error}; {failure}"
                 info.detail = traceback.format_exc()
                 continue
             for obj in found:
