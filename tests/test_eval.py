@@ -109,3 +109,23 @@ def test_the_eval_event_is_never_written_beside_a_live_worker(identity_run, tmp_
         os.close(fd)
     assert evaluate.record_event(run, report, json_path) is True
     assert events(run)[-1]["type"] == "eval" and len(events(run)) == count + 1
+
+
+def test_eval_answers_every_prompt_in_one_batch_per_model_as_one_at_a_time_would(identity_run, monkeypatch):
+    from finetty.core.results import inference
+
+    batches = []
+    generate = inference.generate
+
+    def counted(loaded, sequences):
+        batches.append((loaded.label, len(sequences)))
+        return generate(loaded, sequences)
+
+    monkeypatch.setattr(inference, "generate", counted)
+    together = evaluate.evaluate(identity_run, max_new_tokens=24)
+    assert batches == [("final", len(IDENTITY)), ("base", len(IDENTITY))], "the tuned model, then the base"
+    batches.clear()
+    alone = evaluate.evaluate(identity_run, max_new_tokens=24, batch_size=1)
+    assert len(batches) == 2 * len(IDENTITY)
+    assert [(s["base"], s["tuned"]) for s in together.samples] == [(s["base"], s["tuned"]) for s in alone.samples]
+    assert [s["tuned"] for s in together.samples] == [a for _, a in IDENTITY]

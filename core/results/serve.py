@@ -294,6 +294,7 @@ async def _read_json(request) -> Any:
 def build_app(loaded: inference.Loaded, scheduler: Scheduler, api_key: str | None = None, max_tokens: int = 512):
     """The ASGI application (starlette) serving ``loaded`` through ``scheduler``."""
     from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
     from starlette.responses import JSONResponse, StreamingResponse
     from starlette.routing import Route
@@ -325,9 +326,9 @@ def build_app(loaded: inference.Loaded, scheduler: Scheduler, api_key: str | Non
             except RuntimeError:  # the loop is closed: the server went away
                 pass
 
-        try:
-            seq = inference.sequence(loaded, asked["messages"], asked["settings"], text=asked["text"],
-                                     on_text=deliver, on_done=lambda: deliver(done))
+        try:  # tokenizing a long prompt takes a while: not on the event loop
+            seq = await run_in_threadpool(inference.sequence, loaded, asked["messages"], asked["settings"],
+                                          text=asked["text"], on_text=deliver, on_done=lambda: deliver(done))
         except inference.PromptTooLong as exc:
             raise RequestError(HTTPStatus.BAD_REQUEST, str(exc), code="context_length_exceeded",
                                param="messages" if chat else "prompt") from None
