@@ -55,11 +55,12 @@ def finetty_processes(home: Path) -> list[tuple[int, str]]:
         try:
             if marker not in (entry / "environ").read_bytes().split(b"\0"):
                 continue
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue  # gone, or not ours to read
-        if "finetty" in command:  # (a zombie has no command line: it is gone already)
-            found.append((int(entry.name), command))
+        # a Python running finetty (a zombie has no command line: it is gone already); never a shared tmux server
+        if argv and "python" in Path(argv[0]).name and any("finetty" in arg for arg in argv[1:]):
+            found.append((int(entry.name), " ".join(argv).strip()))
     return found
 
 

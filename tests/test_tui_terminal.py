@@ -90,7 +90,7 @@ def test_finetty_in_tmux_lists_runs_and_opens_one_at_80x24(runs_dir, finetty_env
         subprocess.run(["tmux", "send-keys", "-t", session, "Escape"], check=True)
         _wait_for(session, "New")
         subprocess.run(["tmux", "send-keys", "-t", session, "n"], check=True)
-        screen = _wait_for(session, "lora on tiny-demo with identity")
+        screen = _wait_for(session, "lora/sft on tiny-demo with identity")
         assert "Launch" in screen
         subprocess.run(["tmux", "send-keys", "-t", session, "C-q"], check=True)
         deadline = time.monotonic() + 20
