@@ -116,3 +116,32 @@ def test_lora_trains_on_a_third_party_quantizer_and_merges_through_its_dequantiz
     monkeypatch.setattr(worker, "load_plugins", lambda: without)
     with pytest.raises(worker.PluginFailure, match="install finetty-thirdparty 1.0"):
         worker.train(run_dir, worker.NullWriter(), worker.Requests(), resume=True)
+
+
+@pytest.mark.parametrize("overrides,hidden", [
+    (("method=full", "method_options={}"), ["bitsandbytes", "peft"]),  # full and sft need neither
+    ((), ["bitsandbytes"]),  # lora needs peft
+    (("quantizer=half-linear",), ["bitsandbytes"]),  # a quantizer that needs nothing more
+    (("quantizer=bnb-4bit",), []),  # bitsandbytes and peft's k-bit preparation
+    (("method=norms", "method_options={}", "train.optim=adamw_bnb_8bit"), ["peft"]),  # the optimizer needs bnb
+    (("objective=kto",), None),  # an objective that does not say what it needs: nothing is hidden
+], ids=["full", "lora", "lora-half-linear", "lora-bnb-4bit", "norms-8bit-optim", "undeclared"])
+def test_the_worker_hides_the_libraries_no_component_names(overrides, hidden, thirdparty, monkeypatch):
+    """Read from each component's runtime_libraries (the import trimming that saves seconds at worker start)."""
+    import dataclasses
+    import sys
+
+    from finetty.core.train import worker
+
+    registry, _ = thirdparty
+    recipe = _recipe(registry, *overrides)
+    if hidden is None:  # (made up here: whatever kto says today, one that says nothing keeps everything)
+        kto = dataclasses.replace(registry.objectives["kto"], runtime_libraries=None)
+        monkeypatch.setitem(registry.components["objective"], "kto", kto)
+        hidden = []
+    for name in ("bitsandbytes", "peft"):  # skipping sets sys.modules[name] = None: undo it after the test
+        if name not in sys.modules:
+            monkeypatch.setitem(sys.modules, name, None)
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.delenv("FINETTY_KEEP_IMPORTS", raising=False)
+    assert worker._skip_unneeded_imports(recipe, registry) == hidden

@@ -10,8 +10,12 @@ the values shipped in ``builtin_data/known_models.json``.
 
 Weights, gradients and optimizer state count exactly the tensors PEFT,
 bitsandbytes and the optimizer create (``tests/test_estimate.py`` builds the
-tiny model and compares byte for byte, for full, lora and qlora); activations
-follow the per-layer model in ``docs/memory.md``.
+tiny model and compares byte for byte, for full, lora, qlora and more);
+activations follow the per-layer model in ``docs/memory.md``. The estimate
+names no method or quantizer: each describes its own share through its
+descriptor (``Method.trainable``, ``Quantizer.stored``,
+``Objective.sequences_per_example``), so a third-party plugin is counted as a
+built-in is.
 """
 
 from __future__ import annotations
