@@ -332,6 +332,10 @@ def test_poisoned_checkpoint_pickles_are_never_executed(tmp_path, baseline):
         target = first / name
         assert target.exists(), name
         torch.save({"state": _Touch(ran)}, target, pickle_module=pickle)
+    # whoever can write the files can write the marker too: its sizes and hashes agree, so only the
+    # weights-only load stands between the pickles and the resume
+    marker = json.loads((first / rundir.COMPLETE_MARKER).read_text())
+    (first / rundir.COMPLETE_MARKER).write_text(json.dumps({**marker, "files": rundir.describe_files(first)}))
     out = finetty("train", "--resume", run.name, "--runs-dir", str(runs))
     assert out.returncode == 1, (out.stdout, out.stderr)
     assert not ran.exists(), "a checkpoint pickle executed code on resume"
