@@ -190,6 +190,9 @@ def test_ctrl_c_in_the_foreground_checkpoints_stops_and_resumes(tmp_path, baseli
     os.killpg(cli.pid, signal.SIGINT)
     output, _ = cli.communicate(timeout=120)
     assert cli.returncode == 130, output
+    said = [line.strip() for line in output.splitlines()
+            if line.strip().startswith(("data:", "checkpoint ", "warning:"))]
+    assert said and len(said) == len(set(said)), output  # after Ctrl-C, no line is printed a second time
     stopped = [e for e in events(run) if e["type"] == "stopped"]
     assert len(stopped) == 1, output
     step = stopped[0]["step"]
@@ -229,6 +232,8 @@ def test_hangup_of_the_terminal_leaves_the_worker_training(tmp_path, demo_model)
     finally:
         if cli.poll() is None:
             cli.kill()
+        if rundir.is_live(run) and rundir.lock_holder(run):  # (a failed wait: the worker is not left training)
+            os.kill(rundir.lock_holder(run), signal.SIGKILL)
     end = events(run)[-1]
     assert end["type"] == "run_finished" and end["step"] == 150, end
     assert any(e["type"] == "step" and e["ts"] > hung_up for e in events(run))
