@@ -145,3 +145,27 @@ def test_the_worker_hides_the_libraries_no_component_names(overrides, hidden, th
             monkeypatch.delitem(sys.modules, name)
     monkeypatch.delenv("FINETTY_KEEP_IMPORTS", raising=False)
     assert worker._skip_unneeded_imports(recipe, registry) == hidden
+
+
+def test_a_run_whose_method_is_no_longer_installed_names_the_package(thirdparty, demo_model, tmp_path, monkeypatch):
+    """The run_started event records where each component came from; export and the worker say what to install."""
+    from finetty.core.errors import InputError
+    from finetty.core.results import export
+    from finetty.core.run import rundir
+    from finetty.core.train import worker
+
+    registry, _ = thirdparty
+    run_dir = inprocess.train(RECIPES / "demo-lora.yaml", tmp_path / "runs",
+                              ["method=norms", "method_options={}", "train.max_steps=1", "train.max_length=32",
+                               "train.per_device_train_batch_size=1", "train.save_steps=1"],
+                              monkeypatch=monkeypatch, registry=registry)
+    assert {"kind": "method", "name": "norms", "plugin": "thirdparty", "distribution": "finetty-thirdparty",
+            "version": "1.0"} in rundir.recorded_plugins(run_dir)
+    monkeypatch.setenv("FINETTY_LOAD_PLUGINS", own_plugin_names())  # the package is gone
+    without = registry_mod.discover()
+    with pytest.raises(InputError, match="install finetty-thirdparty 1.0"):
+        export.export(run_dir, tmp_path / "out", registry=without)
+    monkeypatch.setattr(worker, "load_plugins", lambda: without)
+    with pytest.raises(worker.PluginFailure, match="method 'norms' is not available: it came from plugin "
+                                                  "'thirdparty'; install finetty-thirdparty 1.0"):
+        worker.train(run_dir, worker.NullWriter(), worker.Requests(), resume=True)

@@ -94,7 +94,7 @@ def export(run_dir: Path, out: Path, checkpoint: str | None = None, merge: bool 
     out = check_out(out)
     registry = inference._registry(registry)
     recipe = recipe_mod.from_run(run_dir)
-    method = inference._method(recipe, registry)
+    method = inference._method(recipe, registry, run_dir)
     label, source, notes = inference.resolve_target(run_dir, checkpoint)
     if out.resolve().is_relative_to(source.resolve()):
         raise InputError("--out", str(out), f"is inside the folder being exported ({source})",

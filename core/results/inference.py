@@ -175,12 +175,13 @@ def _registry(registry=None):
     return registry or load_plugins()
 
 
-def _method(recipe, registry):
+def _method(recipe, registry, run_dir: Path | None = None):
+    """The run's method; when it is missing, the refusal names the package the run recorded it came from."""
     method = registry.methods.get(recipe.method)
     if method is None:
-        broken = registry.failure_for("method", recipe.method)
-        raise InputError(None, f"method {recipe.method!r}", "is not available"
-                         + (f": plugin {broken.name!r} failed to load: {broken.error}" if broken else ""),
+        place = f"method {recipe.method!r}"
+        why = registry.unavailable("method", recipe.method, rundir.recorded_plugins(run_dir) if run_dir else ())
+        raise InputError(None, place, why.removeprefix(place).strip(),
                          "install the plugin that provides it (see `finetty plugins`)")
     return method
 
@@ -273,7 +274,7 @@ def load(run_dir: Path, checkpoint: str | None = None, registry=None) -> Loaded:
     run_dir = Path(run_dir)
     registry = _registry(registry)
     recipe = recipe_mod.from_run(run_dir)
-    method = _method(recipe, registry)
+    method = _method(recipe, registry, run_dir)
     label, source, notes = resolve_target(run_dir, checkpoint)
     base_dir = base_model_dir(run_dir, recipe)
     model = method.load(source, recipe.method_options, base_loader(run_dir, recipe, registry))

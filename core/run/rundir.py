@@ -21,6 +21,7 @@ from pathlib import Path
 from finetty.core import paths
 from finetty.core.errors import InputError, RunBusyError
 from finetty.core.run import summary as summary_mod
+from finetty.core.run.events import EVENTS_FILE
 from finetty.core.run.summary import RunSummary, apply_events  # (where they were before the history index)
 
 RECIPE_FILE = "recipe.yaml"
@@ -374,6 +375,19 @@ def list_runs(runs: Path) -> list[RunSummary]:
         return []
     found = [summarize(p) for p in runs.iterdir() if (p / RECIPE_FILE).is_file()]
     return sorted(found, key=lambda s: s.started or 0)
+
+
+def recorded_plugins(run_dir: Path) -> list[dict]:
+    """The plugins the run's first ``run_started`` event recorded (kind, name, plugin, distribution, version):
+    where a component is missing later, they say which package to install."""
+    try:
+        with open(run_dir / EVENTS_FILE, encoding="utf-8") as lines:
+            for line in lines:
+                if '"run_started"' in line:
+                    return list(json.loads(line).get("plugins") or [])
+    except (OSError, ValueError):
+        pass
+    return []
 
 
 def log_tail(run_dir: Path, lines: int = 20) -> list[str]:

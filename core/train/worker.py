@@ -250,7 +250,7 @@ def _skip_unneeded_imports(recipe, registry) -> list[str]:
 def train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool) -> int:
     recipe = recipe_mod.from_run(run_dir)
     registry = load_plugins()
-    recorded = _recorded_plugins(run_dir)
+    recorded = rundir.recorded_plugins(run_dir)
     for kind, name in _components(recipe):
         if registry.get(kind, name) is None:
             raise PluginFailure(registry.unavailable(kind, name, recorded))
@@ -328,20 +328,6 @@ def _components(recipe) -> list[tuple[str, str]]:
     """The (kind, name) of every plugin component the run uses."""
     found = [("method", recipe.method), ("objective", recipe.objective)]
     return found + ([("quantizer", recipe.quantizer)] if recipe.quantizer != "none" else [])
-
-
-def _recorded_plugins(run_dir: Path) -> list[dict]:
-    """The plugins an earlier start of this run recorded in its run_started event (to name what to install)."""
-    import json
-
-    try:
-        with open(run_dir / "events.jsonl", encoding="utf-8") as lines:
-            for line in lines:
-                if '"run_started"' in line:
-                    return list(json.loads(line).get("plugins") or [])
-    except (OSError, ValueError):
-        pass
-    return []
 
 
 def _tokens_at(checkpoint: Path) -> int:
