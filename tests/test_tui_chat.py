@@ -98,7 +98,8 @@ async def _stop_ends_a_streaming_answer_without_freezing_the_ui(identity_run):
         await pilot.press("escape")
         await settle(pilot, lambda: not screen.generations)
         assert base.messages[1].text.endswith("[stopped]")
-        assert tuned.messages[1].text in (IDENTITY[0][1], IDENTITY[0][1] + " [stopped]")
+        # escape stops both answers: the tuned one is whole or cut short, but always the trained answer
+        assert IDENTITY[0][1].startswith(tuned.messages[1].text.removesuffix(" [stopped]").strip())
         assert app.screen is screen, "escape stopped the answer; it did not leave the screen"
 
 
