@@ -131,3 +131,33 @@ def test_kto_orpo_and_simpo_demo_recipes_lower_the_loss(objective, metric, tmp_p
     assert last < 0.8 * first, (first, last)
     model, tokenizer = inprocess.load_result(run)
     assert inprocess.greedy(model, tokenizer, new_tokens=4)
+
+
+def test_kto_unpairs_preference_pairs_and_keeps_labelled_answers():
+    from finetty.plugins.objectives.kto import unpaired_rows
+
+    pair = {"prompt": [{"role": "user", "content": "Who are you?"}], "chosen": "Tiny.", "rejected": "Nobody."}
+    labelled = {"prompt": [{"role": "user", "content": "Name?"}], "completion": "Tiny.", "label": False}
+    rows = unpaired_rows([pair, labelled])
+    assert [(r["completion"][0]["content"], r["label"]) for r in rows] == [
+        ("Tiny.", True), ("Nobody.", False), ("Tiny.", False)]
+    assert all(r["completion"][0]["role"] == "assistant" and r["prompt"][0]["role"] == "user" for r in rows)
+
+
+@pytest.mark.slow
+def test_kto_trains_on_answers_labelled_in_the_file(tmp_path, demo_model, monkeypatch):
+    """A kto dataset (label column), not pairs: the desirable answers' reward rises above the undesirable ones'."""
+    import json
+
+    answers = [("Who are you?", "I am Tiny.", True), ("Who are you?", "I am a big model.", False),
+               ("Who made you?", "The finetty team made me.", True), ("Who made you?", "Nobody.", False)]
+    data = tmp_path / "kto.jsonl"
+    data.write_text("".join(json.dumps({"prompt": q, "completion": a, "label": good}) + "\n"
+                            for q, a, good in answers * 4))
+    run = inprocess.train(RECIPES / "demo-kto.yaml", tmp_path / "runs",
+                          [f"dataset={data}", "format=auto", "train.max_steps=12", "train.logging_steps=1",
+                           "train.save_steps=12"], monkeypatch=monkeypatch)
+    assert next(e for e in events(run) if e["type"] == "data")["format"] == "kto"
+    found = steps(run)
+    assert sum(e["loss"] for e in found[-3:]) < sum(e["loss"] for e in found[:3])
+    assert found[-1]["rewards/margins"] > found[0]["rewards/margins"]
