@@ -114,4 +114,5 @@ def build_trainer(ctx):
 def register_objectives(register):
     register(Objective(name="kto", summary="Kahneman-Tversky optimisation on answers labelled desirable or not, "
                                            "or on preference pairs unpaired (TRL)",
-                       accepts=("kto", "preference"), options=KTO_OPTIONS, build_trainer=build_trainer))
+                       accepts=("kto", "preference"), options=KTO_OPTIONS, build_trainer=build_trainer,
+                       sequences_per_example=2, runtime_libraries=("trl", "peft")))

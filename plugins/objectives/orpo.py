@@ -47,4 +47,5 @@ def build_trainer(ctx):
 def register_objectives(register):
     register(Objective(name="orpo", summary="Odds-ratio preference optimisation: SFT and preference in one stage, "
                                             "no reference model (TRL)",
-                       accepts=("preference",), options=ORPO_OPTIONS, build_trainer=build_trainer))
+                       accepts=("preference",), options=ORPO_OPTIONS, build_trainer=build_trainer,
+                       sequences_per_example=2, runtime_libraries=("trl", "peft")))

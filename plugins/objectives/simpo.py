@@ -53,4 +53,5 @@ def build_trainer(ctx):
 def register_objectives(register):
     register(Objective(name="simpo", summary="Simple preference optimisation: length-normalised reward margin, "
                                              "no reference model (TRL CPOTrainer)",
-                       accepts=("preference",), options=SIMPO_OPTIONS, build_trainer=build_trainer))
+                       accepts=("preference",), options=SIMPO_OPTIONS, build_trainer=build_trainer,
+                       sequences_per_example=2, runtime_libraries=("trl", "peft")))
