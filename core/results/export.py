@@ -17,12 +17,20 @@
 The export is written into ``DIR.partial`` and renamed to ``DIR`` at the end,
 so an interrupted export never leaves a half-written ``DIR``. Only regular
 files with safe names are copied (no symlinks, no ``..``).
+
+Every form gets a model card (``README.md``, :func:`model_card`) and names its
+base the way it can be found again on another machine: the hub id when the
+base came from the Hugging Face cache, else a path relative to the export
+folder (:func:`base_reference`), never the trainer's absolute path. The export
+goes where the person asked, not into the private run directory, so its files
+get ordinary modes (0644, folders 0755) whatever the run's were.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -38,6 +46,7 @@ from finetty.core.errors import InputError
 TRAINER_STATE = {"optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin",
                  rundir.COMPLETE_MARKER}
 PROVENANCE = "finetty-export.json"
+CARD = "README.md"
 
 
 @dataclass
@@ -116,10 +125,16 @@ def export(run_dir: Path, out: Path, checkpoint: str | None = None, merge: bool 
             merged = True
         else:
             files = _copy_tree(source, partial)
+        base, base_note = base_reference(inference.base_model_dir(run_dir, recipe), out)
         provenance = {"run": run_dir.name, "checkpoint": label, "method": method.name, "merged": merged,
-                      "base_model": str(inference.base_model_dir(run_dir, recipe)), "quantizer": recipe.quantizer,
+                      "base_model": base, "quantizer": recipe.quantizer,
                       "exported": time.strftime("%Y-%m-%dT%H:%M:%S")}
         (partial / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+        _point_adapter_at(partial, base)
+        (partial / CARD).write_text(model_card(run_dir, recipe, method, label, merged, base, base_note),
+                                    encoding="utf-8")
+        files = sorted(set(files) | {CARD})
+        _ordinary_modes(partial)
         if out.exists():
             out.rmdir()  # (checked empty above)
         os.rename(partial, out)
@@ -150,3 +165,139 @@ def _merge(run_dir: Path, recipe, registry, method, source: Path, target: Path) 
     if not (target / "generation_config.json").is_file() and merged.generation_config is not None:
         merged.generation_config.save_pretrained(str(target))
     return sorted(p.name for p in target.iterdir())
+
+
+# -- the model card, the base's name, the file modes ----------------------------------------------
+
+_HUB_CACHE_ENTRY = re.compile(r"^models--([^/]+?)--([^/]+)$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def base_reference(base_dir: Path, out: Path) -> tuple[str, str | None]:
+    """``(reference, note)``: how the export names its base. A base from the Hugging Face cache
+    (``.../models--org--name/snapshots/<rev>``) is named by its hub id (``org/name``), which loads anywhere;
+    any other base by its path relative to the export folder (an absolute path would name a folder on the
+    machine that trained it and leak its layout), with a note saying where it was."""
+    base_dir = Path(base_dir).resolve()
+    parts = base_dir.parts
+    for index in range(len(parts) - 2):
+        found = _HUB_CACHE_ENTRY.match(parts[index])
+        if found and parts[index + 1] == "snapshots":
+            return f"{found.group(1)}/{found.group(2)}", None
+    relative = os.path.relpath(base_dir, Path(out).expanduser().resolve())
+    return relative, (f"the base model did not come from the Hugging Face Hub: {_line(relative)} is its path "
+                      f"relative to this folder; on the machine that trained it, it was {_line(base_dir)}. "
+                      "Elsewhere, copy it there or point `base_model_name_or_path` at your copy.")
+
+
+def _point_adapter_at(folder: Path, base: str) -> None:
+    """Rewrite ``adapter_config.json``'s ``base_model_name_or_path`` (PEFT wrote the trainer's absolute path)."""
+    config_path = folder / "adapter_config.json"
+    if not config_path.is_file():
+        return
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _ordinary_modes(folder: Path) -> None:
+    """0755 folders and 0644 files, set explicitly: otherwise the exporting process's umask decides, and
+    finetty keeps run directories private (0600/0700); an export goes where the person asked, to be shared."""
+    os.chmod(folder, 0o755)
+    for root, dirs, names in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o755)
+        for name in names:
+            os.chmod(os.path.join(root, name), 0o644)
+
+
+def _line(value) -> str:
+    """One line of untrusted text for the card's body: no control characters, in a code span that its own
+    backticks cannot close."""
+    text = _CONTROL.sub(" ", str(value)).strip()
+    ticks = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    padding = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{ticks}{padding}{text}{padding}{ticks}"
+
+
+def _number(value) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return _line(value)
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _run_facts(run_dir: Path, label: str) -> dict:
+    """What the events say about the exported result: its data, its step, the loss of its last logged step,
+    the run's mean train loss (``run_finished``, final/ only) and the eval scores up to its step."""
+    from finetty.core.run import events as events_mod
+
+    facts: dict = {"data": None, "step": None, "loss": None, "mean_loss": None, "evals": []}
+    digits = label[len("step-"):] if label.startswith("step-") else ""
+    at_step = int(digits) if label != rundir.FINAL and digits.isdigit() else None
+    for event in events_mod.read_all(run_dir):
+        kind, step = event.get("type"), event.get("step")
+        if at_step is not None and isinstance(step, int) and step > at_step:
+            continue
+        if kind == "data":
+            facts["data"] = event
+        elif kind == "step":
+            facts["step"], facts["loss"] = step, event.get("loss")
+        elif kind == "run_finished" and at_step is None:
+            facts["step"], facts["mean_loss"] = step, event.get("train_loss")
+        elif kind == "eval":
+            facts["evals"].append(event)
+    if at_step is not None:
+        facts["step"] = at_step
+    return facts
+
+
+def model_card(run_dir: Path, recipe, method, label: str, merged: bool, base: str, base_note: str | None) -> str:
+    """A Hugging Face model card: YAML front matter (``yaml.safe_dump``, so names from files cannot break it)
+    and a body saying what was trained on what, how far, how well, and with which recipe."""
+    import yaml
+
+    whole = merged or method.whole_model
+    front = {"base_model": base, "library_name": "transformers" if whole else "peft",
+             "tags": ["finetty", recipe.method, recipe.objective]}
+    facts = _run_facts(run_dir, label)
+    form = "merged into the base" if merged else ("whole model" if method.whole_model else "adapter")
+    lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
+             f"# {_line(run_dir.name)}", "",
+             f"Fine-tuned with [finetty](https://github.com/finetty/finetty) ({form}; {_line(label)}).", "",
+             "## Training", "",
+             f"- base model: {_line(base)}"]
+    if base_note:
+        lines.append(f"  - note: {_CONTROL.sub(' ', base_note)}")
+    lines.append(f"- method: {_line(recipe.method)}")
+    for key, value in sorted((recipe.method_options or {}).items()):
+        lines.append(f"  - {_line(key)}: {_line(json.dumps(value))}")
+    if recipe.quantizer and recipe.quantizer != "none":
+        lines.append(f"- quantizer: {_line(recipe.quantizer)}")
+    lines.append(f"- objective: {_line(recipe.objective)}")
+    for key, value in sorted((getattr(recipe, "objective_options", None) or {}).items()):
+        lines.append(f"  - {_line(key)}: {_line(json.dumps(value))}")
+    data = facts["data"] or {}
+    described = f"- data: {_line(data.get('dataset', recipe.dataset))}"
+    if data.get("format"):
+        described += f" (format {_line(data['format'])})"
+    if data.get("records") is not None:
+        described += f", {_number(data['records'])} records ({_number(data.get('train_records'))} train, " \
+                     f"{_number(data.get('eval_records'))} eval)"
+    lines += [described,
+              f"- steps: {_number(facts['step']) if facts['step'] is not None else 'unknown'}",
+              f"- final train loss: {_number(facts['loss']) if facts['loss'] is not None else 'not recorded'}"]
+    if facts["mean_loss"] is not None:
+        lines.append(f"- mean train loss over the run: {_number(facts['mean_loss'])}")
+    if facts["evals"]:
+        lines += ["", "## Evaluation", "", "| step | source | loss | scores |", "| --- | --- | --- | --- |"]
+        for event in facts["evals"]:
+            scores = ", ".join(f"{_CONTROL.sub(' ', str(k))}={_number(v)}"
+                               for k, v in sorted((event.get("metrics") or {}).items()) if v is not None)
+            cells = [_number(event.get("step")), _line(event.get("source", "")),
+                     _number(event.get("loss")) if event.get("loss") is not None else "",
+                     scores.replace("|", "\\|")]
+            lines.append("| " + " | ".join(cells) + " |")
+    recipe_text = (run_dir / rundir.RECIPE_FILE).read_text(encoding="utf-8")
+    fence = "`" * max(3, max((len(run) for run in re.findall(r"`+", recipe_text)), default=0) + 1)
+    lines += ["", "## Recipe", "", f"{fence}yaml", recipe_text.rstrip("\n"), fence, ""]
+    return "\n".join(lines)
