@@ -11,10 +11,11 @@ Each check prints one line, ``PASS name: detail``, ``FAIL name: detail`` or
 Exit 0 only when nothing failed. With no CUDA device it prints one line and
 exits 0, so the suite can run it on CPU machines (tests/test_gpu_smoke.py).
 
-The CUDA out-of-memory check makes the memory really run out: the worker
-starts with ``torch.cuda.set_per_process_memory_fraction`` (through a
-``sitecustomize`` on its ``PYTHONPATH``) set a little above what the small
-micro-batch needs, and trains with a micro-batch several times larger.
+The CUDA out-of-memory check makes the memory really run out: after two
+optimizer steps (and a checkpoint), a ``sitecustomize`` on the worker's
+``PYTHONPATH`` caps it with ``torch.cuda.set_per_process_memory_fraction`` a
+little above what a small micro-batch needs, while it trains a micro-batch
+sixteen times larger.
 """
 
 from __future__ import annotations
@@ -179,13 +180,25 @@ def falling(run: Path) -> str:
 
 
 def peak_reserved(found: list[dict]) -> int:
-    """The highest ``torch_reserved`` (else ``torch_peak``) any memory event saw: the measured peak."""
+    """The highest ``torch_reserved`` (else ``torch_peak``) any memory event saw: what torch's allocator held."""
     peak = 0
     for event in found:
         if event["type"] == "memory":
             for reading in event.get("gpus", []):
                 peak = max(peak, reading.get("torch_reserved") or 0, reading.get("torch_peak") or 0)
     return peak
+
+
+def peak_process(found: list[dict]) -> tuple[int, str]:
+    """The run's measured peak as the estimate counts it (the CUDA context included): NVML's per-process
+    memory when NVML can see this run's processes, else torch's reserved plus the estimate's context bytes."""
+    from finetty.core.memory.estimate import CONTEXT_BYTES
+
+    nvml = max((r.get("process_used") or 0 for e in found if e["type"] == "memory" for r in e.get("gpus", [])),
+               default=0)
+    if nvml:
+        return nvml, "NVML process"
+    return peak_reserved(found) + CONTEXT_BYTES, "torch reserved + context"
 
 
 def have(module: str) -> bool:
@@ -220,8 +233,9 @@ def check_nvml(runner: Runner) -> str:
     assert after.total > 0 and after.used <= after.total, f"NVML total {after.total}, used {after.used}"
     assert abs(grown - reserved) <= 64 * MIB, \
         f"NVML grew {grown / MIB:.0f} MiB while torch reserved {reserved / MIB:.0f} MiB"
-    own = "unknown (no pid namespace)" if after.process_used is None else f"{after.process_used / MIB:.0f} MiB"
-    assert after.process_used is None or after.process_used >= reserved, \
+    # 0 as well as None: inside a container NVML often lists no process of ours (another pid namespace)
+    own = f"{after.process_used / MIB:.0f} MiB" if after.process_used else "unknown (no process visible to NVML)"
+    assert not after.process_used or after.process_used >= reserved, \
         f"NVML says this process uses {own}, below torch's reserved {reserved / MIB:.0f} MiB"
     return (f"{after.name}: NVML grew {grown / MIB:.0f} MiB for torch's {reserved / MIB:.0f} MiB reserved; "
             f"process {own}; total {after.total / MIB:.0f} MiB")
@@ -281,22 +295,42 @@ def check_watermark_run(runner: Runner) -> str:
     return f"crossed at step {crossed[0].get('step')}, checkpoints {[p.name for _, p in kept]}"
 
 
-def _oom_env(runner: Runner, cap_bytes: int) -> dict:
-    """A PYTHONPATH whose sitecustomize caps this process tree's CUDA memory at ``cap_bytes``."""
+CAP_HOOK = """\
+import os
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+
+def _cap(optimizer, args, kwargs):
+    global _steps
+    _steps += 1
+    if _steps == _after:
+        torch.cuda.empty_cache()  # else the blocks already cached would be reused under the cap
+        torch.cuda.set_per_process_memory_fraction(
+            min(1.0, _bytes / torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory))
+
+
+_steps, _after = 0, int(os.environ["FINETTY_SMOKE_CAP_AFTER"])
+_bytes = int(os.environ["FINETTY_SMOKE_CUDA_CAP"])
+if torch.cuda.is_available():
+    register_optimizer_step_post_hook(_cap)
+"""
+
+
+def _oom_env(runner: Runner, cap_bytes: int, after_steps: int) -> dict:
+    """A PYTHONPATH whose sitecustomize caps each process's CUDA memory at ``cap_bytes`` once it has made
+    ``after_steps`` optimizer steps, so a run keeps its early checkpoint and then really runs out."""
     folder = runner.folder("oom-cap")
-    (folder / "sitecustomize.py").write_text(
-        "import os\n"
-        "cap = int(os.environ['FINETTY_SMOKE_CUDA_CAP'])\n"
-        "import torch\n"
-        "if torch.cuda.is_available():\n"
-        "    torch.cuda.set_per_process_memory_fraction(\n"
-        "        min(1.0, cap / torch.cuda.get_device_properties(0).total_memory))\n", encoding="utf-8")
+    (folder / "sitecustomize.py").write_text(CAP_HOOK, encoding="utf-8")
     path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH")) if p)
-    return {"PYTHONPATH": path, "FINETTY_SMOKE_CUDA_CAP": str(cap_bytes)}
+    return {"PYTHONPATH": path, "FINETTY_SMOKE_CUDA_CAP": str(cap_bytes), "FINETTY_SMOKE_CAP_AFTER": str(after_steps)}
 
 
 def check_oom(runner: Runner) -> str:
-    """A real CUDA OOM under a memory cap: a clear failure naming the peak, then auto-shrink that finishes."""
+    """A real CUDA OOM after a checkpoint: a clear failure that keeps it, then auto-shrink that finishes."""
+    from finetty.core.run import rundir
+
     # micro-batch 4 of rows near max_length is measured first; the cap is set from its peak
     data = {"dataset": str(long_dataset(runner.work)), "format": "alpaca"}
     base = {"max_length": 1024, "max_steps": 3, "per_device_train_batch_size": 4}
@@ -304,22 +338,24 @@ def check_oom(runner: Runner) -> str:
     small = peak_reserved(finished(done, run))
     assert small > 0, "the measuring run wrote no torch memory readings"
     cap = int(small * 2.5)
-    env = _oom_env(runner, cap)
-    big = {**base, "per_device_train_batch_size": 64, "max_steps": 4}
+    env = _oom_env(runner, cap, after_steps=2)  # steps 1 and 2 uncapped, step 2 checkpointed, step 3 capped
+    big = {**base, "per_device_train_batch_size": 64, "max_steps": 5, "save_steps": 2}
     done, run = runner.train("oom-fail", recipe_text(runner.models["llama"], "full", train=big, **data), env)
     assert run is not None and done.returncode != 0, \
         f"micro-batch 64 under a {cap / MIB:.0f} MiB cap exited {done.returncode}"
     failed = [e for e in events(run) if e["type"] == "run_failed"]
-    assert failed and "CUDA out of memory" in failed[-1]["reason"], f"run_failed: {failed}"
+    assert failed and "CUDA out of memory at step 3" in failed[-1]["reason"], f"run_failed: {failed}"
     reason = failed[-1]["reason"]
     assert "peak unknown" not in reason, reason
+    kept = [p.name for _, p in rundir.complete_checkpoints(run)]
+    assert kept == ["step-000002"] and "step-000002) is intact" in reason, f"checkpoints {kept}: {reason}"
     shrunk = {**big, "auto_shrink_batch": True}
     done, run = runner.train("oom-shrink", recipe_text(runner.models["llama"], "full", train=shrunk, **data), env)
     found = finished(done, run)
     shrinks = [e for e in found if e["type"] == "shrink"]
     assert shrinks, "auto_shrink_batch finished without a shrink event"
-    return (f"cap {cap / MIB:.0f} MiB (micro-batch 4 peaked at {small / MIB:.0f} MiB): micro-batch 64 failed with "
-            f"{reason[:160]!r}; auto-shrink {len(shrinks)}x then finished")
+    return (f"cap {cap / MIB:.0f} MiB from step 3 (micro-batch 4 peaked at {small / MIB:.0f} MiB): micro-batch 64 "
+            f"failed keeping {kept[0]}: {reason[:160]!r}; auto-shrink {len(shrinks)}x then finished")
 
 
 def check_bnb(runner: Runner, bits: int) -> str:
@@ -387,14 +423,14 @@ def check_estimate(runner: Runner) -> str:
         extra = {"quantizer_options": quant} if method == "qlora" else {}
         text = recipe_text(runner.models["llama"], method, train={"max_steps": 6}, **extra)
         done, run = runner.train(f"estimate-{method}", text)
-        measured = peak_reserved(finished(done, run))
+        measured, how = peak_process(finished(done, run))
         estimated = runner.cli("estimate", str(run.parent.parent / "recipe.yaml"), "--json")
         assert estimated.stdout.strip(), f"estimate printed nothing: {estimated.stderr.strip()[-200:]}"
         total = json.loads(estimated.stdout)["total"]
         assert measured > 0, f"{method}: no measured peak in the memory events"
         ratio = total / measured
         assert 0.5 <= ratio <= 3.0, f"{method}: estimate {total / MIB:.0f} MiB vs measured {measured / MIB:.0f} MiB"
-        ratios.append(f"{method} {total / MIB:.0f}/{measured / MIB:.0f} MiB = {ratio:.2f}")
+        ratios.append(f"{method} {total / MIB:.0f}/{measured / MIB:.0f} MiB ({how}) = {ratio:.2f}")
     return "estimate/measured: " + ", ".join(ratios)
 
 
