@@ -122,7 +122,7 @@ def test_methods_that_cannot_merge_say_so_and_export_the_adapter(method, tmp_pat
     run = results_runs.trained(method, tmp_path_factory)
     result = export.export(run, tmp_path / "out", merge=True)
     assert not result.merged and "cannot be merged" in result.notes[0]
-    expected = {p.name for p in (run / "final").iterdir()} | {"finetty-export.json"}
+    expected = {p.name for p in (run / "final").iterdir()} | {"finetty-export.json", "README.md"}
     assert set(result.files) == expected
 
 

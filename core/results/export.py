@@ -263,7 +263,7 @@ def model_card(run_dir: Path, recipe, method, label: str, merged: bool, base: st
     form = "merged into the base" if merged else ("whole model" if method.whole_model else "adapter")
     lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
              f"# {_line(run_dir.name)}", "",
-             f"Fine-tuned with [finetty](https://github.com/finetty/finetty) ({form}; {_line(label)}).", "",
+             f"Fine-tuned with finetty ({form}; {_line(label)}).", "",
              "## Training", "",
              f"- base model: {_line(base)}"]
     if base_note:
