@@ -97,8 +97,8 @@ def test_a_rank_killed_mid_run_ends_the_run_naming_it(tmp_path, demo_model):
 
 @pytest.mark.slow
 def test_stop_stops_every_rank_after_a_checkpoint(tmp_path, demo_model):
-    out = finetty("train", str(RECIPES / "demo-lora.yaml"), "--runs-dir", str(tmp_path), "--detach",
-                  "--set", "train.max_steps=5000", "--set", "train.save_steps=100000", *TWO)
+    finetty("train", str(RECIPES / "demo-lora.yaml"), "--runs-dir", str(tmp_path), "--detach",
+            "--set", "train.max_steps=5000", "--set", "train.save_steps=100000", *TWO)
     run = only_run(tmp_path)
     wait_for(lambda: (run / "events.jsonl").exists() and any(e["type"] == "step" for e in events(run)))
     workers = ranks(run)

@@ -8,7 +8,6 @@ time; a symbolic link planted in a run directory is named, never followed.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil

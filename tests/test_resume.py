@@ -56,8 +56,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, demo_model):
 
 @pytest.mark.slow
 def test_stop_checkpoints_and_resume_finishes(tmp_path, demo_model):
-    out = finetty("train", str(RECIPES / "demo-lora.yaml"), "--runs-dir", str(tmp_path), "--detach",
-                  "--set", "train.max_steps=400", "--set", "train.save_steps=1000")
+    finetty("train", str(RECIPES / "demo-lora.yaml"), "--runs-dir", str(tmp_path), "--detach",
+            "--set", "train.max_steps=400", "--set", "train.save_steps=1000")
     run = only_run(tmp_path)
     wait_for(lambda: (run / "events.jsonl").exists() and any(e["type"] == "step" for e in events(run)))
     assert finetty("checkpoint", run.name, "--runs-dir", str(tmp_path)).returncode == 0

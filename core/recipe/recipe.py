@@ -438,7 +438,7 @@ def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, ch
 
         if not isinstance(template, str) or not template.strip():
             problems.append(source.error(("chat_template",), f"must be a template name or a file path, not "
-                                         f"{template!r}", f"for example chat_template: chatml"))
+                                         f"{template!r}", "for example chat_template: chatml"))
         else:
             ok, resolved = problems.attempt(templates.check, template.strip(), base_dir, source.file,
                                             source.place("chat_template"))

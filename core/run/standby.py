@@ -163,11 +163,11 @@ def differences(ours: dict, theirs: dict) -> list[str]:
 
 def _software() -> list:
     stamps = []
-    for entry in sys.path:  # not the script's or the working directory, which differ between launchers
-        if not entry.rstrip(os.sep).endswith(("site-packages", "dist-packages")):
+    for folder in sys.path:  # not the script's or the working directory, which differ between launchers
+        if not folder.rstrip(os.sep).endswith(("site-packages", "dist-packages")):
             continue
         try:
-            stamps.append([entry, os.stat(entry).st_mtime_ns])
+            stamps.append([folder, os.stat(folder).st_mtime_ns])
         except OSError:
             pass
     from importlib.util import find_spec
