@@ -7,6 +7,7 @@ given the end a failed, stopped or lost run has; ``memory`` adds the monitor's m
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -33,7 +34,9 @@ def write_run(runs: Path, name: str, events: list[dict], log: str | None = None)
         if event["type"] == "checkpoint":
             folder = run / event["path"]
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "finetty-checkpoint.json").write_text(json.dumps({"step": event["step"]}))
+            marker = folder / "finetty-checkpoint.json"
+            marker.write_text(json.dumps({"step": event["step"]}))
+            os.utime(marker, (event["ts"], event["ts"]))  # completed when the run said so: screens show its time
         if event["type"] == "run_finished":
             (run / "final").mkdir(exist_ok=True)
     return run
