@@ -218,7 +218,7 @@ def discover(extra: Iterable[tuple[str, ModuleType | Any]] = ()) -> Registry:
             continue
         modules.append((info, module))
     for name, module in extra:
-        info = PluginInfo(name, "(registered in-process)", "")
+        info = PluginInfo(name, "registered in-process", "")
         plugins.append(info)
         try:
             pm.register(module, name=name)

@@ -9,8 +9,8 @@ TRL's ``rewards/*``, ``log_odds_ratio`` and ``nll_loss``.
 
 from __future__ import annotations
 
-from finetty.plugins.objectives.trl_common import no_model_card, pair_rows, trl_config
-from finetty.core.plugin_api import Objective, Option, hookimpl, trainer_class
+from finetty.plugins.objectives.trl_common import pairwise_trainer, trl_config
+from finetty.core.plugin_api import Objective, Option, hookimpl
 
 ORPO_OPTIONS = (
     Option("beta", "float", 0.1, "weight of the odds-ratio term against the chosen answer's next-token loss "
@@ -30,17 +30,10 @@ def _orpo_classes():
 
 
 def build_trainer(ctx):
-    from datasets import Dataset
-
     trainer_cls, config_cls = _orpo_classes()
     args = trl_config(ctx.args, config_cls, beta=ctx.options["beta"], max_length=ctx.max_length,
                       max_completion_length=ctx.options["max_completion_length"])
-    train = Dataset.from_list(pair_rows(ctx.train_records, ctx, "orpo", "training"))
-    evaluation = (Dataset.from_list(pair_rows(ctx.eval_records, ctx, "orpo", "evaluation"))
-                  if ctx.eval_records else None)
-    return trainer_class(no_model_card(trainer_cls))(
-        model=ctx.model, args=args, train_dataset=train, eval_dataset=evaluation, processing_class=ctx.tokenizer,
-        callbacks=ctx.callbacks, method=ctx.method)
+    return pairwise_trainer(ctx, trainer_cls, args, "orpo")
 
 
 @hookimpl

@@ -9,8 +9,8 @@ Step events carry TRL's ``rewards/*`` metrics.
 
 from __future__ import annotations
 
-from finetty.plugins.objectives.trl_common import no_model_card, pair_rows, trl_config
-from finetty.core.plugin_api import Objective, Option, hookimpl, trainer_class
+from finetty.plugins.objectives.trl_common import pairwise_trainer, trl_config
+from finetty.core.plugin_api import Objective, Option, hookimpl
 
 SIMPO_OPTIONS = (
     Option("beta", "float", 2.0, "scale of the length-normalised reward (the SimPO paper uses 2 to 2.5)",
@@ -34,19 +34,12 @@ def _cpo_classes():
 
 
 def build_trainer(ctx):
-    from datasets import Dataset
-
     trainer_cls, config_cls = _cpo_classes()
     options = ctx.options
     args = trl_config(ctx.args, config_cls, loss_type="simpo", beta=options["beta"], simpo_gamma=options["gamma"],
                       cpo_alpha=options["cpo_alpha"], label_smoothing=options["label_smoothing"],
                       max_length=ctx.max_length)
-    train = Dataset.from_list(pair_rows(ctx.train_records, ctx, "simpo", "training"))
-    evaluation = (Dataset.from_list(pair_rows(ctx.eval_records, ctx, "simpo", "evaluation"))
-                  if ctx.eval_records else None)
-    return trainer_class(no_model_card(trainer_cls))(
-        model=ctx.model, args=args, train_dataset=train, eval_dataset=evaluation, processing_class=ctx.tokenizer,
-        callbacks=ctx.callbacks, method=ctx.method)
+    return pairwise_trainer(ctx, trainer_cls, args, "simpo")
 
 
 @hookimpl

@@ -67,6 +67,20 @@ def pair_rows(records: list, ctx, objective: str, name: str) -> list[dict]:
     return keep_within(rows, ("chosen", "rejected"), ctx, objective, name)
 
 
+def pairwise_trainer(ctx, trainer_cls, args, objective: str):
+    """A TRL trainer that needs no reference model (ORPO, CPO/SimPO) over the run's preference pairs."""
+    from datasets import Dataset
+
+    from finetty.core.plugin_api import trainer_class
+
+    train = Dataset.from_list(pair_rows(ctx.train_records, ctx, objective, "training"))
+    evaluation = (Dataset.from_list(pair_rows(ctx.eval_records, ctx, objective, "evaluation"))
+                  if ctx.eval_records else None)
+    return trainer_class(no_model_card(trainer_cls))(
+        model=ctx.model, args=args, train_dataset=train, eval_dataset=evaluation, processing_class=ctx.tokenizer,
+        callbacks=ctx.callbacks, method=ctx.method)
+
+
 def no_model_card(trainer_cls):
     """``trainer_cls`` without the model card TRL writes into every checkpoint folder (recipe.yaml says it all)."""
 
