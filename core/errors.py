@@ -63,3 +63,11 @@ class RunBusyError(Exception):
 
 
 EXIT_BAD_INPUT = 2
+
+
+def describe(exc: BaseException, with_type: bool = True) -> str:
+    """An exception in one line, for a list, an event or a status: ``TypeError: the first line of its message``."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    if not with_type:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

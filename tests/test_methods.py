@@ -225,6 +225,12 @@ def test_real_model_recipe_validates_once_its_model_and_data_are_cached(path, tm
     shutil.copytree(demo_model, snapshot)
     (hub / f"datasets--{data['dataset'].replace('/', '--')}").mkdir(parents=True)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import torch  # they train in bf16 on a GPU: validate them as on a machine with one (Ampere or newer)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    if hasattr(torch, "accelerator"):
+        monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
     resolved = recipe_mod.load(path, [], load_plugins())
     assert resolved.model == data["model"] and resolved.train["bf16"] is True
     if resolved.method == "qlora":

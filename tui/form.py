@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from finetty.core.plugin.options import yaml_number
+
 #: The value of the model and dataset selects that means "the path typed in the field below".
 PATH = "__path__"
 
@@ -70,14 +72,7 @@ def parse(text: str, types: str = "") -> Any:
     """What the person typed, read as YAML (``3``, ``true``, ``[q_proj, v_proj]``); ``1e-4`` is a number."""
     if not text.strip():
         return None
-    value = yaml.safe_load(text)
-    if isinstance(value, str) and ("float" in types or "int" in types):
-        try:
-            number = float(value)
-            value = int(number) if "float" not in types and number.is_integer() else number
-        except ValueError:
-            pass
-    return value
+    return yaml_number(yaml.safe_load(text), types)
 
 
 @dataclass(frozen=True)

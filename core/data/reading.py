@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from finetty.core import paths
 from finetty.core.errors import InputError
 from finetty.core.plugin.api import DATA_KINDS
 from finetty.core.plugin.options import nearest
@@ -51,11 +52,9 @@ class DataSource:
 
 
 def _hub_cached(dataset_id: str) -> bool:
-    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface"))
-               / "hub")
     ds_cache = Path(os.environ.get("HF_DATASETS_CACHE")
                     or Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface")) / "datasets")
-    if (hub / f"datasets--{dataset_id.replace('/', '--')}").is_dir():
+    if paths.hub_repo_folder("datasets", dataset_id).is_dir():
         return True
     prefix = dataset_id.replace("/", "___")
     return ds_cache.is_dir() and any(p.name.startswith(prefix) for p in ds_cache.iterdir())

@@ -194,17 +194,6 @@ def _release(trainer) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def _tokens_at(checkpoint: Path | None) -> int:
-    import json
-
-    if checkpoint is None:
-        return 0
-    try:
-        return int(json.loads((checkpoint / rundir.COMPLETE_MARKER).read_text()).get("tokens", 0) or 0)
-    except (OSError, ValueError):
-        return 0
-
-
 def train(trainer, *, resume_from, rebuild, recipe, run_dir: Path, events, requests, sampler, tokens=None,
           started: dict | None = None):
     """``trainer.train`` that survives running out of memory when the recipe allows; returns (trainer, result).
@@ -267,7 +256,7 @@ def _shrink(trainer, cause, rebuild, run_dir, events, tokens, started, initial, 
             raise OutOfMemoryFailure(f"{cause}: cannot shrink the batch, there is no checkpoint to resume from")
         initial.restore(model)
     if tokens is not None:
-        tokens.base, tokens.local = _tokens_at(checkpoint), 0
+        tokens.base, tokens.local = rundir.tokens_at(checkpoint), 0
     if started is not None:
         started["resumed_from"] = str(checkpoint.relative_to(run_dir)) if checkpoint else None
     where = checkpoint.name if checkpoint else "the initial weights (step 0)"

@@ -7,6 +7,7 @@ import os
 import struct
 from pathlib import Path
 
+from finetty.core import paths
 from finetty.core.data import demo
 from finetty.core.errors import InputError
 
@@ -14,24 +15,16 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.
 
 
 def hub_cache() -> Path:
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    return Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface")) / "hub"
+    return paths.hub_cache()
 
 
 def cached_hub_models() -> list[str]:
     """Model ids with a snapshot in the local Hugging Face cache."""
-    found = []
-    root = hub_cache()
-    if root.is_dir():
-        for entry in sorted(root.glob("models--*")):
-            if any((snap / "config.json").exists() for snap in (entry / "snapshots").glob("*")):
-                found.append(entry.name[len("models--"):].replace("--", "/"))
-    return found
+    return paths.cached_hub_repos("models", needs="config.json")
 
 
 def _hub_snapshot(model_id: str) -> Path | None:
-    entry = hub_cache() / f"models--{model_id.replace('/', '--')}"
+    entry = paths.hub_repo_folder("models", model_id)
     ref = entry / "refs" / "main"
     if ref.is_file():
         snap = entry / "snapshots" / ref.read_text().strip()

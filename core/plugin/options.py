@@ -16,6 +16,27 @@ from typing import Any
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "dict": dict}
 
 
+def yaml_number(value: Any, types: str) -> Any:
+    """A number where YAML 1.1 left text: it reads ``1e-4`` (no dot) as a string.
+
+    For an option whose type admits ``int`` or ``float`` (``types`` as an
+    Option's: ``"float"``, ``"int|float"``), text that is a number becomes one:
+    an int when it is whole and the option takes no float or the text has no
+    dot or exponent, else a float. Anything else comes back as it was. The
+    recipe validator and the app's form both read typed values through this.
+    """
+    kinds = set(types.split("|"))
+    if not isinstance(value, str) or not kinds & {"int", "float"}:
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    if number.is_integer() and ("float" not in kinds or not any(c in value.lower() for c in ".e")):
+        return int(number)
+    return number
+
+
 @dataclass(frozen=True)
 class Option:
     """One typed setting of a plugin.

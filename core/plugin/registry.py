@@ -19,6 +19,7 @@ from typing import Any
 
 import pluggy
 
+from finetty.core.errors import describe
 from finetty.core.plugin import hookspecs
 from finetty.core.plugin.api import API_VERSION, DataFormat, Descriptor, Method, Objective, Quantizer
 from finetty.core.plugin.options import Option
@@ -125,11 +126,6 @@ class Registry:
         return f"{kind} {name!r} is not available"
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 #: The callables each kind of descriptor must carry (one of a tuple's alternatives is enough), and the optional ones.
 REQUIRED: dict[str, tuple[tuple[str, ...], ...]] = {
     "method": (("apply",), ("load",)),
@@ -214,7 +210,7 @@ def discover(extra: Iterable[tuple[str, ModuleType | Any]] = ()) -> Registry:
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # a plugin must never take discovery down, not even by exiting
-            info.error, info.detail = _one_line(exc), traceback.format_exc()
+            info.error, info.detail = describe(exc), traceback.format_exc()
             continue
         modules.append((info, module))
     for name, module in extra:
@@ -223,7 +219,7 @@ def discover(extra: Iterable[tuple[str, ModuleType | Any]] = ()) -> Registry:
         try:
             pm.register(module, name=name)
         except Exception as exc:
-            info.error, info.detail = _one_line(exc), traceback.format_exc()
+            info.error, info.detail = describe(exc), traceback.format_exc()
             continue
         modules.append((info, module))
 
@@ -238,7 +234,7 @@ def discover(extra: Iterable[tuple[str, ModuleType | Any]] = ()) -> Registry:
             try:
                 _call_hook(impl.function, impl.argnames, found.append)
             except Exception as exc:
-                failure = f"{hook_name} raised {_one_line(exc)}"
+                failure = f"{hook_name} raised {describe(exc)}"
                 info.error = failure if info.error is None else f"{info.error}; {failure}"
                 info.detail = traceback.format_exc()
                 continue

@@ -20,7 +20,7 @@ import yaml
 from finetty.core.data import reading as data_mod
 from finetty.core.model import loading as models
 from finetty.core.errors import InputError, InputErrors, raise_all
-from finetty.core.plugin.options import nearest, resolve_options
+from finetty.core.plugin.options import nearest, resolve_options, yaml_number
 from finetty.core.plugin.registry import Registry
 from finetty.core.recipe.train_args import FINETTY_TRAIN_OPTIONS, RESERVED, TRAIN_DEFAULTS, check_value, training_argument_fields
 
@@ -182,17 +182,6 @@ def _check_options(key: str, descriptor: Any, given: Any, source: _Source) -> di
     return values
 
 
-def _number(value: Any) -> Any:
-    """YAML 1.1 reads ``1e-4`` as text; take it as the number it obviously is."""
-    if isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            return value
-        return int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number
-    return value
-
-
 def _check_train(train: Any, source: _Source) -> dict:
     if train is None:
         train = {}
@@ -214,7 +203,7 @@ def _check_train(train: Any, source: _Source) -> dict:
                 problems.append(source.error(("train", key), f"{key} {problem}", ours[key].help))
                 continue
         elif key in known:
-            value = _number(value) if known[key] & {"float", "int"} else value
+            value = yaml_number(value, "|".join(sorted(known[key])))
             problem = check_value(key, value, known[key])
             if problem:
                 problems.append(source.error(("train", key), f"{key} {problem}",

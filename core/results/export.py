@@ -169,7 +169,6 @@ def _merge(run_dir: Path, recipe, registry, method, source: Path, target: Path) 
 
 # -- the model card, the base's name, the file modes ----------------------------------------------
 
-_HUB_CACHE_ENTRY = re.compile(r"^models--([^/]+?)--([^/]+)$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
@@ -179,11 +178,9 @@ def base_reference(base_dir: Path, out: Path) -> tuple[str, str | None]:
     any other base by its path relative to the export folder (an absolute path would name a folder on the
     machine that trained it and leak its layout), with a note saying where it was."""
     base_dir = Path(base_dir).resolve()
-    parts = base_dir.parts
-    for index in range(len(parts) - 2):
-        found = _HUB_CACHE_ENTRY.match(parts[index])
-        if found and parts[index + 1] == "snapshots":
-            return f"{found.group(1)}/{found.group(2)}", None
+    repo_id = paths.hub_repo_id(base_dir)
+    if repo_id is not None and repo_id.count("/") == 1:
+        return repo_id, None
     relative = os.path.relpath(base_dir, Path(out).expanduser().resolve())
     return relative, (f"the base model did not come from the Hugging Face Hub: {_line(relative)} is its path "
                       f"relative to this folder; on the machine that trained it, it was {_line(base_dir)}. "

@@ -33,7 +33,6 @@ from finetty.core.errors import InputError
 from finetty.core.run.events import read_all
 
 FINAL = rundir.FINAL
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model", "tokenizer_config.json")
 
 
 @dataclass
@@ -233,7 +232,9 @@ def base_loader(run_dir: Path, recipe, registry, dequantize: bool = False):
 
 
 def _tokenizer_folder(source: Path | None, base_dir: Path) -> Path:
-    if source is not None and any((source / name).is_file() for name in TOKENIZER_FILES):
+    # a saved result's own tokenizer (its vocabulary, or at least its config: the chat template it trained with)
+    files = (*models.TOKENIZER_FILES, "tokenizer_config.json")
+    if source is not None and any((source / name).is_file() for name in files):
         return source
     return base_dir
 

@@ -251,6 +251,16 @@ def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def tokens_at(checkpoint: Path | None) -> int:
+    """The tokens trained up to ``checkpoint``, as its completeness marker records them (0 when unknown)."""
+    if checkpoint is None:
+        return 0
+    try:
+        return int(json.loads((checkpoint / COMPLETE_MARKER).read_text()).get("tokens", 0) or 0)
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     done = complete_checkpoints(run_dir)
     return done[-1][1] if done else None

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finetty.core import paths
+from finetty.core.errors import describe
 from finetty.core.data import reading as data_mod
 from finetty.core.data import demo
 from finetty.core.train import distributed
@@ -296,7 +297,7 @@ def train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool) 
     trainer = _plugin_call("objective", objective.name, objective.build_trainer, context)
     trainer.data_collator = tokens.wrap(trainer.data_collator)
     if resume_from is not None:
-        tokens.base = _tokens_at(resume_from)
+        tokens.base = rundir.tokens_at(resume_from)
 
     def rebuild(new_args):  # the same model and data with other TrainingArguments (a smaller micro-batch)
         again = _plugin_call("objective", objective.name, objective.build_trainer,
@@ -330,15 +331,6 @@ def _components(recipe) -> list[tuple[str, str]]:
     return found + ([("quantizer", recipe.quantizer)] if recipe.quantizer != "none" else [])
 
 
-def _tokens_at(checkpoint: Path) -> int:
-    import json
-
-    try:
-        return int(json.loads((checkpoint / rundir.COMPLETE_MARKER).read_text()).get("tokens", 0))
-    except (OSError, ValueError):
-        return 0
-
-
 def _save_final(trainer, method, tokenizer, run_dir: Path) -> None:
     target = run_dir / rundir.FINAL
     partial = run_dir / (rundir.FINAL + ".partial")
@@ -357,11 +349,6 @@ def _save_final(trainer, method, tokenizer, run_dir: Path) -> None:
     if target.exists():
         shutil.rmtree(target)
     os.rename(partial, target)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = (str(exc).strip().splitlines() or [""])[0]
-    return text if isinstance(exc, RunFailure) else f"{type(exc).__name__}: {text}".rstrip(": ")
 
 
 def _chain(exc: BaseException):
@@ -455,8 +442,8 @@ def _failure_reason(exc: BaseException, run_dir: Path) -> str:
         plugin = _plugin_in_traceback(exc)
         if plugin is not None:
             kinds = "/".join(sorted({kind for kind, _ in plugin.provides})) or "plugin"
-            return f"{kinds} plugin {plugin.name!r} ({plugin.distribution}) raised during training: {_one_line(exc)}"
-    return _one_line(exc)
+            return f"{kinds} plugin {plugin.name!r} ({plugin.distribution}) raised during training: {describe(exc, with_type=not isinstance(exc, RunFailure))}"
+    return describe(exc, with_type=not isinstance(exc, RunFailure))
 
 
 class DiskReserve:

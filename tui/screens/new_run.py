@@ -20,6 +20,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
+from finetty.core import paths
 from finetty.core.data import reading as data_mod
 from finetty.core.data import demo
 from finetty.core.model import loading as models
@@ -69,11 +70,7 @@ DEFAULT_HINT = "Tab/shift+Tab: next/previous field · Enter: open a picker · ct
 
 def hub_datasets() -> list[str]:
     """Dataset ids with a copy in the local Hugging Face hub cache."""
-    root = models.hub_cache()
-    if not root.is_dir():
-        return []
-    return sorted(p.name[len("datasets--"):].replace("--", "/") for p in root.glob("datasets--*")
-                  if (p / "snapshots").is_dir())
+    return paths.cached_hub_repos("datasets")
 
 
 def local_data_files(folder: Path) -> list[str]:
