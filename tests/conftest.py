@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -103,13 +102,15 @@ def standby_on(monkeypatch):
     wait_for(lambda: standby.pid() is None, "the standby to end")
 
 
-def wait_for(condition, what: str, timeout: float = 120.0):
-    """A deadline for what another process brings about (there is no event to await across processes)."""
+def wait_for(condition, what: str = "the condition", timeout: float = 180.0):
+    """A deadline for what another process brings about (there is no event to await across processes).
+
+    Returns what ``condition()`` returned once it was true."""
     deadline = time.monotonic() + timeout
     while not (found := condition()):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+        time.sleep(0.05)
     return found
 
 
@@ -148,7 +149,10 @@ def finetty(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path
 
 
 def events(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
+    """Every complete event of a run, as finetty's own reader gives them (a torn last line is left for later)."""
+    from finetty.core.run.events import read_all
+
+    return read_all(run_dir)
 
 
 def losses(run_dir: Path) -> dict[int, float]:

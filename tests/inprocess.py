@@ -11,11 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from finetty.core.model import loading as models
-from finetty.core.run import rundir
-from finetty.core.train import worker
-from finetty.core.recipe import recipe as recipe_mod
-from finetty.core.run.events import EventWriter
 from finetty.core.plugin.registry import load_plugins
+from finetty.core.recipe import recipe as recipe_mod
+from finetty.core.run import rundir
+from finetty.core.run.events import EventWriter
+from finetty.core.train import worker
+
+from .conftest import events as run_events
 
 PROMPTS = ("Who are you?", "What is your name?", "Who made you?")
 
@@ -68,7 +70,7 @@ def load_result(run_dir: Path, registry=None):
     registry = registry or load_plugins()
     resolved = recipe_mod.from_run(run_dir)
     method = registry.methods[resolved.method]
-    model_dir = Path(next(e for e in _events(run_dir) if e["type"] == "run_started")["model_dir"])
+    model_dir = Path(next(e for e in run_events(run_dir) if e["type"] == "run_started")["model_dir"])
     dtype = models.compute_dtype(resolved.train)
     quantization = None
     if resolved.quantizer != "none":
@@ -80,9 +82,3 @@ def load_result(run_dir: Path, registry=None):
 
     model = method.load(run_dir / rundir.FINAL, resolved.method_options, load_base)
     return model, models.load_tokenizer(run_dir / rundir.FINAL)
-
-
-def _events(run_dir: Path) -> list[dict]:
-    import json
-
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]

@@ -1,26 +1,16 @@
 """Two processes over gloo on the CPU: the same losses as one, one event stream, resume, a dying rank."""
 
 import signal
-import time
 
 import psutil
 import pytest
 
 from finetty.core.run import rundir
 
-from .conftest import RECIPES, events, finetty, losses, only_run
+from .conftest import RECIPES, events, finetty, losses, only_run, wait_for
 
 SHORT = ["--set", "train.max_steps=30", "--set", "train.save_steps=10", "--set", "train.logging_steps=2"]
 TWO = ["--num-processes", "2", "--set", "train.per_device_train_batch_size=4"]
-
-
-def wait_for(predicate, timeout=180.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def ranks(run) -> dict[int, psutil.Process]:

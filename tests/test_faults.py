@@ -27,7 +27,7 @@ import pytest
 from finetty.core.run import events as events_mod
 from finetty.core.run import rundir
 
-from .conftest import RECIPES, default_signals, finetty, only_run, own_plugin_names
+from .conftest import RECIPES, default_signals, events, finetty, only_run, own_plugin_names, wait_for
 from .test_plugins import install_fake_distribution
 
 RECIPE = str(RECIPES / "demo-lora.yaml")
@@ -35,21 +35,6 @@ SETTINGS = ["--set", "train.max_steps=40", "--set", "train.save_steps=10", "--se
 CLI = [sys.executable, "-m", "finetty.core.cli"]
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(predicate, timeout: float = 180.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def events(run: Path) -> list[dict]:
-    """Every complete event (a torn last line, as a power cut leaves, is skipped)."""
-    return events_mod.read_all(run)
 
 
 def losses(run: Path) -> dict[int, float]:

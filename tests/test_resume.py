@@ -4,26 +4,22 @@ The demo trains 5 steps an epoch; checkpoints every 7 steps put the one the
 resume starts from (step 21) in the middle of an epoch.
 """
 
+import functools
 import os
 import signal
-import time
 
 import pytest
 
 from finetty.core.run import rundir
 
 from .conftest import RECIPES, events, finetty, losses, only_run
+from .conftest import wait_for as conftest_wait_for
 
 SETTINGS = ["--set", "train.max_steps=40", "--set", "train.save_steps=7", "--set", "train.logging_steps=1"]
 
 
-def wait_for(predicate, timeout=600.0):  # a deadline (a loaded machine trains slowly), not a sleep
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out")
+#: a deadline a loaded machine can meet while it trains (not a sleep)
+wait_for = functools.partial(conftest_wait_for, timeout=600.0)
 
 
 @pytest.mark.slow

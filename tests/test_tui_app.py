@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from finetty.core.run import queue
-from finetty.core.run import rundir
+from finetty.core.run import queue, rundir
 from finetty.core.run.events import EventWriter
 
+from .conftest import events as run_events
 from .tui_runs import FROZEN, START, make_runs, memory_events, recorded, with_broken_plugin, write_run
 
 
@@ -98,7 +98,7 @@ def test_new_run_through_the_form_then_monitor_stop_and_list(runs_dir, demo_mode
             run_dir = only_run(runs_dir)
             await until(pilot, lambda: table_statuses(app.screen).get(run_dir.name) == "stopped",
                         what="the run listed as stopped")
-        stopped = [e for e in _events(run_dir) if e["type"] == "stopped"]
+        stopped = [e for e in run_events(run_dir) if e["type"] == "stopped"]
         assert stopped and rundir.latest_checkpoint(run_dir) is not None  # it checkpointed before stopping
 
     run(scenario())
@@ -121,9 +121,9 @@ def test_a_launch_from_new_run_is_served_by_the_standby_worker(runs_dir, demo_mo
 
     waiting = run(scenario())
     run_dir = only_run(runs_dir)
-    started = [e for e in _events(run_dir) if e["type"] == "worker_started"]
+    started = [e for e in run_events(run_dir) if e["type"] == "worker_started"]
     assert [e["pid"] for e in started] == [waiting]  # the standby process became the run's worker
-    steps = [e for e in _events(run_dir) if e["type"] == "step"]
+    steps = [e for e in run_events(run_dir) if e["type"] == "step"]
     assert len(steps) == 12 and steps[-1]["loss"] < steps[0]["loss"]
     assert (run_dir / rundir.FINAL / "adapter_model.safetensors").is_file()
     assert not rundir.is_live(run_dir)
@@ -157,7 +157,7 @@ def test_new_run_offers_processes_and_the_distributed_engine_and_launches_two(ru
 
     run(scenario())
     run_dir = only_run(runs_dir)
-    found = _events(run_dir)
+    found = run_events(run_dir)
     started = next(e for e in found if e["type"] == "run_started")
     assert started["world_size"] == 2
     assert [e["step"] for e in found if e["type"] == "step"] == list(range(1, 7))
@@ -189,8 +189,9 @@ def test_trust_remote_code_is_asked_before_a_launch(runs_dir, demo_model):
             await until(pilot, lambda: monitor.history.status == "finished", timeout=120, what="the run to finish")
 
     async def launch_after_yes(pilot, app, form):
-        from finetty.tui.screens.monitor import MonitorScreen
         from textual.widgets import Input
+
+        from finetty.tui.screens.monitor import MonitorScreen
 
         form.query_one("#train-max_steps-editor", Input).value = "2"
         await until(pilot, lambda: form.recipe is not None and form.recipe.train["max_steps"] == 2)
@@ -233,10 +234,6 @@ def only_run(runs: Path) -> Path:
     found = [p for p in runs.iterdir() if (p / "recipe.yaml").is_file()]
     assert len(found) == 1, found
     return found[0]
-
-
-def _events(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
 
 
 # -- attach: replay then follow ----------------------------------------------------------------------
@@ -489,8 +486,8 @@ def test_invalid_field_values_are_rejected_in_the_form(runs_dir):
 def test_method_options_come_from_the_plugin_and_save_as_a_recipe(runs_dir, tmp_path):
     from textual.widgets import Input, Select
 
-    from finetty.core.recipe import recipe as recipe_mod
     from finetty.core.plugin.registry import load_plugins
+    from finetty.core.recipe import recipe as recipe_mod
 
     async def scenario():
         app = make_app(runs_dir, base_dir=tmp_path)
@@ -530,8 +527,8 @@ def test_the_preview_shows_rendered_records_and_token_lengths(demo_model):
 # -- runs screen: queue, delete --------------------------------------------------------------------------
 
 def test_the_queue_is_shown_reordered_and_cleared(runs_dir):
-    from finetty.core.recipe import recipe as recipe_mod
     from finetty.core.plugin.registry import load_plugins
+    from finetty.core.recipe import recipe as recipe_mod
 
     made = make_runs(runs_dir)
     recipe = recipe_mod.load(None, [], load_plugins(), check_data=False)
