@@ -82,16 +82,6 @@ def _leave_nothing_behind(home: Path) -> None:
     assert not strays, f"finetty processes left running by the tests: {strays}"
 
 
-@pytest.fixture(autouse=True)
-def libraries_unhidden():
-    """A test that trains in-process hides the libraries its run does not use, as the worker does
-    (``sys.modules[name] = None``); undo that after it, so later tests in this process can import them."""
-    yield
-    for name in ("bitsandbytes", "peft"):
-        if name in sys.modules and sys.modules[name] is None:
-            del sys.modules[name]
-
-
 @pytest.fixture(scope="session")
 def demo_model(finetty_env) -> Path:
     """The built-in tiny demo model folder, built once per session."""

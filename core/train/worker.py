@@ -248,14 +248,22 @@ def _skip_unneeded_imports(recipe, registry) -> list[str]:
     return skip
 
 
-def train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool) -> int:
+def train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool, own_process: bool = False) -> int:
+    """Train the run in ``run_dir``; its exit code.
+
+    ``own_process``: this process exists for the run (``main``), so the
+    libraries no component uses may be hidden for a faster start; a caller
+    that trains inside a longer-lived process (the tests) keeps them, since
+    transformers caches what it found missing for the life of the process.
+    """
     recipe = recipe_mod.from_run(run_dir)
     registry = load_plugins()
     recorded = rundir.recorded_plugins(run_dir)
     for kind, name in _components(recipe):
         if registry.get(kind, name) is None:
             raise PluginFailure(registry.unavailable(kind, name, recorded))
-    _skip_unneeded_imports(recipe, registry)
+    if own_process:
+        _skip_unneeded_imports(recipe, registry)
     _check_engine(recipe)
     from finetty.core.train.callbacks import CheckpointCallback, EventsCallback, RequestsCallback, TokenCounter
 
@@ -519,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         events.emit("warning", message=exposed)
     beat = heartbeat.start(run_dir, lambda: {"stop_requested": requests.stop}) if distributed.rank() == 0 else None
     try:
-        return train(run_dir, events, requests, args.resume)
+        return train(run_dir, events, requests, args.resume, own_process=True)
     except BaseException as exc:
         if reserve is not None and _disk_full(exc, run_dir) is not None:
             reserve.release()  # the room to say why: the traceback, staging's removal and run_failed all need it
