@@ -9,7 +9,7 @@ TRL's ``rewards/*``, ``log_odds_ratio`` and ``nll_loss``.
 
 from __future__ import annotations
 
-from finetty.plugins.objectives.trl_common import pairwise_trainer, trl_config
+from finetty.plugins.objectives.trl_common import pairwise_trainer, trl_classes, trl_config
 from finetty.core.plugin_api import Objective, Option, hookimpl
 
 ORPO_OPTIONS = (
@@ -20,17 +20,8 @@ ORPO_OPTIONS = (
 )
 
 
-def _orpo_classes():
-    """ORPOTrainer and ORPOConfig: stable TRL before 0.25, ``trl.experimental.orpo`` after."""
-    try:
-        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
-    except ImportError:
-        from trl import ORPOConfig, ORPOTrainer
-    return ORPOTrainer, ORPOConfig
-
-
 def build_trainer(ctx):
-    trainer_cls, config_cls = _orpo_classes()
+    trainer_cls, config_cls = trl_classes("orpo", "ORPOTrainer", "ORPOConfig")
     args = trl_config(ctx.args, config_cls, beta=ctx.options["beta"], max_length=ctx.max_length,
                       max_completion_length=ctx.options["max_completion_length"])
     return pairwise_trainer(ctx, trainer_cls, args, "orpo")

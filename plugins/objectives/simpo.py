@@ -9,7 +9,7 @@ Step events carry TRL's ``rewards/*`` metrics.
 
 from __future__ import annotations
 
-from finetty.plugins.objectives.trl_common import pairwise_trainer, trl_config
+from finetty.plugins.objectives.trl_common import pairwise_trainer, trl_classes, trl_config
 from finetty.core.plugin_api import Objective, Option, hookimpl
 
 SIMPO_OPTIONS = (
@@ -24,17 +24,8 @@ SIMPO_OPTIONS = (
 )
 
 
-def _cpo_classes():
-    """CPOTrainer and CPOConfig: stable TRL before 0.25, ``trl.experimental.cpo`` after."""
-    try:
-        from trl.experimental.cpo import CPOConfig, CPOTrainer
-    except ImportError:
-        from trl import CPOConfig, CPOTrainer
-    return CPOTrainer, CPOConfig
-
-
 def build_trainer(ctx):
-    trainer_cls, config_cls = _cpo_classes()
+    trainer_cls, config_cls = trl_classes("cpo", "CPOTrainer", "CPOConfig")
     options = ctx.options
     args = trl_config(ctx.args, config_cls, loss_type="simpo", beta=options["beta"], simpo_gamma=options["gamma"],
                       cpo_alpha=options["cpo_alpha"], label_smoothing=options["label_smoothing"],

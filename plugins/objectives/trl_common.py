@@ -67,6 +67,17 @@ def pair_rows(records: list, ctx, objective: str, name: str) -> list[dict]:
     return keep_within(rows, ("chosen", "rejected"), ctx, objective, name)
 
 
+def trl_classes(module: str, trainer: str, config: str):
+    """``(Trainer, Config)`` from ``trl.experimental.<module>`` (TRL 0.25 on), else from ``trl`` (before)."""
+    import importlib
+
+    try:
+        found = importlib.import_module(f"trl.experimental.{module}")
+    except ImportError:
+        found = importlib.import_module("trl")
+    return getattr(found, trainer), getattr(found, config)
+
+
 def pairwise_trainer(ctx, trainer_cls, args, objective: str):
     """A TRL trainer that needs no reference model (ORPO, CPO/SimPO) over the run's preference pairs."""
     from datasets import Dataset
