@@ -56,7 +56,9 @@ def _all_identity(recipe):
     return records
 
 
-def test_finetty_eval_reports_base_and_tuned_side_by_side(identity_run):
+def test_finetty_eval_reports_base_and_tuned_side_by_side(identity_run, tmp_path):
+    # eval adds a report and an event: to a copy, so the shared run stays as other tests expect it (no eval yet)
+    identity_run = shutil.copytree(identity_run, tmp_path / identity_run.name)
     before = [e for e in events(identity_run) if e["type"] == "eval"]
     result = finetty("eval", str(identity_run), check=True)
     assert "exact match" in result.stdout and "perplexity" in result.stdout

@@ -65,6 +65,10 @@ def quiet_libraries() -> bool:
         logger = logging.getLogger(name)
         if logger.level == logging.NOTSET or logger.level < logging.WARNING:
             logger.setLevel(logging.WARNING)
+        if logger.handlers:
+            # a library with a handler of its own prints there; passing the record on to the root as well would
+            # print it twice (transformers propagates when CI=true is in the environment)
+            logger.propagate = False
         handlers += logger.handlers
     if not logging.getLogger().handlers:
         handler = logging.StreamHandler()  # what logging's last resort would print, with the filter on it
