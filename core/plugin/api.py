@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -38,7 +38,7 @@ hookimpl = pluggy.HookimplMarker("finetty")
 
 #: The plugin API's version, given to every hook as ``api_version``: it goes up when a descriptor gains a field
 #: or a hook an argument, so a plugin written for several versions can tell which one it runs against.
-API_VERSION = "2"
+API_VERSION = "3"
 
 #: The kinds of data a format produces and an objective consumes.
 DATA_KINDS = ("conversation", "preference", "text", "kto")
@@ -102,6 +102,15 @@ class Method:
     memory estimate (see :class:`Trainable`); without it the estimate says the
     method is not modelled.
 
+    ``recommended`` maps recipe keys (``train.learning_rate``,
+    ``method_options.prefix_projection``) to the values the method trains
+    well with, where those differ from the training defaults or the options'
+    own defaults (prefix tuning wants ten times LoRA's learning rate and its
+    projection on). The New run form loads them when the method is chosen,
+    except where the person changed the field, and says so: a method switched
+    in the form otherwise kept the previous method's settings and learned
+    nothing. Recipes are never changed by it.
+
     Optional, for methods whose saved weights the stock ``Trainer`` cannot
     read back: ``restore(model, dir)`` loads what ``save`` wrote into the live
     model (checkpoint resume), and ``disabled(model)`` returns a context
@@ -123,12 +132,20 @@ class Method:
     kind: MethodKind | None = None
     runtime_libraries: tuple[str, ...] | None = None
     trainable: TrainableFn | None = None
+    recommended: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if self.kind is None:
             object.__setattr__(self, "kind", "modules" if self.freezes_base else "whole")
         elif self.kind not in METHOD_KINDS:
             raise ValueError(f"method {self.name!r}: kind {self.kind!r} is not one of {METHOD_KINDS}")
+        names = {option.name for option in self.options}
+        for key in self.recommended:
+            section, _, name = key.partition(".")
+            if not name or section not in ("train", "method_options") or (section == "method_options"
+                                                                         and name not in names):
+                raise ValueError(f"method {self.name!r}: recommended key {key!r} is neither train.NAME nor "
+                                 f"method_options.NAME of one of its options ({', '.join(sorted(names)) or 'none'})")
 
     @property
     def whole_model(self) -> bool:
@@ -289,12 +306,14 @@ def peft_method(
     implies_quantizer: str | None = None,
     mergeable: bool = True,
     trainable: TrainableFn | None = None,
+    recommended: dict[str, Any] | None = None,
 ) -> Method:
     """A :class:`Method` of kind ``peft`` for any adapter PEFT implements.
 
     ``make_config(options, ctx)`` returns the ``peft.PeftConfig``; a quantized
     base has already been prepared by its quantizer. ``trainable`` describes
-    the adapter's tensors for the memory estimate.
+    the adapter's tensors for the memory estimate; ``recommended`` is
+    :attr:`Method.recommended`.
     """
 
     def apply(model: Any, values: dict[str, Any], ctx: MethodContext) -> Any:
@@ -309,7 +328,8 @@ def peft_method(
 
     return Method(name=name, summary=summary, apply=apply, load=load, options=options, kind="peft",
                   implies_quantizer=implies_quantizer, mergeable=mergeable, runtime_libraries=("peft",),
-                  trainable=trainable, disabled=lambda model: model.disable_adapter())
+                  trainable=trainable, disabled=lambda model: model.disable_adapter(),
+                  recommended=dict(recommended or {}))
 
 
 __all__ = [

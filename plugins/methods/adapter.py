@@ -71,4 +71,6 @@ def register_methods(register):
     register(Method(name="adapter", summary="Bottleneck adapters (Houlsby / Pfeiffer) in every layer; base frozen",
                     apply=_apply, load=_load, save=_save, restore=_restore, disabled=_disabled,
                     options=ADAPTER_OPTIONS, kind="modules",
-                    runtime_libraries=(), trainable=_trainable))
+                    runtime_libraries=(), trainable=_trainable,
+                    recommended={"train.learning_rate": 1.0e-2, "method_options.reduction_factor": 2,
+                                 "method_options.non_linearity": "gelu"}))  # as recipes/demo-adapter.yaml

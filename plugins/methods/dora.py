@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from finetty.core.plugin_api import hookimpl, peft_method
-from finetty.plugins.methods.lora import LORA_OPTIONS, lora_config, lora_trainable
+from finetty.plugins.methods.lora import DEMO_RECOMMENDED, LORA_OPTIONS, lora_config, lora_trainable
 
 
 def dora_config(options: dict, ctx):
@@ -13,4 +13,5 @@ def dora_config(options: dict, ctx):
 @hookimpl
 def register_methods(register):
     register(peft_method("dora", "DoRA: LoRA with a learned magnitude per output (PEFT use_dora)", dora_config,
-                         options=LORA_OPTIONS, trainable=lambda arch, options: lora_trainable(arch, options, dora=True)))
+                         options=LORA_OPTIONS, trainable=lambda arch, options: lora_trainable(arch, options, dora=True),
+                         recommended=DEMO_RECOMMENDED))

@@ -26,4 +26,4 @@ def _load(path, options, load_base):
 def register_methods(register):
     register(Method(name="full", summary="Full fine-tuning: every weight trains; the result is a whole model",
                     apply=_apply, load=_load, freezes_base=False, kind="whole", runtime_libraries=(),
-                    trainable=_trainable))
+                    trainable=_trainable, recommended={"train.learning_rate": 1.0e-3}))  # recipes/demo-full.yaml

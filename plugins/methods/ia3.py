@@ -34,4 +34,5 @@ def ia3_trainable(arch: Architecture, options: dict) -> Trainable:
 @hookimpl
 def register_methods(register):
     register(peft_method("ia3", "IA3: learned rescaling of keys, values and feed-forward activations (PEFT)",
-                         ia3_config, options=IA3_OPTIONS, trainable=ia3_trainable))
+                         ia3_config, options=IA3_OPTIONS, trainable=ia3_trainable,
+                         recommended={"train.learning_rate": 1.0e-1}))  # as recipes/demo-ia3.yaml: scales move slowly

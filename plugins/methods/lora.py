@@ -53,7 +53,11 @@ def lora_trainable(arch: Architecture, options: dict, dora: bool = False) -> Tra
     return Trainable(tuple(tensors), exact=arch.known_layout, notes=tuple(notes), activation_bytes=activations)
 
 
+#: what recipes/demo-lora.yaml trains with (also dora's and qlora's, which share lora's options)
+DEMO_RECOMMENDED = {"train.learning_rate": 3.0e-3, "method_options.r": 16, "method_options.lora_alpha": 32}
+
+
 @hookimpl
 def register_methods(register):
     register(peft_method("lora", "LoRA: low-rank adapters on linear layers (PEFT)", lora_config,
-                         options=LORA_OPTIONS, trainable=lora_trainable))
+                         options=LORA_OPTIONS, trainable=lora_trainable, recommended=DEMO_RECOMMENDED))

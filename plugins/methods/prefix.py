@@ -65,7 +65,10 @@ def prefix_trainable(arch: Architecture, options: dict) -> Trainable:
 
 
 _PEFT = peft_method("prefix", "Prefix tuning: trained key/value prefixes at every layer (PEFT)",
-                    prefix_config, options=PREFIX_OPTIONS, mergeable=False, trainable=prefix_trainable)
+                    prefix_config, options=PREFIX_OPTIONS, mergeable=False, trainable=prefix_trainable,
+                    # as recipes/demo-prefix.yaml: at LoRA's 3e-3 and without the projection it learned nothing
+                    recommended={"train.learning_rate": 1.0e-2, "method_options.num_virtual_tokens": 16,
+                                 "method_options.prefix_projection": True})
 
 
 def _apply(model, options, ctx):

@@ -34,4 +34,6 @@ def prompt_trainable(arch: Architecture, options: dict) -> Trainable:
 @hookimpl
 def register_methods(register):
     register(peft_method("prompt", "Prompt tuning: trained embeddings of virtual tokens before the input (PEFT)",
-                         prompt_config, options=PROMPT_OPTIONS, mergeable=False, trainable=prompt_trainable))
+                         prompt_config, options=PROMPT_OPTIONS, mergeable=False, trainable=prompt_trainable,
+                         recommended={"train.learning_rate": 3.0e-2, "method_options.num_virtual_tokens": 16}))
+    # (as recipes/demo-prompt.yaml; its init_text is the demo's own and is left to the person)
