@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from finetty.core.plugin_api import Architecture, Option, Trainable, hookimpl, peft_method
 
@@ -71,6 +72,37 @@ _PEFT = peft_method("prefix", "Prefix tuning: trained key/value prefixes at ever
                                  "method_options.prefix_projection": True})
 
 
+#: The prefix encoder's own weights (embedding, and the projection MLP when it is on), beside PEFT's files.
+ENCODER_FILE = "prefix_encoder.safetensors"
+
+
+def _save(model, folder):
+    """PEFT's files, plus the encoder's trainable weights, so a checkpoint can be trained on from.
+
+    With ``prefix_projection`` PEFT saves only the prefix the MLP computes
+    (what generation needs, shaped per layer); the MLP and the embedding it
+    reads are not in it, and resuming from a checkpoint failed on the shape
+    (and could not have restored what the optimizer was moving anyway).
+    """
+    from safetensors.torch import save_file
+
+    model.save_pretrained(folder)
+    encoder = model.prompt_encoder[model.active_adapter]
+    save_file({k: v.detach().contiguous() for k, v in encoder.state_dict().items()}, str(Path(folder) / ENCODER_FILE))
+
+
+def _restore(model, folder):
+    """The encoder's weights from a checkpoint written by :func:`_save` (else PEFT's prefix, no projection)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if (folder / ENCODER_FILE).is_file():
+        model.prompt_encoder[model.active_adapter].load_state_dict(load_file(str(folder / ENCODER_FILE)))
+    else:
+        set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+
+
 def _apply(model, options, ctx):
     return generate_with_prefix(_PEFT.apply(model, options, ctx))
 
@@ -81,4 +113,4 @@ def _load(path, options, load_base):
 
 @hookimpl
 def register_methods(register):
-    register(dataclasses.replace(_PEFT, apply=_apply, load=_load))
+    register(dataclasses.replace(_PEFT, apply=_apply, load=_load, save=_save, restore=_restore))
