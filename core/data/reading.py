@@ -21,7 +21,7 @@ from typing import Any, Iterator
 from finetty.core import paths
 from finetty.core.errors import InputError
 from finetty.core.plugin.api import DATA_KINDS
-from finetty.core.plugin.options import nearest
+from finetty.core.plugin.options import Option, nearest, resolve_options
 
 BUILTIN = {
     "identity": ("identity.jsonl", "alpaca", "a few dozen questions teaching the model its name and maker"),
@@ -247,10 +247,18 @@ ENTRY_KEYS = {"path": "a file, folder, built-in name, cached hub id or dataset_i
               "ranking": "true: chosen/rejected pairs", "weight": "its share of the mixture",
               "samples": "how many examples to take from it", "system": "a default system prompt",
               "ignore_columns": "columns dropped on purpose"}
-DATA_OPTIONS = {"ignore_columns": "columns dropped on purpose, in every dataset",
-                "system": "the system prompt of conversations that have none",
-                "seed": "the seed that samples mixtures (default: train.seed)",
-                "streaming": "read conversations as training goes, for data larger than memory (needs max_steps)"}
+#: The recipe's ``data_options``: one declaration for the validator (:func:`check_data_options`),
+#: ``finetty plugins --options`` and the app.
+DATA_OPTIONS = (
+    Option("ignore_columns", "list", [], "columns dropped on purpose, in every dataset"),
+    Option("system", "str", None, "the system prompt of conversations that have none", nullable=True),
+    Option("seed", "int", None, "the seed that samples mixtures (default: train.seed)", nullable=True),
+    Option("streaming", "bool", False, "read the data as training goes, for data larger than memory "
+           "(needs train.max_steps)"),
+    Option("placeholders", "bool|list", True, "which {{name}} / {name} placeholders dataset_options fill: "
+           "true: every one (a {{name}} without a value is refused); false: none, the data's braces "
+           "(Jinja, templates) train as written; [name, author]: only those"),
+)
 #: With streaming, validation and `finetty data` read this many records of each dataset.
 STREAM_HEAD = 1000
 
@@ -398,20 +406,22 @@ def resolved_dataset(value: Any, base_dir: Path) -> Any:
 
 
 def check_data_options(value: Any, recipe_file=None) -> dict:
+    """The recipe's ``data_options`` checked against :data:`DATA_OPTIONS`; the keys it gives, as given."""
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise InputError(recipe_file, "key data_options", f"must be a mapping, not {type(value).__name__}",
                          "for example data_options: {ignore_columns: [id]}")
-    for key, item in value.items():
-        if key not in DATA_OPTIONS:
-            close = nearest(str(key), list(DATA_OPTIONS))
-            raise InputError(recipe_file, f"key data_options.{key}", f"{key!r} is not a data option",
-                             f"did you mean {close!r}?" if close else f"options: {', '.join(DATA_OPTIONS)}")
-        kind = {"ignore_columns": list, "system": str, "seed": int, "streaming": bool}[key]
-        if not isinstance(item, kind) or (isinstance(item, bool) and kind is not bool):
-            raise InputError(recipe_file, f"key data_options.{key}", f"{key} {item!r} is not a {kind.__name__}",
-                             DATA_OPTIONS[key])
+    for key, problem, fix in resolve_options(DATA_OPTIONS, value)[1]:
+        if problem == "is not a known option":
+            raise InputError(recipe_file, f"key data_options.{key}", f"{key!r} is not a data option", fix)
+        raise InputError(recipe_file, f"key data_options.{key}", f"{key} {problem}", fix)
+    names = value.get("placeholders")
+    if isinstance(names, list):
+        bad = next((n for n in names if not isinstance(n, str) or not re.fullmatch(r"[A-Za-z_]\w*", n)), None)
+        if bad is not None:
+            raise InputError(recipe_file, "key data_options.placeholders", f"{bad!r} is not a placeholder name",
+                             "list names as they appear between the braces, for example [name, author]")
     return dict(value)
 
 
@@ -421,26 +431,39 @@ _DOUBLE = re.compile(r"\{\{\s*([A-Za-z_]\w*)\s*\}\}")
 _SINGLE = re.compile(r"\{([A-Za-z_]\w*)\}")
 
 
-def fill_placeholders(value: Any, options: dict, where: tuple) -> Any:
+def fill_placeholders(value: Any, options: dict, where: tuple, only: bool | list = True) -> Any:
     """``{{name}}`` (LLaMA-Factory's identity.json) and ``{name}`` (finetty's) filled from ``dataset_options``.
 
     A ``{{name}}`` with no value is refused: trained literally, it would teach
     the model to say "{{name}}". A single-brace ``{name}`` with no value is
-    left alone, since braces are common in real text (code, JSON).
+    left alone, since braces are common in real text (code, JSON). ``only``
+    is ``data_options.placeholders``: ``False`` fills nothing (data that holds
+    Jinja or other templates trains as written), a list fills those names and
+    leaves every other brace as it is.
     """
+    if only is False:
+        return value
     if isinstance(value, str):
         def double(match):
-            if match.group(1) not in options:
-                raise InputError(where[0], where[1], f"holds the placeholder {{{{{match.group(1)}}}}}, which has "
-                                 "no value", f"give it one: dataset_options: {{{match.group(1)}: ...}}")
-            return str(options[match.group(1)])
+            name = match.group(1)
+            if isinstance(only, list) and name not in only:
+                return match.group(0)
+            if name not in options:
+                raise InputError(where[0], where[1], f"holds the placeholder {{{{{name}}}}}, which has no value",
+                                 f"give it one: dataset_options: {{{name}: ...}}; or, to train the braces as "
+                                 "written (Jinja text), data_options: {placeholders: false}")
+            return str(options[name])
 
-        value = _DOUBLE.sub(double, value)
-        return _SINGLE.sub(lambda m: str(options[m.group(1)]) if m.group(1) in options else m.group(0), value)
+        def single(match):
+            name = match.group(1)
+            wanted = name in options and (not isinstance(only, list) or name in only)
+            return str(options[name]) if wanted else match.group(0)
+
+        return _SINGLE.sub(single, _DOUBLE.sub(double, value))
     if isinstance(value, dict):
-        return {k: fill_placeholders(v, options, where) for k, v in value.items()}
+        return {k: fill_placeholders(v, options, where, only) for k, v in value.items()}
     if isinstance(value, list):
-        return [fill_placeholders(v, options, where) for v in value]
+        return [fill_placeholders(v, options, where, only) for v in value]
     return value
 
 
@@ -589,14 +612,16 @@ def _refuse_kind(data_format, accepts, objective: str, objectives: dict, where: 
                      f"for {data_format.kind} data {take}")
 
 
-def _raw_rows(entry: DataEntry, options: dict, limit: int | None = None) -> Iterator[tuple[Path, str, dict]]:
-    """An entry's records with null columns dropped and placeholders filled, as they are read."""
+def _raw_rows(entry: DataEntry, ctx: dict, limit: int | None = None) -> Iterator[tuple[Path, str, dict]]:
+    """An entry's records with null columns dropped and placeholders filled (as data_options.placeholders
+    says), as they are read."""
+    only = ctx["data_options"].get("placeholders", True)
     reader = _hub_records(entry.source) if entry.source.hub_id else iter_records(entry.source)
     for count, (path, place, record) in enumerate(reader):
         if limit is not None and count >= limit:
             return
         record = {k: v for k, v in record.items() if v is not None}
-        yield path, place, fill_placeholders(record, options, (path, place))
+        yield path, place, fill_placeholders(record, ctx["options"], (path, place), only)
 
 
 def _mapped_row(record: dict, entry: DataEntry, ignore: set) -> dict:
@@ -633,7 +658,7 @@ def _convert(data_format, entry: DataEntry, path: Path, place: str, record: dict
 def _read_entry(entry: DataEntry, fmt: str, ctx: dict, recipe_file, limit: int | None) -> DataResult:
     ignore = set(entry.ignore_columns) | set(ctx["data_options"].get("ignore_columns") or ())
     formats = ctx["formats"]
-    rows = list(_raw_rows(entry, ctx["options"], limit))
+    rows = list(_raw_rows(entry, ctx, limit))
     if not rows:
         raise InputError(entry.source.files[0] if entry.source.files else recipe_file, None, "holds no records",
                          "add at least one record")
@@ -775,7 +800,7 @@ class ExampleStream:
 
     def _one(self, entry: DataEntry, data_format) -> Iterator[Any]:
         ignore = set(entry.ignore_columns) | set(self.ctx["data_options"].get("ignore_columns") or ())
-        rows = _raw_rows(entry, self.ctx["options"], entry.samples)
+        rows = _raw_rows(entry, self.ctx, entry.samples)
         for path, place, record in rows:
             yield _convert(data_format, entry, path, place, _mapped_row(record, entry, ignore), self.ctx)[0]
 
