@@ -13,22 +13,31 @@ with no padding at all and marks where each example starts:
   example never learns to predict the first token of the next (unpacked, the
   first label is never used either: nothing comes before it).
 
-No example attends to another. Under flash-attention, transformers does that
-itself. Under sdpa and eager attention, transformers would build one
-block-diagonal mask over the whole flattened batch and pay for attention
-across all of it; instead :func:`use_packed_attention` switches the model to
-``finetty_packed_sdpa``, which runs causal sdpa once per example, so attention
-costs what it costs unpacked and the mask is never built.
+No example attends to another; :func:`packed_path` chooses how, once per run:
+
+- ``varlen``: the model's attention is flash-attention (flash_attention_2/3,
+  or a kernels-hub flash kernel) and its kernel is installed. transformers
+  hands ``cu_seq_lens`` to flash-attention's varlen kernel, which keeps the
+  examples apart itself; the model is left as it is.
+- ``split-sdpa``: anything else (sdpa, eager, or a flash implementation whose
+  kernel is missing). transformers would build one block-diagonal mask over
+  the whole flattened batch and pay for attention across all of it; instead
+  :func:`use_packed_attention` switches the model to ``finetty_packed_sdpa``,
+  which runs causal sdpa once per example, so attention costs what it costs
+  unpacked and the mask is never built.
 """
 
 from __future__ import annotations
 
 import bisect
+import importlib.util
 
 IGNORE = -100
 ATTENTION = "finetty_packed_sdpa"
-#: Implementations that read packed boundaries themselves.
-NATIVE = ("flash_attention_2", "flash_attention_3", "flash_attention_4")
+#: Implementations that read packed boundaries themselves, and the module each one's kernel comes from.
+NATIVE = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface",
+          "flash_attention_4": "flash_attn"}
+VARLEN, SPLIT_SDPA = "varlen", "split-sdpa"
 #: Implementations :func:`use_packed_attention` replaces by :data:`ATTENTION` while training.
 REPLACED = ("sdpa", "eager")
 
@@ -135,6 +144,34 @@ def _register() -> None:
     AttentionInterface.register(ATTENTION, packed_sdpa_forward)
 
 
+def flash_kernel_present(implementation: str) -> bool:
+    """True when ``implementation`` is a flash-attention whose kernel is installed (looked up, not imported).
+
+    A kernels-hub flash kernel (``kernels-community/flash-attn2``) was fetched
+    when the model loaded with it, so the kernels package is all it needs.
+    """
+    module = NATIVE.get(implementation) or ("kernels" if "/" in implementation and "flash" in implementation
+                                            else None)
+    return module is not None and _found(module)
+
+
+def _found(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def packed_path(implementation: str | None) -> str:
+    """How packed examples are kept apart under ``implementation``: :data:`VARLEN` or :data:`SPLIT_SDPA`.
+
+    Raises ValueError for an attention that does neither (a custom kernel that reads no boundaries).
+    """
+    if implementation == ATTENTION or implementation in REPLACED:
+        return SPLIT_SDPA
+    if implementation and "flash" in implementation:
+        return VARLEN if flash_kernel_present(implementation) else SPLIT_SDPA
+    raise ValueError(f"train.packing needs sdpa, eager or flash attention; this model uses {implementation!r} "
+                     f"(set train.packing: false)")
+
+
 def use_packed_attention(model) -> str | None:
     """Make ``model`` keep packed examples apart; returns the implementation to restore afterwards.
 
@@ -142,11 +179,8 @@ def use_packed_attention(model) -> str | None:
     """
     base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model  # PEFT
     current = getattr(base.config, "_attn_implementation", None)
-    if current in NATIVE or current == ATTENTION:
+    if current == ATTENTION or packed_path(current) == VARLEN:
         return None
-    if current not in REPLACED:
-        raise ValueError(f"train.packing needs sdpa, eager or flash attention; this model uses {current!r} "
-                         f"(set train.packing: false)")
     _register()
     base.set_attn_implementation(ATTENTION)
     if base.config._attn_implementation != ATTENTION:

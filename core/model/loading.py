@@ -123,6 +123,12 @@ def compute_dtype(recipe_train: dict) -> str:
     return "float32"
 
 
+def weights_dtype(recipe_train: dict, model_options: dict | None) -> str:
+    """The dtype the base's weights load in: ``model_options.torch_dtype``, where auto is the compute dtype."""
+    wanted = (model_options or {}).get("torch_dtype") or "auto"
+    return compute_dtype(recipe_train) if wanted == "auto" else wanted
+
+
 def load_tokenizer(path: Path, trust_remote_code: bool = False, chat_template: str | None = None):
     """The model's tokenizer; ``chat_template`` (a recipe's: a template name or a Jinja file) replaces its own."""
     from transformers import AutoTokenizer
@@ -138,12 +144,19 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False, chat_template: s
 
 
 def load_model(path: Path, dtype: str = "float32", quantization_config=None, trust_remote_code: bool = False,
-               device_map=None):
-    """Load a causal LM from a folder (safetensors only)."""
+               device_map=None, attn_implementation: str | None = None):
+    """Load a causal LM from a folder (safetensors only).
+
+    ``attn_implementation`` (a recipe's ``model_options``, checked against the
+    machine by the validator): sdpa, eager, flash_attention_2/3 or a kernels-hub
+    id; None leaves transformers' choice (sdpa where the model supports it).
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
     kwargs = dict(dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=trust_remote_code)
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
         # a quantized base is placed whole on this rank's GPU (PEFT / bitsandbytes' way for DDP)

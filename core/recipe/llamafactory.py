@@ -73,6 +73,10 @@ def hint(key: str) -> str | None:
     """The finetty key for a key from LLaMA-Factory's (or transformers') vocabulary, as a fix for the validator."""
     if key in KEY_HINTS:
         return f"finetty calls it {KEY_HINTS[key]}"
+    from finetty.core.recipe.sections import MODEL_OPTIONS
+
+    if key in {o.name for o in MODEL_OPTIONS}:
+        return f"how the model loads goes under model_options: (model_options.{key})"
     from finetty.core.recipe.train_args import training_argument_fields
 
     if key in training_argument_fields():

@@ -60,6 +60,8 @@ class Recipe:
     phi3, alpaca, vicuna) or a Jinja file; empty: the model's own (see finetty.core.model.templates)"""
     trust_remote_code: bool = False
     """run the model repository's own Python code; off unless you trust its author"""
+    model_options: dict = field(default_factory=dict)
+    """how the model is loaded: attn_implementation, torch_dtype (see finetty.core.recipe.sections.MODEL_OPTIONS)"""
     launch: dict = field(default_factory=dict)
     """processes, machines and distributed type (see finetty.core.recipe.sections.LAUNCH_OPTIONS)"""
     monitor: dict = field(default_factory=dict)
@@ -352,29 +354,55 @@ def _check_target_modules(recipe: Recipe, model_dir: Path | None, source: _Sourc
                        "use all-linear, or a list of those names such as [" + ", ".join(names[:2]) + "]")
 
 
-def _check_precision(train: dict, source: _Source) -> None:
+def _check_precision(train: dict, source: _Source, dtype: str = "auto") -> None:
     """bf16 / fp16 the machine cannot run fail inside TrainingArguments or accelerate; say so before a run exists.
 
-    torch is imported only when one of them is on.
+    ``dtype`` (``model_options.torch_dtype``) bfloat16 or float16 meets the
+    same rule as bf16 or fp16. torch is imported only when one of them is on.
     """
-    if not (train.get("bf16") or train.get("fp16")):
+    from finetty.core.recipe.sections import DTYPE_PRECISION
+
+    wanted = [(("train", k), f"{k} is on", k) for k in ("bf16", "fp16") if train.get(k)][:1]
+    if dtype in DTYPE_PRECISION:
+        wanted.append((("model_options", "torch_dtype"), f"torch_dtype is {dtype}", DTYPE_PRECISION[dtype]))
+    if not wanted:
         return
     import torch
 
     probe = getattr(getattr(torch, "accelerator", None), "is_available", None)  # torch >= 2.6
     accelerator = probe() if probe else torch.cuda.is_available()
-    key = "bf16" if train.get("bf16") else "fp16"
-    if torch.cuda.is_available() and key == "bf16" and not torch.cuda.is_bf16_supported():
-        raise source.error(("train", key), f"bf16 is on, and this GPU ({torch.cuda.get_device_name(0)}) cannot "
-                           "compute in bfloat16", "use fp16: true instead, or leave bf16 off")
-    if accelerator:
-        return
-    if key == "fp16":
-        raise source.error(("train", key), "fp16 is on, and this machine has no GPU: float16 mixed precision "
-                           "runs on a GPU only", "leave fp16 off on the CPU, or use bf16: true with use_cpu: true")
-    if not train.get("use_cpu"):
-        raise source.error(("train", key), "bf16 is on, and this machine has no GPU: transformers trains in "
-                           "bfloat16 on the CPU only when told to", "add use_cpu: true under train:, or leave bf16 off")
+    for place, what, key in wanted:
+        if torch.cuda.is_available() and key == "bf16" and not torch.cuda.is_bf16_supported():
+            raise source.error(place, f"{what}, and this GPU ({torch.cuda.get_device_name(0)}) cannot "
+                               "compute in bfloat16", "use fp16 / float16 instead, or leave bf16 off")
+        if accelerator:
+            continue
+        if key == "fp16":
+            raise source.error(place, f"{what}, and this machine has no GPU: float16 mixed precision runs on a GPU "
+                               "only", "leave fp16 off on the CPU, or use bf16: true with use_cpu: true")
+        if not train.get("use_cpu"):
+            raise source.error(place, f"{what}, and this machine has no GPU: transformers trains in bfloat16 on the "
+                               "CPU only when told to", "add use_cpu: true under train:, or leave bf16 off")
+
+
+def _check_model_options(given: Any, source: _Source) -> dict:
+    from finetty.core.recipe.sections import MODEL_OPTIONS
+
+    return _check_options("model_options", SimpleNamespace(options=MODEL_OPTIONS), given, source)
+
+
+def _check_machine(recipe: Recipe, source: _Source) -> None:
+    """What the recipe asks of this machine's software and hardware (see :mod:`finetty.core.recipe.machine`)."""
+    from finetty.core.recipe import machine
+
+    found = []
+    attention = recipe.model_options.get("attn_implementation")
+    if attention:
+        found.append((("model_options", "attn_implementation"), machine.attention_problem(attention)))
+    if recipe.train.get("use_liger_kernel"):
+        found.append((("train", "use_liger_kernel"), machine.liger_problem()))
+    found += [(("train", "report_to"), problem) for problem in machine.report_to_problems(recipe.train.get("report_to"))]
+    raise_all([source.error(place, *problem) for place, problem in found if problem])
 
 
 def _check_chat_template(recipe: Recipe, model_dir: Path | None, kind: str, source: _Source) -> None:
@@ -416,6 +444,8 @@ def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, ch
                                      "write true or false without quotes; leave it out to keep it off"))
     else:
         recipe.trust_remote_code = trust
+    model_options_ok, model_options = problems.attempt(_check_model_options, data.get("model_options"), source)
+    recipe.model_options = model_options or {}
     recipe.dataset = data.get("dataset", recipe.dataset)
     dataset_ok = isinstance(recipe.dataset, (str, dict, list)) and recipe.dataset not in ("", [], {})
     if not dataset_ok:
@@ -477,7 +507,10 @@ def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, ch
         raise_all(problems)
         return recipe
     if train_ok:
-        problems.attempt(_check_precision, recipe.train, source)
+        problems.attempt(_check_precision, recipe.train, source,
+                         recipe.model_options.get("torch_dtype", "auto") if model_options_ok else "auto")
+        if model_options_ok:
+            problems.attempt(_check_machine, recipe, source)
     model_ok, model_dir = (problems.attempt(models.resolve, recipe.model, base_dir, source.file) if given["model"]
                            else (False, None))
     if model_ok:

@@ -1,4 +1,4 @@
-"""Option tables of the recipe sections the engine reads: ``launch`` and ``monitor``.
+"""Option tables of the recipe sections the engine reads: ``model_options``, ``launch`` and ``monitor``.
 
 They live here, beside the ``train`` table (:mod:`.train_args`), so the recipe
 validator sees every option a recipe may set without importing the engine that
@@ -9,6 +9,19 @@ acts on them (:mod:`finetty.core.train.distributed`,
 from __future__ import annotations
 
 from finetty.core.plugin.options import Option
+
+#: torch_dtype -> the train: precision flag whose machine check it shares (float32 and auto need none).
+DTYPE_PRECISION = {"bfloat16": "bf16", "float16": "fp16"}
+
+MODEL_OPTIONS = (
+    Option("attn_implementation", "str", None, "attention kernel: sdpa, eager, flash_attention_2, flash_attention_3 "
+           "(both need a CUDA GPU and the flash-attn package), or a kernels-hub id such as "
+           "kernels-community/flash-attn2 (needs the kernels package); empty: the model's default (sdpa where "
+           "it supports it)", nullable=True),
+    Option("torch_dtype", "str", "auto", "the dtype the base model's weights are loaded in; auto: the precision "
+           "train: computes in (bfloat16 with bf16, float16 with fp16, else float32)",
+           choices=("auto", "bfloat16", "float16", "float32")),
+)
 
 LAUNCH_OPTIONS = (
     Option("num_processes", "int", 1, "processes in all (usually one per GPU, on every machine together)",

@@ -31,6 +31,7 @@ from finetty.core.data import demo
 from finetty.core.train import distributed
 from finetty.core.train import logs
 from finetty.core.train import heartbeat
+from finetty.core.train import tracking
 from finetty.core.model import loading as models
 from finetty.core.memory import monitor
 from finetty.core.memory import oom
@@ -150,8 +151,9 @@ def _setup_model(recipe, registry, events):
     quantizer = registry.quantizers[recipe.quantizer] if recipe.quantizer != "none" else None
     if quantizer is not None and quantizer.config is not None:
         quantization = _plugin_call("quantizer", quantizer.name, quantizer.config, recipe.quantizer_options, dtype)
-    model = models.load_model(model_dir, "float32" if quantization is None and dtype == "float32" else dtype,
-                              quantization, recipe.trust_remote_code)
+    model_options = getattr(recipe, "model_options", None) or {}
+    model = models.load_model(model_dir, models.weights_dtype(recipe.train, model_options), quantization,
+                              recipe.trust_remote_code, attn_implementation=model_options.get("attn_implementation"))
     checkpointing = bool(recipe.train.get("gradient_checkpointing"))
     if quantizer is not None and quantizer.quantize is not None:
         model = _plugin_call("quantizer", quantizer.name, quantizer.quantize, model, recipe.quantizer_options, dtype)
@@ -199,6 +201,7 @@ def _training_arguments(recipe, run_dir: Path, has_eval: bool):
     settings = {k: v for k, v in recipe.train.items() if k not in FINETTY_TRAIN_KEYS}
     settings.pop("save_total_limit", None)  # finetty rotates its own complete checkpoints
     settings.setdefault("logging_first_step", True)
+    settings.setdefault("run_name", run_dir.name)  # the name report_to integrations show (not the staging folder's)
     if has_eval:
         settings.setdefault("eval_strategy", "steps")
     return TrainingArguments(output_dir=str(run_dir / rundir.CHECKPOINTS / ".staging"), save_strategy="steps",
@@ -255,7 +258,13 @@ def train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool, 
     libraries no component uses may be hidden for a faster start; a caller
     that trains inside a longer-lived process (the tests) keeps them, since
     transformers caches what it found missing for the life of the process.
+    The ``report_to`` integrations write under ``run_dir`` (:mod:`.tracking`).
     """
+    with tracking.environment(run_dir, recipe_mod.from_run(run_dir).train.get("report_to")):
+        return _train(run_dir, events, requests, resume, own_process)
+
+
+def _train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool, own_process: bool) -> int:
     recipe = recipe_mod.from_run(run_dir)
     registry = load_plugins()
     recorded = rundir.recorded_plugins(run_dir)

@@ -1,0 +1,137 @@
+"""model_options (attention and dtype), Liger and NEFTune: checked against the machine, and in effect when they run.
+
+The refusals are checked through the recipe validator (the bad-input corpus
+runs the same ones through ``finetty train``); the training tests train the
+tiny demo for a few steps in this process and read the losses from
+events.jsonl.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from types import SimpleNamespace
+
+import pytest
+
+from finetty.core.data import packing
+from finetty.core.errors import InputError, InputErrors
+from finetty.core.plugin.registry import load_plugins
+from finetty.core.recipe import machine
+from finetty.core.recipe import recipe as recipe_mod
+
+from . import inprocess
+from .conftest import RECIPES, losses
+
+SHORT = ["train.max_steps=3", "train.logging_steps=1", "train.save_steps=1000", "train.warmup_steps=0"]
+
+
+def refusal(overrides: list[str]) -> str:
+    """The one message the validator gives for the default recipe with ``overrides``."""
+    with pytest.raises((InputError, InputErrors)) as caught:
+        recipe_mod.load(None, overrides, load_plugins(), check_data=False)
+    return " ".join(str(caught.value).split())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("flash_attn") is not None and machine.has_cuda(),
+                    reason="this machine can run flash-attention 2")
+def test_flash_attention_2_is_refused_on_this_machine_with_the_reason():
+    message = refusal(["model_options.attn_implementation=flash_attention_2"])
+    assert "model_options.attn_implementation" in message
+    assert "flash_attention_2 needs the flash-attn package and a CUDA GPU" in message
+    if importlib.util.find_spec("flash_attn") is None:
+        assert "the flash-attn package is not installed" in message
+    if not machine.has_cuda():
+        assert "this machine has no CUDA GPU" in message
+
+
+def test_flash_attention_is_accepted_where_the_package_and_a_gpu_are(monkeypatch):
+    """The same check on a machine that has them (a double for the GPU and the package)."""
+    monkeypatch.setattr(machine, "has_cuda", lambda: True)
+    assert "pip install flash-attn" in machine.attention_problem("flash_attention_2")[1]
+    monkeypatch.setattr(machine, "installed", lambda module: module in ("flash_attn", "kernels"))
+    assert machine.attention_problem("flash_attention_2") is None
+    assert "flash-attn-3" in machine.attention_problem("flash_attention_3")[0]
+    assert machine.attention_problem("kernels-community/flash-attn2") is None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("kernels") is not None, reason="the kernels package is installed")
+def test_a_kernels_hub_attention_without_the_kernels_package_is_refused():
+    message = refusal(["model_options.attn_implementation=kernels-community/flash-attn2"])
+    assert "is a kernels-hub attention" in message and "pip install kernels" in message
+
+
+def test_model_options_keys_and_values_are_checked():
+    assert "did you mean 'attn_implementation'" in refusal(["model_options.attn_implementaton=sdpa"])
+    assert "'flash' is not an attention implementation" in refusal(["model_options.attn_implementation=flash"])
+    assert "must be one of auto, bfloat16, float16, float32" in refusal(["model_options.torch_dtype=fp8"])
+    # a top-level key of the model's is pointed at its section
+    assert "model_options.attn_implementation" in refusal(["attn_implementation=sdpa"])
+
+
+@pytest.mark.skipif(machine.has_cuda(), reason="on a GPU the dtype rule is the GPU's")
+def test_a_half_precision_dtype_on_the_cpu_meets_the_bf16_and_fp16_rule():
+    message = refusal(["model_options.torch_dtype=float16"])
+    assert "model_options.torch_dtype: torch_dtype is float16, and this machine has no GPU" in message
+    message = refusal(["model_options.torch_dtype=bfloat16"])
+    assert "add use_cpu: true under train:" in message
+    recipe = recipe_mod.load(None, ["model_options.torch_dtype=bfloat16", "train.use_cpu=true"], load_plugins(),
+                             check_data=False)
+    assert recipe.model_options == {"attn_implementation": None, "torch_dtype": "bfloat16"}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("liger_kernel") is not None and machine.has_cuda(),
+                    reason="this machine can run Liger kernels")
+def test_liger_kernels_are_refused_where_they_cannot_run():
+    message = refusal(["train.use_liger_kernel=true"])
+    assert "train.use_liger_kernel: use_liger_kernel needs the liger-kernel package and a CUDA GPU" in message
+    assert "leave use_liger_kernel off here" in message
+
+
+def test_packing_takes_flash_attentions_varlen_path_only_when_its_kernel_is_there(monkeypatch):
+    """With flash_attention_2 and flash_attn installed the model is left to transformers' varlen kernel;
+    without the kernel, or under sdpa or eager, it is switched to the split-sdpa attention."""
+    switched = []
+
+    def model(implementation):
+        config = SimpleNamespace(_attn_implementation=implementation)
+
+        def switch(name):
+            switched.append(name)
+            config._attn_implementation = name
+
+        return SimpleNamespace(config=config, set_attn_implementation=switch)
+
+    monkeypatch.setattr(packing, "_found", lambda module: module == "flash_attn")
+    assert packing.packed_path("flash_attention_2") == packing.VARLEN
+    assert packing.use_packed_attention(model("flash_attention_2")) is None and switched == []
+    monkeypatch.setattr(packing, "_found", lambda module: False)
+    assert packing.packed_path("flash_attention_2") == packing.SPLIT_SDPA
+    assert packing.use_packed_attention(model("flash_attention_2")) == "flash_attention_2"
+    assert switched == [packing.ATTENTION]
+    for name in ("sdpa", "eager"):
+        assert packing.packed_path(name) == packing.SPLIT_SDPA
+    with pytest.raises(ValueError, match="train.packing needs sdpa, eager or flash attention"):
+        packing.packed_path("kernels-community/some-other-kernel")
+
+
+def test_sdpa_and_eager_train_with_equal_losses_and_neftune_changes_them(tmp_path, monkeypatch):
+    """The recipe's attention reaches from_pretrained (the trained model uses it), both compute the same
+    losses, and NEFTune's noise on the embeddings, with the same seed and data, gives other ones."""
+    used = {}
+
+    def run(name: str, *more: str):
+        def seen(trainer):
+            base = trainer.model.get_base_model()
+            used[name] = base.config._attn_implementation
+
+        return inprocess.train(RECIPES / "demo-lora.yaml", tmp_path / name, [*SHORT, *more], monkeypatch=monkeypatch,
+                               before_save=seen)
+
+    sdpa = losses(run("sdpa", "model_options.attn_implementation=sdpa"))
+    eager = losses(run("eager", "model_options.attn_implementation=eager"))
+    noisy = losses(run("neftune", "model_options.attn_implementation=sdpa", "train.neftune_noise_alpha=50"))
+    assert used == {"sdpa": "sdpa", "eager": "eager", "neftune": "sdpa"}
+    assert sorted(sdpa) == sorted(eager) == sorted(noisy) == [1, 2, 3]
+    for step in sdpa:
+        assert eager[step] == pytest.approx(sdpa[step], abs=1e-4)
+    assert all(abs(noisy[step] - sdpa[step]) > 1e-3 for step in sdpa), (sdpa, noisy)
