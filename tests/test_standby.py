@@ -14,7 +14,6 @@ from .conftest import RECIPES, alive, events, finetty, losses, wait_for
 
 STEPS = 8
 
-pytestmark = pytest.mark.skip(reason="open regression: here a cold run's standby never finishes its imports (see the closing note)")
 
 
 def train(runs, *extra: str, env: dict | None = None):

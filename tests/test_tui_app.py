@@ -105,7 +105,6 @@ def test_new_run_through_the_form_then_monitor_stop_and_list(runs_dir, demo_mode
 
 
 @pytest.mark.slow
-@pytest.mark.skip(reason="open regression: here a cold run's standby never finishes its imports (see the closing note)")
 def test_a_launch_from_new_run_is_served_by_the_standby_worker(runs_dir, demo_model, standby_on):
     """New run starts a standby worker; the launch hands it the run, and it trains exactly like a cold worker."""
     from finetty.core.run import standby

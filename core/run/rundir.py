@@ -46,7 +46,12 @@ def what_runs(method: str, objective: str | None) -> str:
 
 
 def create(runs: Path, method: str, recipe_text: str) -> Path:
-    """Make ``<runs>/<run-id>/`` holding the resolved recipe (written then renamed)."""
+    """Make ``<runs>/<run-id>/`` holding the resolved recipe (written then renamed).
+
+    The recipe's notify URLs are credentials: the copy holds them masked, and the real ones are kept outside
+    the run directory for its worker (:func:`finetty.core.run.notify.keep_secrets`)."""
+    from finetty.core.run import notify
+
     paths.make_private_dir(runs)  # (0700, missing parents too: they hold every run)
     while True:
         run_dir = paths.child(runs, new_run_id(method, _objective(recipe_text)))
@@ -55,6 +60,7 @@ def create(runs: Path, method: str, recipe_text: str) -> Path:
             break
         except FileExistsError:
             continue
+    recipe_text = notify.keep_secrets(run_dir, recipe_text)
     tmp = run_dir / (RECIPE_FILE + ".tmp")
     with os.fdopen(paths.open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "w", encoding="utf-8") as handle:
         handle.write(recipe_text)
@@ -164,8 +170,13 @@ def write_holder(run_dir: Path) -> None:
 
 
 def _holder_record(run_dir: Path) -> tuple[int, float | None] | None:
+    return _record_in(run_dir / LOCK_FILE)
+
+
+def _record_in(lock: Path) -> tuple[int, float | None] | None:
+    """The (pid, start time) that :func:`record_holder` wrote into ``lock``, None if none is there."""
     try:
-        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return None
     try:
@@ -193,18 +204,23 @@ def live_holder(run_dir: Path) -> tuple[int | None, str | None]:
 
     Anything that signals a worker asks this first: a pid from the lock alone may, after the worker died,
     belong to an unrelated process."""
-    record = _holder_record(run_dir)
+    return holder_of(run_dir / LOCK_FILE)
+
+
+def holder_of(lock: Path) -> tuple[int | None, str | None]:
+    """:func:`live_holder` for any lock file written by :func:`record_holder` (a run's, the standby's)."""
+    record = _record_in(lock)
     if record is None:
         return None, "its worker has not written its pid yet"
     pid, recorded = record
     if recorded is None:
-        return None, f"{run_dir / LOCK_FILE} names pid {pid} without its start time, so it cannot be checked"
+        return None, f"{lock} names pid {pid} without its start time, so it cannot be checked"
     started = start_time(pid)
     if started is None:
-        return None, f"pid {pid} in {run_dir / LOCK_FILE} is not running"
+        return None, f"pid {pid} in {lock} is not running"
     if abs(started - recorded) > START_TIME_TOLERANCE:
-        return None, (f"pid {pid} in {run_dir / LOCK_FILE} is another process now (started at {started:.3f}, "
-                      f"the worker at {recorded:.3f})")
+        return None, (f"pid {pid} in {lock} is another process now (started at {started:.3f}, "
+                      f"the holder at {recorded:.3f})")
     return pid, None
 
 

@@ -121,10 +121,7 @@ def pid() -> int | None:
     lock = _file(".lock")
     if lock is None or not rundir.is_locked(lock):
         return None
-    try:
-        return int(lock.read_text().strip() or 0) or None
-    except (OSError, ValueError):
-        return None
+    return rundir.holder_of(lock)[0]  # the pid checked against its start time: never a reused pid
 
 
 def ready() -> bool:
@@ -255,7 +252,9 @@ def _umask() -> int:
 
 
 def stop() -> None:
-    """End this environment's standby if one is waiting (it is never a run's worker by then)."""
+    """End this environment's standby if one is waiting (it is never a run's worker by then).
+
+    :func:`pid` checks the pid against the start time the lock records, so a pid reused since is never signalled."""
     import signal
 
     found = pid()
@@ -410,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
             left.append(True)
             listener.close()
             sock_path.unlink(missing_ok=True)
+            os.ftruncate(lock, 0)  # so the next standby's lock never names this process, not even before it writes
             os.close(lock)  # from here on a new standby may start
 
     try:
