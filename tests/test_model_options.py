@@ -135,3 +135,14 @@ def test_sdpa_and_eager_train_with_equal_losses_and_neftune_changes_them(tmp_pat
     for step in sdpa:
         assert eager[step] == pytest.approx(sdpa[step], abs=1e-4)
     assert all(abs(noisy[step] - sdpa[step]) > 1e-3 for step in sdpa), (sdpa, noisy)
+
+
+def test_finetty_plugins_options_lists_the_model_options(capsys):
+    from finetty.core.cli import commands
+
+    capsys.readouterr()
+    assert commands.main(["plugins", "--options"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "model_options: how the base model loads" in text
+    assert "attn_implementation (str, default None): attention kernel: sdpa, eager" in text
+    assert "torch_dtype (str, default 'auto')" in text and "[one of: auto, bfloat16, float16, float32]" in text

@@ -264,6 +264,11 @@ def cmd_plugins(args) -> int:
                 console.print(f"\n[bold]{kind} {as_markup(name)}[/]: {as_markup(component.summary)}")
                 for option in getattr(component, "options", ()):
                     console.print(f"  {as_markup(option.describe())}")
+        from finetty.core.recipe.sections import MODEL_OPTIONS
+
+        console.print("\n[bold]model_options[/]: how the base model loads (a recipe key, whatever the plugins)")
+        for option in MODEL_OPTIONS:
+            console.print(f"  {as_markup(option.describe())}")
     return 0
 
 
