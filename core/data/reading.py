@@ -119,28 +119,149 @@ def _starts_with_bracket(path: Path) -> bool:
     return False
 
 
-def _whole_json(path: Path) -> Iterator[tuple[Path, str, dict]]:
+def _utf8_error_line(path: Path) -> int:
+    """The first line of ``path`` that is not valid UTF-8 (a multi-byte character never spans a newline)."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
+
+
+def _text_chunks(path: Path, size: int = 1 << 20) -> Iterator[str]:
+    """``path`` as UTF-8 text, a chunk at a time (a character split between two reads is kept whole)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
     try:
-        raw = path.read_bytes()
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise InputError(path, f"line {line}", "is not valid UTF-8", "save the file as UTF-8") from None
+        handle = open(path, "rb")
     except OSError as exc:
         raise InputError(path, None, f"cannot be read: {exc.strerror}", "check the file's permissions") from None
+    with handle:
+        while True:
+            raw = handle.read(size)
+            try:
+                text = decoder.decode(raw, final=not raw)
+            except UnicodeDecodeError:
+                raise InputError(path, f"line {_utf8_error_line(path)}", "is not valid UTF-8",
+                                 "save the file as UTF-8") from None
+            if text:
+                yield text
+            if not raw:
+                return
+
+
+class _JsonList:
+    """The records of a .json list, decoded one at a time from a sliding window of the file.
+
+    ``json.loads`` of the whole file held it all (text and objects) in memory;
+    here only the record being decoded and what follows it in the last read
+    are held, so a list larger than memory streams like JSON lines do, with
+    the same places (``record N``, and line and column for bad JSON).
+    """
+
+    def __init__(self, path: Path):
+        self.path, self.chunks, self.decoder = path, _text_chunks(path), json.JSONDecoder()
+        self.buf, self.pos, self.eof = "", 0, False
+        self.base = 0          # offset in the file of buf[0]
+        self.lines = 0         # newlines before buf[0]
+        self.line_start = 0    # offset in the file where the line holding buf[0] starts
+
+    def _fill(self) -> bool:
+        """Read more of the file behind what is left to decode; False at its end."""
+        if self.eof:
+            return False
+        chunk = next(self.chunks, None)
+        if chunk is None:
+            self.eof = True
+            return False
+        cut = self.pos
+        newline = self.buf.rfind("\n", 0, cut)
+        if newline >= 0:
+            self.lines += self.buf.count("\n", 0, cut)
+            self.line_start = self.base + newline + 1
+        self.buf, self.pos, self.base = self.buf[cut:] + chunk, 0, self.base + cut
+        return True
+
+    def _where(self, at: int) -> str:
+        newline = self.buf.rfind("\n", 0, at)
+        line = self.lines + self.buf.count("\n", 0, at) + 1
+        column = at - newline if newline >= 0 else self.base + at - self.line_start + 1
+        return f"line {line}, column {column}"
+
+    def _next_char(self) -> str:
+        """The next character that is not white space ('' at the end of the file), left unread."""
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n":
+                self.pos += 1
+            if self.pos < len(self.buf) or not self._fill():
+                return self.buf[self.pos: self.pos + 1]
+
+    def _bad(self, message: str, at: int | None = None):
+        return InputError(self.path, self._where(self.pos if at is None else at), f"is not valid JSON: {message}",
+                          "a .json dataset is one list of objects")
+
+    def __iter__(self) -> Iterator[tuple[Path, str, dict]]:
+        if self._next_char() != "[":
+            raise InputError(self.path, None, "is not a non-empty JSON list of records",
+                             "a .json dataset is one list of objects; use .jsonl for one object a line")
+        self.pos += 1
+        if self._next_char() == "]":
+            raise InputError(self.path, None, "is not a non-empty JSON list of records",
+                             "a .json dataset is one list of objects; use .jsonl for one object a line")
+        number = 0
+        while True:
+            if not self._next_char():
+                raise self._bad("Expecting value")
+            while True:
+                try:
+                    record, end = self.decoder.raw_decode(self.buf, self.pos)
+                    break
+                except json.JSONDecodeError as exc:
+                    if not self._fill():  # (a record cut by the end of a read decodes once the rest is read)
+                        raise self._bad(exc.msg, exc.pos) from None
+            if not isinstance(record, dict):
+                raise InputError(self.path, f"record {number}", f"is a JSON {type(record).__name__}",
+                                 "every record must be an object")
+            self.pos = end
+            yield self.path, f"record {number}", record
+            number += 1
+            following = self._next_char()
+            if following == "]":
+                self.pos += 1
+                if self._next_char():
+                    raise self._bad("Extra data")
+                return
+            if following != ",":
+                raise self._bad("Expecting ',' delimiter")
+            self.pos += 1
+
+
+def _parquet_records(path: Path) -> Iterator[tuple[Path, str, dict]]:
+    """A parquet file's rows, a batch at a time (``iter_batches``: never the whole table in memory)."""
+    def unreadable(exc):
+        return InputError(path, None, f"is not a readable parquet file ({type(exc).__name__})",
+                          "write it again, e.g. with pandas' DataFrame.to_parquet")
+
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"line {exc.lineno}, column {exc.colno}", f"is not valid JSON: {exc.msg}",
-                         "a .json dataset is one list of objects") from None
-    if not isinstance(data, list) or not data:
-        raise InputError(path, None, "is not a non-empty JSON list of records",
-                         "a .json dataset is one list of objects; use .jsonl for one object a line")
-    for number, record in enumerate(data):
-        if not isinstance(record, dict):
-            raise InputError(path, f"record {number}", f"is a JSON {type(record).__name__}",
-                             "every record must be an object")
-        yield path, f"record {number}", record
+        import pyarrow.parquet as pq
+
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+    except Exception as exc:
+        raise unreadable(exc) from None
+    number = 0
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as exc:
+            raise unreadable(exc) from None
+        if batch is None:
+            return
+        for record in batch.to_pylist():
+            yield path, f"row {number}", record
+            number += 1
 
 
 def _line_records(path: Path, kind: str) -> Iterator[tuple[Path, str, dict]]:
@@ -188,8 +309,10 @@ def _line_records(path: Path, kind: str) -> Iterator[tuple[Path, str, dict]]:
 def iter_records(source: DataSource, options: dict | None = None) -> Iterator[tuple[Path, str, dict]]:
     """Yield ``(file, place, record)`` for every record, raising InputError at the first unreadable one.
 
-    Text, CSV and JSON-lines files are read a line at a time (a dataset larger
-    than memory streams); a .json list and parquet are read whole.
+    Every kind is read as it is consumed, so a dataset larger than memory
+    streams (``data_options.streaming``) through this same reader: text, CSV
+    and JSON lines a line at a time, a .json list a record at a time, parquet
+    a batch of rows at a time.
     """
     if source.hub_id:
         raise InputError(None, "key dataset", "cached hub datasets are read by the worker", None)
@@ -198,21 +321,9 @@ def iter_records(source: DataSource, options: dict | None = None) -> Iterator[tu
         if kind == "parquet":
             yield from _parquet_records(path)
         elif kind == "json" and path.suffix.lower() == ".json" and _starts_with_bracket(path):
-            yield from _whole_json(path)
+            yield from _JsonList(path)
         else:
             yield from _line_records(path, kind)
-
-
-def _parquet_records(path: Path) -> Iterator[tuple[Path, str, dict]]:
-    try:
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path)
-    except Exception as exc:
-        raise InputError(path, None, f"is not a readable parquet file ({type(exc).__name__})",
-                         "write it again, e.g. with pandas' DataFrame.to_parquet") from None
-    for number, record in enumerate(table.to_pylist()):
-        yield path, f"row {number}", record
 
 
 def _hub_records(source: DataSource) -> Iterator[tuple[Path, str, dict]]:
@@ -259,6 +370,9 @@ DATA_OPTIONS = (
            "true: every one (a {{name}} without a value is refused); false: none, the data's braces "
            "(Jinja, templates) train as written; [name, author]: only those"),
 )
+#: The kinds of data ``data_options.streaming`` reads as training goes (sft and cpt take them as they come;
+#: the preference trainers want the whole set).
+STREAMED_KINDS = ("conversation", "text")
 #: With streaming, validation and `finetty data` read this many records of each dataset.
 STREAM_HEAD = 1000
 
@@ -736,9 +850,9 @@ def read_data(entries: list[DataEntry], fmt: str, formats: dict, accepts: tuple,
         if entry.source.hub_id and not hub:
             continue
         found = _read_entry(entry, fmt, ctx, recipe_file, STREAM_HEAD if streaming else None)
-        if streaming and found.kind != "conversation":
-            raise InputError(recipe_file, "key data_options.streaming", f"streams conversations, and "
-                             f"{entry.source.describe()} is {found.kind} data", "drop streaming: true")
+        if streaming and found.kind not in STREAMED_KINDS:
+            raise InputError(recipe_file, "key data_options.streaming", f"streams conversations and plain text, "
+                             f"and {entry.source.describe()} is {found.kind} data", "drop streaming: true")
         results.append((entry, found))
     if not results:
         return None
