@@ -10,7 +10,10 @@ every device::
 A new frame starts whenever a device is read a second time (one monitor
 sample reads each device once); the last frame then repeats. ``no_driver=True``
 makes ``nvmlInit`` fail as it does without an NVIDIA driver. ``process_used``
-(bytes) is reported for the pids given in ``pids``.
+(bytes) is reported for the pids given in ``pids``, on every device; or
+``processes={0: [(pid, used_bytes), ...]}`` lists each device's own compute
+processes (what nvidia-smi's process table shows), ``used_bytes`` None where
+the driver does not say.
 """
 
 from __future__ import annotations
@@ -28,13 +31,15 @@ class FakeNvml:
     NVMLError = pynvml.NVMLError
 
     def __init__(self, frames: list, names: dict[int, str] | None = None, no_driver: bool = False,
-                 pids: set[int] | None = None, process_used: int = 0):
+                 pids: set[int] | None = None, process_used: int = 0,
+                 processes: dict[int, list[tuple[int, int | None]]] | None = None):
         self.frames = list(frames)
         self.count = max((len(f) for f in frames if isinstance(f, dict)), default=0)
         self.names = names or {}
         self.no_driver = no_driver
         self.pids = pids or set()
         self.process_used = process_used
+        self.processes = processes
         self.frame = 0
         self.read_this_frame: set[int] = set()
         self.initialised = False
@@ -80,6 +85,8 @@ class FakeNvml:
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle):
         self._device(handle.index)
+        if self.processes is not None:
+            return [SimpleNamespace(pid=pid, usedGpuMemory=used) for pid, used in self.processes.get(handle.index, [])]
         return [SimpleNamespace(pid=pid, usedGpuMemory=self.process_used) for pid in sorted(self.pids)]
 
     # -- the script ---------------------------------------------------------------------------------

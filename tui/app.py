@@ -7,6 +7,7 @@ imports torch, transformers, peft, bitsandbytes or datasets.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -39,7 +40,7 @@ class FinettyApp(App):
     def __init__(self, runs: Path | None = None, registry=None, clock: Callable[[], float] = time.time,
                  settings: Settings | None = None, notify_write: Callable[[str], None] | None = None,
                  first_run: bool | None = None, poll_interval: float = 1.0, open_run: Path | None = None,
-                 base_dir: Path | None = None, preview: Callable[[dict], dict] | None = None):
+                 base_dir: Path | None = None, preview: Callable[[dict], dict] | None = None, nvml_lib=None):
         self.settings = settings or Settings.load()
         super().__init__()
         self.runs = Path(runs) if runs else paths.runs_dir()
@@ -51,6 +52,9 @@ class FinettyApp(App):
         self.base_dir = Path(base_dir) if base_dir else Path.cwd()
         self.preview = preview
         """computes the New run screen's dataset preview (default: a child process, see finetty.tui.preview)"""
+        self.nvml_lib = nvml_lib
+        """a pynvml stand-in for the GPU view and the monitor's process tables (tests), or None for nvidia-ml-py"""
+        self._plugins_lock = threading.Lock()
         self.tracker = RunsTracker(self.runs, since=clock() - 5)
         self.queue_state = None
         self.notifier = Notifier(notify_write or self._write_terminal, self.settings)
@@ -61,12 +65,22 @@ class FinettyApp(App):
 
     @property
     def registry(self):
-        """The plugins (discovered once, on first use; discovery imports no torch)."""
-        if self._plugins is None:
-            from finetty.core.plugin.registry import load_plugins
+        """The plugins, discovered once, on first use (from any thread: one discovery, the others wait for it).
 
-            self._plugins = load_plugins()
+        Discovery imports no torch but every plugin module, a tenth of a second or more: the app starts it in
+        a worker after its first frame (:meth:`discover`), and a screen that needs it reads it off the loop."""
+        if self._plugins is None:
+            with self._plugins_lock:
+                if self._plugins is None:
+                    from finetty.core.plugin.registry import load_plugins
+
+                    self._plugins = load_plugins()
         return self._plugins
+
+    @property
+    def plugins_ready(self) -> bool:
+        """Whether :attr:`registry` answers at once (a screen composed on the event loop may read it)."""
+        return self._plugins is not None
 
     def on_mount(self) -> None:
         from .screens.runs import RunsScreen
@@ -78,9 +92,18 @@ class FinettyApp(App):
             self.open_monitor(self.open_run)
         elif self.first_run or (self.first_run is None and not self._has_runs()):
             self.new_run()
+        self.call_after_refresh(self.discover)  # the first frame first; then the plugins, in a thread
 
+    @work(thread=True, exclusive=True, exit_on_error=False, group="discover")
+    def discover(self) -> None:
+        """Discover the plugins off the event loop, so New run and Plugins find them ready."""
+        self.registry
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="standby")
     def warm_standby(self) -> None:
-        """Have a standby worker importing torch & co. while the person fills in the New run form."""
+        """Have a standby worker importing torch & co. while the person fills in the New run form.
+
+        In a thread: starting it is a fork and an exec, which the New run screen's first frame does not wait for."""
         from finetty.core.run import standby
 
         if standby.enabled():
@@ -166,9 +189,16 @@ class FinettyApp(App):
     # -- navigation -----------------------------------------------------------------------------------
 
     def new_run(self, recipe: dict | None = None) -> None:
+        """Open New run: its first frame at once, the form when the plugins and the GPUs have been read."""
+        from .screens.loading import LoadingScreen
         from .screens.new_run import NewRunScreen
 
-        self.push_screen(NewRunScreen(recipe, base_dir=self.base_dir))
+        def prepare() -> None:
+            self.registry
+            NewRunScreen._gpus()  # (cached for a while: the form's compose then reads it at once)
+
+        self.push_screen(LoadingScreen("new run", "the plugins and the GPUs", prepare,
+                                       lambda: NewRunScreen(recipe, base_dir=self.base_dir)))
 
     def open_monitor(self, run_dir: Path) -> None:
         from .screens.monitor import MonitorScreen
@@ -194,11 +224,22 @@ class FinettyApp(App):
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen(self.screen))
 
+    def action_gpus(self) -> None:
+        from .screens.gpu import GpuScreen
+
+        if not isinstance(self.screen, GpuScreen):
+            self.push_screen(GpuScreen(self.nvml_lib))
+
     def action_plugins(self) -> None:
+        from .screens.loading import LoadingScreen
         from .screens.plugins import PluginsScreen
 
-        if not isinstance(self.screen, PluginsScreen):
+        if isinstance(self.screen, PluginsScreen):
+            return
+        if self.plugins_ready:
             self.push_screen(PluginsScreen())
+        else:
+            self.push_screen(LoadingScreen("plugins", "the plugins", lambda: self.registry, PluginsScreen))
 
     def action_toggle_notifications(self) -> None:
         self.settings.notifications = not self.settings.notifications

@@ -55,6 +55,19 @@ class HostMemory:
         return self.used / self.total if self.total else 0.0
 
 
+@dataclass(frozen=True)
+class MemoryPoint:
+    """One memory sample of one device: when, at which step, bytes used (all processes) and total, and the
+    run's own share (NVML's ``process_used`` of the run's processes on a GPU, the worker's RSS on the host;
+    None where the sample does not say)."""
+
+    ts: float
+    step: int | None
+    used: int
+    total: int
+    own: int | None
+
+
 @dataclass
 class RunHistory:
     """Everything the monitor shows about one run, built from its events."""
@@ -78,6 +91,9 @@ class RunHistory:
     gpus: dict[int, GpuMemory] = field(default_factory=dict)
     host: HostMemory | None = None
     crossings: list[dict] = field(default_factory=list)
+    gpu_series: dict[int, list[MemoryPoint]] = field(default_factory=dict)
+    """every memory sample of each GPU, in order: the monitor's memory-over-time charts"""
+    host_series: list[MemoryPoint] = field(default_factory=list)
     end: dict | None = None
     events: int = 0
 
@@ -136,6 +152,7 @@ class RunHistory:
         return notable
 
     def _memory(self, event: dict) -> None:
+        ts = float(event["ts"]) if isinstance(event.get("ts"), (int, float)) else 0.0
         if isinstance(event.get("watermark"), (int, float)):
             self.watermark = float(event["watermark"])
         for gpu in event.get("gpus") or []:
@@ -145,12 +162,18 @@ class RunHistory:
             except (KeyError, TypeError, ValueError):
                 continue
             known = self.gpus.get(index)
+            own = gpu.get("process_used")
+            self.gpu_series.setdefault(index, []).append(
+                MemoryPoint(ts, event.get("step"), used, total, int(own) if isinstance(own, (int, float)) else None))
             peak = max(used, int(gpu.get("torch_peak") or 0), known.peak if known else 0)
             self.gpus[index] = GpuMemory(index, str(gpu.get("name") or f"GPU {index}"), used, total,
                                          gpu.get("util"), peak, known.state if known else "ok")
         host = event.get("host")
         if isinstance(host, dict) and host.get("total"):
             peak = max(int(host.get("used") or 0), self.host.peak if self.host else 0)
+            rss = host.get("process_rss")
+            self.host_series.append(MemoryPoint(ts, event.get("step"), int(host.get("used") or 0), int(host["total"]),
+                                                int(rss) if isinstance(rss, (int, float)) else None))
             self.host = HostMemory(int(host.get("used") or 0), int(host["total"]), host.get("process_rss"),
                                    host.get("cpu_percent"), peak)
 

@@ -40,6 +40,23 @@ class GpuReading:
 
 
 @dataclass(frozen=True)
+class GpuProcess:
+    """One process holding memory on a GPU, as nvidia-smi and nvitop list it.
+
+    ``user`` and ``command`` come from psutil (``?`` where the process is gone or not ours to read) and
+    are untrusted text: a command line is whatever its author wrote. ``used`` is None where NVML does not
+    say (some drivers under MIG or in containers). ``parents`` are its ancestors' pids, nearest first, so a
+    caller can tell which finetty worker a rank belongs to."""
+
+    gpu: int
+    pid: int
+    used: int | None
+    user: str
+    command: str
+    parents: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class HostReading:
     """Host memory (bytes) and CPU at one moment."""
 
@@ -113,12 +130,14 @@ class Nvml:
             self._lib = _load_pynvml()
         return self._lib
 
-    def open(self) -> "Nvml":
+    def open(self, every_device: bool = False) -> "Nvml":
+        """Initialise NVML. ``every_device``: the whole machine's GPUs, not only those ``CUDA_VISIBLE_DEVICES``
+        gives this process (the app's GPU view is for deciding where a run should go)."""
         lib = self.lib
         try:
             lib.nvmlInit()
             count = int(lib.nvmlDeviceGetCount())
-            self.indexes = _visible(lib, count)
+            self.indexes = list(range(count)) if every_device else _visible(lib, count)
             for index in self.indexes:
                 handle = lib.nvmlDeviceGetHandleByIndex(index)
                 self._handles[index] = handle
@@ -158,6 +177,22 @@ class Nvml:
     def read(self, pids: set[int] | None = None) -> list[GpuReading]:
         return [self.read_one(index, pids) for index in list(self.indexes)]
 
+    def processes(self, index: int) -> list[GpuProcess]:
+        """The compute processes on GPU ``index``, most memory first; [] where NVML cannot see them (a container
+        without the host's pid namespace), so a caller shows an empty table rather than an error."""
+        lib = self.lib
+        try:
+            found = lib.nvmlDeviceGetComputeRunningProcesses(self._handles[index])
+        except (lib.NVMLError, KeyError):
+            return []
+        out = []
+        for entry in found:
+            used = getattr(entry, "usedGpuMemory", None)
+            user, command, parents = _describe(int(entry.pid))
+            out.append(GpuProcess(gpu=index, pid=int(entry.pid), used=int(used) if isinstance(used, int) else None,
+                                  user=user, command=command, parents=parents))
+        return sorted(out, key=lambda p: (-(p.used or 0), p.pid))
+
     def close(self) -> None:
         if self.is_open:
             self.is_open = False
@@ -165,6 +200,49 @@ class Nvml:
                 self.lib.nvmlShutdown()
             except Exception:
                 pass
+
+
+def _describe(pid: int) -> tuple[str, str, tuple[int, ...]]:
+    """(user, command line, ancestors' pids) of ``pid`` from psutil; ``?`` for what cannot be read."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+    except (psutil.Error, ValueError):
+        return "?", "?", ()
+    try:
+        user = process.username()
+    except (psutil.Error, KeyError):  # KeyError: a uid with no passwd entry (containers)
+        user = "?"
+    try:
+        command = " ".join(process.cmdline()) or process.name()
+    except psutil.Error:
+        command = "?"
+    try:
+        parents = tuple(p.pid for p in process.parents())
+    except psutil.Error:
+        parents = ()
+    return user, command, parents
+
+
+def machine(lib=None) -> list[tuple[GpuReading, list[GpuProcess]]]:
+    """Every GPU of the machine (not only the visible ones) with its processes; [] without NVML (never raises).
+
+    A device that fails on its own is left out and the others are read."""
+    nvml = Nvml(lib)
+    try:
+        nvml.open(every_device=True)
+        out = []
+        for index in list(nvml.indexes):
+            try:
+                out.append((nvml.read_one(index), nvml.processes(index)))
+            except GpuError:
+                continue
+        return out
+    except GpuError:
+        return []
+    finally:
+        nvml.close()
 
 
 def devices(lib=None) -> list[GpuReading]:

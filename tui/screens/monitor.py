@@ -20,6 +20,10 @@ from finetty.core.text import clean, one_line
 from ..history import RunFollower
 from ..widgets.loss_chart import LossChart
 from ..widgets.memory import MemoryGauges
+from ..widgets.memory_chart import DevicePanel
+
+#: seconds between two readings of the GPUs' process tables while the Memory tab is shown
+PROCESS_INTERVAL = 2.0
 from .format import count, duration, status_text
 
 
@@ -41,6 +45,8 @@ class MonitorScreen(Screen):
         Binding("l", "tab('log')", "Log", id="monitor.tab_log", show=False),
         Binding("e", "tab('recipe')", "Recipe", id="monitor.tab_recipe", show=False),
         Binding("w", "tab('warnings')", "Warnings", id="monitor.tab_warnings", show=False),
+        Binding("m", "tab('memory')", "Memory", id="monitor.tab_memory", show=False,
+                tooltip="memory over time per GPU, the watermark and its crossings, and each GPU's processes"),
     ]
 
     def __init__(self, run_dir: Path, poll_interval: float | None = None):
@@ -57,6 +63,10 @@ class MonitorScreen(Screen):
         self._warned = 0
         self._replaying = True
         """until the first read that reaches the end of events.jsonl"""
+        self._processes: dict[int, list] | None = None
+        """GPU index -> its processes (core.memory.gpu.GpuProcess), read by a thread while the Memory tab shows"""
+        self._own_pids: set[int] = set()
+        self._memory_busy = self._memory_again = False
 
     @property
     def history(self):
@@ -80,6 +90,9 @@ class MonitorScreen(Screen):
                     yield Static(id="recipe-text")
             with TabPane("Warnings", id="warnings"):
                 yield Static(id="warning-list")
+            with TabPane("Memory", id="memory-tab"):
+                with VerticalScroll(id="memory-panels"):
+                    yield Static(Text("no memory samples in this run yet", style="dim"), id="memory-note")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -88,6 +101,7 @@ class MonitorScreen(Screen):
         self.poll()
         interval = self.poll_interval or getattr(self.app, "poll_interval", 1.0) / 2
         self.set_interval(interval, self.poll)
+        self.set_interval(PROCESS_INTERVAL, self._refresh_processes)
 
     # -- reading: a worker thread reads; the event loop folds and draws ---------------------------------
 
@@ -178,6 +192,8 @@ class MonitorScreen(Screen):
                 f"Warnings ({len(history.warnings)})"
         else:
             self.query_one("#warning-list", Static).update(Text("no warnings", style="dim"))
+        if self._memory_shown():
+            self.call_later(self._draw_memory)
         if summary.status in ("failed", "lost") and not self._warned:
             self._warned = 1
             self.query_one("#monitor-tabs", TabbedContent).active = "log"
@@ -199,10 +215,87 @@ class MonitorScreen(Screen):
             elif highlighted is not None:
                 options.highlighted = min(highlighted, len(wanted) - 1)
 
+    # -- memory: charts from the events, process tables from NVML ---------------------------------------
+
+    def _memory_shown(self) -> bool:
+        return self.query_one("#monitor-tabs", TabbedContent).active == "memory-tab"
+
+    @on(TabbedContent.TabActivated, "#monitor-tabs")
+    def _tab_changed(self) -> None:
+        """The Memory tab takes the loss chart's room too: a chart per GPU needs the height."""
+        shown = self._memory_shown()
+        self.set_class(shown, "-memory")
+        if shown:
+            self.call_later(self._draw_memory)
+            self._refresh_processes()
+
+    async def _draw_memory(self) -> None:
+        """Draw the Memory tab; a call that comes while one is mounting panels has it draw once more after."""
+        if self._memory_busy:
+            self._memory_again = True
+            return
+        self._memory_busy = True
+        try:
+            self._memory_again = True
+            while self._memory_again:
+                self._memory_again = False
+                await self._draw_memory_once()
+        finally:
+            self._memory_busy = False
+
+    async def _draw_memory_once(self) -> None:
+        """One panel per GPU of the run's memory samples (host RAM where there is none), lowest index first.
+
+        The watermark is the one the samples carry: the run's configured ``monitor.watermark``."""
+        history = self.history
+        box = self.query_one("#memory-panels", VerticalScroll)
+        start = history.summary.started
+        watermark = history.watermark
+        wanted: list[tuple[str, int | None]] = [(f"memory-gpu-{i}", i) for i in sorted(history.gpu_series)]
+        if not wanted and history.host_series:
+            wanted = [("memory-host", None)]
+        for panel_id, index in wanted:
+            if not box.query(f"#{panel_id}"):
+                await box.mount(DevicePanel(index, id=panel_id))
+        self.query_one("#memory-note", Static).display = not wanted
+        for panel_id, index in wanted:
+            panel = box.query_one(f"#{panel_id}", DevicePanel)
+            if index is None:
+                panel.show_memory("host RAM", history.host_series, None, [], start,
+                                  note="no GPU in this run: host RAM, this run's share is the worker's RSS "
+                                       "(the watermark watches GPU memory only)")
+                continue
+            gpu = history.gpus.get(index)
+            name = one_line(gpu.name) if gpu else f"GPU {index}"
+            crossings = [e for e in history.crossings if e.get("gpu") == index]
+            panel.show_memory(f"GPU{index} {name}", history.gpu_series[index], watermark, crossings, start)
+            if self._processes is not None:
+                panel.show_processes(self._processes.get(index, []),
+                                     {p.pid: "this run" for p in self._processes.get(index, [])
+                                      if p.pid in self._own_pids or self._own_pids & set(p.parents)})
+
+    def _refresh_processes(self) -> None:
+        if self._memory_shown() and self.history.gpu_series:
+            self._read_processes()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="processes")
+    def _read_processes(self) -> None:
+        """Each GPU's processes (NVML and psutil: milliseconds, but never on the event loop)."""
+        from finetty.core.memory import gpu
+
+        found = {reading.index: processes for reading, processes in gpu.machine(getattr(self.app, "nvml_lib", None))}
+        holder = rundir.lock_holder(self.run_dir) if rundir.is_live(self.run_dir) else None
+        self.app.call_from_thread(self._apply_processes, found, {holder} if holder else set())
+
+    def _apply_processes(self, found: dict[int, list], own: set[int]) -> None:
+        self._processes, self._own_pids = found, own
+        if self._memory_shown():
+            self.call_later(self._draw_memory)
+
     # -- actions ----------------------------------------------------------------------------------------
 
     def action_tab(self, tab: str) -> None:
-        self.query_one("#monitor-tabs", TabbedContent).active = tab
+        self.query_one("#monitor-tabs", TabbedContent).active = "memory-tab" if tab == "memory" else tab
 
     def _chosen_checkpoint(self) -> str | None:
         options = self.query_one("#checkpoint-list", OptionList)

@@ -1,0 +1,217 @@
+"""Memory over time and the processes holding it: one panel per GPU (or host RAM). Given data; calls no core.
+
+A person watching a long run wants to see how memory moved, where it stands
+against the watermark, how much of it is the run's own and who else shares
+the GPU. :class:`MemoryChart` draws one device's samples (``ts``, ``used``,
+``total``, ``own``: the run's share) with the watermark as a horizontal line
+and each crossing as a vertical one; :class:`ProcessTable` lists the
+processes NVML reports (pid, user, memory, command, like nvitop's).
+Commands and names are untrusted text: they reach the screen only cleaned,
+as ``Text``, never as markup.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import DataTable, Static
+from textual_plotext import PlotextPlot
+
+from finetty.core.text import one_line
+
+GIB = 1024 ** 3
+#: the columns beside the command, and the command's least width: a command is cut to what the table's width
+#: leaves it (with an ellipsis), so the table never scrolls sideways
+OTHER_COLUMNS, RUN_COLUMN, LEAST_COMMAND = 40, 18, 16
+
+
+def gib(value: int | None) -> str:
+    return "-" if value is None else f"{value / GIB:.1f} GiB"
+
+
+def crossing_line(event: dict) -> str:
+    """``watermark crossed at step 12: policy checkpoint (GPU 0 at 93%)``, from a ``watermark`` event."""
+    step = event.get("step")
+    fraction = event.get("fraction")
+    where = f"GPU {event.get('gpu')}" + (f" at {fraction:.0%}" if isinstance(fraction, (int, float)) else "")
+    verb = "crossed" if event.get("state") == "crossed" else "recovered"
+    text = f"watermark {verb} at step {step if step is not None else '-'}"
+    if verb == "crossed":
+        text += f": policy {event.get('policy') or '?'}"
+    return one_line(f"{text} ({where})")
+
+
+class MemoryChart(PlotextPlot):
+    """One device's memory against time: all processes, the run's own share, the watermark, the crossings.
+
+    Set :meth:`show`; it keeps what it drew (``lines``, ``marks``) so a test can read the chart's meaning
+    rather than its braille."""
+
+    DEFAULT_CSS = """
+    MemoryChart { height: 12; min-height: 8; }
+    """
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None):
+        super().__init__(id=id, classes=classes)
+        self.title = "memory"
+        self.points: list = []
+        self.watermark: float | None = None
+        self.marks: list[tuple[float, str]] = []
+        """(x, label) of each vertical line: a watermark crossing, with its policy"""
+        self.lines: dict[str, list[tuple[float, float]]] = {}
+        """label -> the (x, GiB) points drawn"""
+        self.unit = "s"
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self._draw()
+
+    def show(self, title: str, points: Sequence, watermark: float | None = None, crossings: Iterable[dict] = (),
+             start: float | None = None) -> None:
+        """``points``: samples with ``ts``, ``used``, ``total`` and ``own`` (None where unknown), oldest first;
+        ``crossings``: this device's ``watermark`` events; ``start``: time zero of the x axis (the run's start)."""
+        self.title = title
+        self.points = thin(list(points))
+        self.watermark = watermark
+        origin = start if start is not None else (self.points[0].ts if self.points else 0.0)
+        span = (self.points[-1].ts - origin) if self.points else 0.0
+        self.unit, scale = ("min", 60.0) if span >= 180 else ("s", 1.0)
+
+        def x(ts: float) -> float:
+            return round((ts - origin) / scale, 3)
+
+        self.lines = {"all processes": [(x(p.ts), p.used / GIB) for p in self.points]}
+        own = [(x(p.ts), p.own / GIB) for p in self.points if p.own is not None]
+        if own:
+            self.lines["this run"] = own
+        self.marks = [(x(float(event.get("ts") or origin)), crossing_line(event)) for event in crossings
+                      if event.get("state") == "crossed"]
+        self._draw()
+
+    def _draw(self) -> None:
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        plt.title(self.title)
+        plt.xlabel(self.unit)
+        if not self.points:
+            plt.title(f"{self.title} (no memory samples yet)")
+            self.refresh()
+            return
+        total = max(p.total for p in self.points) / GIB
+        xs = [x for line in self.lines.values() for x, _ in line] + [x for x, _ in self.marks]
+        left, right = min(xs), max(max(xs), min(xs) + 1e-3)
+        for label, colour, marker in (("all processes", "orange", "braille"), ("this run", "cyan", "braille")):
+            line = self.lines.get(label)
+            if line:
+                plt.plot([x for x, _ in line], [y for _, y in line], label=label, marker=marker, color=colour)
+        if self.watermark is not None:
+            level = self.watermark * total
+            plt.plot([left, right], [level, level], label=f"watermark {self.watermark:.0%}", marker="-",
+                     color="magenta")
+        for x, _ in self.marks:
+            plt.plot([x, x], [0, total], marker="│", color="red")
+        plt.xlim(left, right)
+        plt.ylim(0, total)
+        self.refresh()
+
+
+def thin(points: list, most: int = 600) -> list:
+    """At most ``most`` samples (every k-th, and always the last): a days-long run redraws as fast as a short one."""
+    if len(points) <= most:
+        return points
+    k = -(-len(points) // most)
+    return points[::k] + ([points[-1]] if (len(points) - 1) % k else [])
+
+
+def short_command(command: str) -> str:
+    """The command with its program's folder left out (``/opt/venv/bin/python -m x`` -> ``python -m x``):
+    at 80 columns the arguments say more than the path."""
+    program, space, rest = command.partition(" ")
+    return program.rsplit("/", 1)[-1] + space + rest if "/" in program else command
+
+
+class ProcessTable(DataTable):
+    """The processes on one GPU: pid, user, GPU memory, (the finetty run, when asked), command.
+
+    Set :meth:`show` with objects that have ``pid``, ``user``, ``used`` and ``command`` and a
+    ``{pid: label}`` of the ones to mark (this run's, or which run a process trains)."""
+
+    DEFAULT_CSS = """
+    ProcessTable { height: auto; max-height: 12; }
+    """
+
+    def __init__(self, *, runs_column: bool = False, id: str | None = None, classes: str | None = None):
+        super().__init__(id=id, classes=classes, cursor_type="row", zebra_stripes=True, show_cursor=False)
+        self.runs_column = runs_column
+        self.rows_shown: list[tuple[int, str, str, str, str]] | None = None
+        """(pid, user, memory, run label, command) as shown, for tests and for skipping a redraw"""
+        for name in ["pid", "user", "GPU mem"] + (["run"] if runs_column else []) + ["command"]:
+            self.add_column(name, key=name)
+
+    def show(self, processes: Iterable, labels: dict[int, str] | None = None) -> None:
+        labels = labels or {}
+        rows = []
+        most = max(LEAST_COMMAND, (self.size.width or 80) - OTHER_COLUMNS - (RUN_COLUMN if self.runs_column else 0))
+        for process in processes:
+            command = short_command(one_line(process.command))
+            if len(command) > most:
+                command = command[: most - 1] + "…"
+            rows.append((int(process.pid), one_line(process.user)[:12], gib(process.used),
+                         one_line(labels.get(process.pid, "")), command))
+        if rows == self.rows_shown:
+            return
+        self.rows_shown = rows
+        self.clear()
+        for pid, user, used, label, command in rows:
+            mine = bool(label)
+            cells = [Text(str(pid), style="bold cyan" if mine else ""), Text(user), Text(used, justify="right")]
+            if self.runs_column:
+                cells.append(Text(label, style="cyan"))
+            cells.append(Text(command, style="" if mine or self.runs_column else "dim"))
+            self.add_row(*cells, key=str(pid))
+        if not rows:
+            self.add_row(*([Text("-")] * (len(self.columns) - 1)), Text("no process NVML can see", style="dim"))
+
+
+class DevicePanel(Vertical):
+    """One GPU (or host RAM) in the monitor: its chart, one legend line per crossing, and its processes."""
+
+    DEFAULT_CSS = """
+    DevicePanel { height: auto; margin-bottom: 1; }
+    DevicePanel > .legend { height: auto; color: $text-muted; }
+    """
+
+    def __init__(self, index: int | None, *, id: str | None = None):
+        super().__init__(id=id)
+        self.index = index
+        """the GPU's NVML index, or None for host RAM"""
+
+    def compose(self) -> ComposeResult:
+        yield MemoryChart(classes="chart")
+        yield Static(classes="legend")
+        if self.index is not None:
+            yield ProcessTable(classes="processes")
+
+    def show_memory(self, title: str, points: Sequence, watermark: float | None, crossings: list[dict],
+                    start: float | None, note: str = "") -> None:
+        self.query_one(MemoryChart).show(title, points, watermark, crossings, start)
+        legend = Text()
+        last = points[-1] if points else None
+        if last is not None:
+            legend.append(f"now {gib(last.used)} of {gib(last.total)}")
+            if last.own is not None:
+                legend.append(f" · this run {gib(last.own)} · others {gib(max(0, last.used - last.own))}")
+        if note:
+            legend.append(("\n" if legend else "") + note)
+        for event in crossings:
+            legend.append("\n" if legend else "")
+            legend.append(crossing_line(event), style="bold red" if event.get("state") == "crossed" else "green")
+        self.query_one(".legend", Static).update(legend)
+
+    def show_processes(self, processes: Iterable, labels: dict[int, str] | None = None) -> None:
+        if self.index is not None:
+            self.query_one(ProcessTable).show(processes, labels)
