@@ -9,7 +9,8 @@ starts, so a queued run is never mistaken for a lost one.
 
 :func:`advance` starts the first entry when no worker in the runs directory is
 live (the GPUs are free): the run before it has finished, failed or stopped.
-:func:`run_forever` calls it until the queue is empty; it is what
+:func:`run_forever` calls it until the queue is empty and its last run has
+ended, then sends the notifications (:mod:`finetty.core.run.notify`); it is what
 ``finetty queue run`` does, and :func:`ensure_runner` starts it as a detached
 process of its own (one per runs directory, kept single by a second lock), so
 the queue keeps going after the app that filled it is closed or the SSH
@@ -193,33 +194,47 @@ def _start(runs: Path, entry: Entry) -> Path:
     return run_dir
 
 
-def advance(runs: Path, start: Callable[[Path, Entry], Path] = _start) -> Path | None:
+def advance(runs: Path, start: Callable[[Path, Entry], Path] = _start,
+            say: Callable[[str], None] = lambda _: None) -> Path | None:
     """Start the next queued run if no worker is live; returns its run directory, else None.
 
-    An entry that cannot start (its recipe no longer validates) is dropped and
-    the reason kept in ``last_error``; the next one is tried."""
+    An entry that cannot start (its recipe no longer validates) is dropped, the
+    reason kept in ``last_error`` and sent to the notify URLs (no worker will
+    ever tell of it); the next one is tried. ``say`` hears what could not be sent."""
     from finetty.core.errors import InputError, RunBusyError
 
+    from finetty.core.run import notify
+
+    dropped: list[tuple[str, Entry]] = []
+    run_dir = None
     with _locked(runs) as state:
-        dropped = []
         while state.entries and not live_runs(runs):
             entry = state.entries.pop(0)
             try:
                 run_dir = start(runs, entry)
             except (InputError, RunBusyError, OSError) as exc:
-                dropped.append(f"{entry.id} ({entry.method} on {entry.model}) did not start: {exc}")
-                state.last_error = "; ".join(dropped)
+                dropped.append((f"{entry.id} ({entry.method} on {entry.model}) did not start: {exc}", entry))
+                state.last_error = "; ".join(reason for reason, _ in dropped)
                 continue
             state.started.append(run_dir.name)
-            state.last_error = "; ".join(dropped) or None
-            return run_dir
-    return None
+            state.last_error = "; ".join(reason for reason, _ in dropped) or None
+            break
+    for reason, entry in dropped:  # (outside the lock: a slow endpoint never holds up the queue's commands)
+        notify.queue_dropped(runs, reason, entry.recipe, say)
+    return run_dir
 
 
 def run_forever(runs: Path, poll: float = 2.0, say: Callable[[str], None] = lambda _: None) -> int:
-    """Start queued runs one after another until the queue is empty; returns how many started.
+    """Start queued runs one after another until the queue is empty and the last run has ended; returns how
+    many started.
 
-    Only one runner works a runs directory at a time; a second returns 0 at once."""
+    The runner stays until its last run ends (a recipe queued meanwhile is
+    started too), then tells the notify URLs how each run ended
+    (:func:`finetty.core.run.notify.queue_finished`): with the app closed, that
+    message is how a person learns that the night's queue is done. Only one
+    runner works a runs directory at a time; a second returns 0 at once."""
+    from finetty.core.run import notify
+
     paths.make_private_dir(runs)
     with os.fdopen(paths.open_nofollow(runs / RUNNER_LOCK, os.O_RDWR | os.O_CREAT), "r+") as lock:
         try:
@@ -228,23 +243,26 @@ def run_forever(runs: Path, poll: float = 2.0, say: Callable[[str], None] = lamb
             say("another queue runner is already working this runs directory")
             return 0
         rundir.record_holder(lock.fileno())
-        started = 0
+        mine: list[Path] = []
+        said = None
         while True:
             try:
-                run_dir = advance(runs)
+                run_dir = advance(runs, say=say)
             except RunBusyError as exc:  # another queue command held the lock too long: say so, try again
                 say(str(exc))
                 time.sleep(poll)
                 continue
             if run_dir is not None:
-                started += 1
+                mine.append(run_dir)
                 say(f"started {run_dir.name}")
                 continue
             state = read(runs)
-            if state.last_error:
-                say(state.last_error)
-            if not state.entries:
-                return started
+            if state.last_error and state.last_error != said:
+                said = state.last_error
+                say(said)
+            if not state.entries and not any(rundir.is_live(run) for run in mine):
+                notify.queue_finished(runs, mine, say)
+                return len(mine)
             time.sleep(poll)
 
 
