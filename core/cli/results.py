@@ -201,6 +201,8 @@ def cmd_export(args) -> int:
     from finetty.core.results import inference
 
     inference.resolve_target(run_dir, args.checkpoint)
+    if args.gguf or args.quant is not None:
+        return _export_gguf(args, run_dir, out)
     _quiet_libraries()
     result = export.export(run_dir, out, checkpoint=args.checkpoint, merge=args.merge)
     for note in result.notes:
@@ -215,6 +217,28 @@ def cmd_export(args) -> int:
         console.print("  load it with peft.AutoPeftModelForCausalLM.from_pretrained(...) onto the base"
                       if (result.path / "adapter_config.json").exists() else
                       "  load it onto the base with the method's own loader")
+    return 0
+
+
+def _export_gguf(args, run_dir: Path, out: Path) -> int:
+    from finetty.core.results import gguf
+
+    if not args.gguf:
+        raise InputError("--quant", args.quant, "applies only to a GGUF export", "add --gguf")
+    quant = gguf.check_quant(args.quant)  # a quantisation finetty cannot make is refused before anything loads
+    _quiet_libraries()
+    result = gguf.export_gguf(run_dir, out, checkpoint=args.checkpoint, quant=quant)
+    for note in result.notes:
+        err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    for warning in result.warnings:
+        err.print(f"[bold red]warning:[/] {escape(warning)}", soft_wrap=True)
+    converted = result.converted
+    console.print(f"exported run [bold]{as_markup(run_dir.name)}[/] ({as_markup(result.label)}) merged into its base "
+                  f"as GGUF {converted.quant} ({converted.architecture}, {converted.tensors} tensors, "
+                  f"{converted.vocab_size} tokens) to {as_markup(result.path)}")
+    console.print(f"  {as_markup(', '.join(result.files))}")
+    console.print(f"  llama.cpp: llama-cli -m {as_markup(converted.path)} -cnv")
+    console.print(f"  Ollama:    ollama create NAME -f {as_markup(result.path / 'Modelfile')}")
     return 0
 
 
@@ -271,6 +295,12 @@ def add_commands(add) -> None:
                                           "without finetty")
     _add_run(exporting)
     exporting.add_argument("--out", required=True, metavar="DIR", help="a new folder to write")
+    exporting.add_argument("--gguf", action="store_true",
+                           help="merge and write one GGUF file for llama.cpp, with an Ollama Modelfile "
+                                "(Llama and Qwen2 architectures)")
+    exporting.add_argument("--quant", default=None, metavar="TYPE",
+                           help="the GGUF's tensor type: f16 (default), bf16, f32, q8_0, q4_0, q4_1, q5_0, q5_1; "
+                                "k-quants need llama.cpp's llama-quantize")
     exporting.add_argument("--merge", action="store_true",
                            help="merge the adapter into the base (a quantized base is dequantized first)")
 
