@@ -212,3 +212,24 @@ def test_linked_events_recipe_and_lock_are_refused_by_name(tmp_path):
         rundir.find(run.name, run.parent)
     assert str(recipe_file) in str(refused.value)
     assert elsewhere.read_text() == ""
+
+
+def test_a_linked_history_or_index_is_never_read(tmp_path):
+    from finetty.core.run import summary as summary_mod
+
+    runs = tmp_path / "runs"
+    run = _fake_run(runs)
+    other = tmp_path / "other-events.jsonl"
+    (run / "events.jsonl").rename(other)  # a real history, elsewhere: its steps must not be shown as this run's
+    (run / "events.jsonl").symlink_to(other)
+    reader = events_mod.EventReader(run)
+    assert reader.poll() == [] and reader.linked and reader.at_end
+    index = run / summary_mod.INDEX_FILE
+    index.unlink(missing_ok=True)
+    (tmp_path / "index.json").write_text("{}")
+    index.symlink_to(tmp_path / "index.json")
+    assert summary_mod.read_index(run) is None
+
+    listed = finetty("runs", "--runs-dir", str(runs))
+    assert listed.returncode == 0, listed.stderr
+    assert "symbolic link" in " ".join(listed.stdout.split()), listed.stdout

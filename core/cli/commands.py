@@ -58,7 +58,12 @@ def cmd_train(args) -> int:
         overrides = list(args.set)
         if args.num_processes is not None:
             overrides.append(f"launch.num_processes={args.num_processes}")
-        recipe = recipe_mod.load(args.recipe, overrides, registry)
+        from finetty.core.cli.hub import fetch_for_recipe
+
+        # what the recipe names on the Hub is fetched first (a progress bar; a refusal leaves no run
+        # directory), then the recipe is checked whole against the downloaded model and data
+        fetch_for_recipe(recipe_mod.load(args.recipe, overrides, registry, check_sources=False), args.recipe)
+        recipe = recipe_mod.load(args.recipe, overrides, registry, runs=runs)
         run_dir = rundir.create(runs, recipe.method, recipe.to_yaml())
         offset = 0
         launch.start_worker(run_dir)
@@ -162,7 +167,7 @@ def cmd_runs(args) -> int:
             today = time.strftime("%Y%m%d") == time.strftime("%Y%m%d", time.localtime(run.started))
             started = time.strftime("%H:%M" if today else "%m-%d", time.localtime(run.started))
         table.add_row(as_text(run.id, one_line=True), as_text(run.label, styles.get(run.status, "")),
-                      as_text(Path(run.model).name, one_line=True),
+                      as_text(run.origin, one_line=True),
                       as_text(rundir.what_runs(run.method, run.extra.get("objective")), one_line=True),
                       f"{run.step}{total}", f"{run.loss:.4f}" if run.loss is not None else "-", started)
     console.print(table)
@@ -174,6 +179,9 @@ def cmd_runs(args) -> int:
                     console.print(f"    {as_markup(line, one_line=True)}")
                 console.print(f"    resume: finetty train --resume {as_markup(run.id, one_line=True)}")
     for run in runs:
+        if run.extra.get("events_linked"):
+            console.print(f"[yellow]{as_markup(run.id, one_line=True)}[/]: events.jsonl is a symbolic link; finetty "
+                          "does not follow links in a run directory, so its history was not read")
         if run.skipped:
             console.print(f"[yellow]{as_markup(run.id, one_line=True)}[/]: skipped {run.skipped} line(s) of "
                           f"events.jsonl that are torn or not an event of the contract (docs/events.md)")
@@ -277,7 +285,8 @@ def cmd_plugins(args) -> int:
 #: Modules that add commands: each has ``add_commands(add)`` where ``add(name, func, help)`` returns
 #: the sub-parser. They are imported at start-up, so they must import nothing heavy at module level.
 COMMAND_MODULES: tuple[str, ...] = ("finetty.core.cli.queue", "finetty.core.cli.results",
-                                    "finetty.core.cli.estimate", "finetty.core.cli.data", "finetty.core.cli.importer")
+                                    "finetty.core.cli.estimate", "finetty.core.cli.data", "finetty.core.cli.importer",
+                                    "finetty.core.cli.notify", "finetty.core.cli.hub")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="finetty", description="Fine-tune language models from a terminal.")

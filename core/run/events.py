@@ -55,19 +55,31 @@ class EventReader:
         self.offset = offset
         self.skipped = 0
         """complete lines skipped so far: not JSON, or not what the contract declares for their type"""
+        self.linked = False
+        """True when ``events.jsonl`` is a symbolic link: it is never followed, so nothing is read"""
+
+    def _open(self) -> int | None:
+        """The file opened for reading without following a link (a planted link would show another file's lines)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            self.linked = os.path.islink(self.path)
+            return None
+        self.linked = False
+        return fd
 
     def poll(self, max_bytes: int | None = None) -> list[dict]:
         """Events appended since the last call (only complete lines)."""
-        try:
-            size = os.path.getsize(self.path)
-        except OSError:
+        fd = self._open()
+        if fd is None:
             return []
-        if size < self.offset:  # the file was replaced: start over
-            self.offset = 0
-            self.skipped = 0
-        if size == self.offset:
-            return []
-        with open(self.path, "rb") as handle:
+        with os.fdopen(fd, "rb") as handle:
+            size = os.fstat(fd).st_size
+            if size < self.offset:  # the file was replaced: start over
+                self.offset = 0
+                self.skipped = 0
+            if size == self.offset:
+                return []
             handle.seek(self.offset)
             chunk = handle.read(max_bytes) if max_bytes else handle.read()
         end = chunk.rfind(b"\n")
@@ -81,16 +93,16 @@ class EventReader:
     @property
     def at_end(self) -> bool:
         """True when every complete line of the file has been read."""
-        try:
-            size = os.path.getsize(self.path)
-        except OSError:
+        fd = self._open()
+        if fd is None:
             return True
-        if size <= self.offset:
-            return True
-        if size - self.offset > 2**20:
-            return False
-        with open(self.path, "rb") as handle:  # only a partial last line left (a killed writer's)?
-            handle.seek(self.offset)
+        with os.fdopen(fd, "rb") as handle:
+            size = os.fstat(fd).st_size
+            if size <= self.offset:
+                return True
+            if size - self.offset > 2**20:
+                return False
+            handle.seek(self.offset)  # only a partial last line left (a killed writer's)?
             return b"\n" not in handle.read(size - self.offset)
 
     def __iter__(self) -> Iterator[dict]:

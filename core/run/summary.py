@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from finetty.core import paths
 from finetty.core.run.events import EVENTS_FILE, EventReader
 from finetty.core.run.event_types import TERMINAL
 from finetty.core.run.status import label, run_status, stall_after
@@ -69,11 +70,23 @@ class RunSummary:
     """lines of events.jsonl skipped as torn, not JSON, or against the event contract"""
     offset: int = 0
     """bytes of events.jsonl folded in"""
+    parent: dict | None = None
+    """the run this one started from (``run_started``'s ``parent``: run, checkpoint, path, mode, ...), or None"""
 
     @property
     def label(self) -> str:
         """The status as shown: ``stalled (for 42 s)``."""
         return label(self.status, self.stalled_for)
+
+    @property
+    def origin(self) -> str:
+        """What the run started from, as listed: the model's folder name, or for a run on top of a run the
+        chain, ``← PARENT-ID`` (``@step-000040`` when it started from a checkpoint)."""
+        parent = self.parent or {}
+        if parent.get("run"):
+            at = "" if parent.get("checkpoint") in (None, paths.RUN_FINAL) else f"@{parent['checkpoint']}"
+            return f"\N{LEFTWARDS ARROW} {parent['run']}{at}"
+        return Path(self.model).name
 
     @property
     def elapsed(self) -> float | None:
@@ -111,6 +124,7 @@ def apply_events(summary: RunSummary, events: list[dict]) -> None:
         elif kind == "run_started":
             recipe = event.get("recipe") or {}
             summary.model = str(recipe.get("model", summary.model))
+            summary.parent = event.get("parent") or summary.parent
             summary.method = str(recipe.get("method", summary.method))
             summary.extra["objective"] = str(recipe.get("objective") or "sft")
             summary.extra["recent_steps"] = []  # (ts, step) of the last RECENT_STEPS steps: the ETA's rate
@@ -158,6 +172,8 @@ def poll_into(summary: RunSummary, reader: EventReader, max_bytes: int | None = 
     apply_events(summary, events)
     summary.skipped += reader.skipped - skipped
     summary.offset = reader.offset
+    if reader.linked:
+        summary.extra["events_linked"] = True  # said by `finetty runs`: a link is never read
     return events
 
 
@@ -183,7 +199,9 @@ def read_index(run_dir: Path) -> RunSummary | None:
     """The summary the index holds, or None when there is none to trust (missing, another version, stale)."""
     run_dir = Path(run_dir)
     try:
-        data = json.loads((run_dir / INDEX_FILE).read_text(encoding="utf-8"))
+        fd = os.open(run_dir / INDEX_FILE, os.O_RDONLY | os.O_NOFOLLOW)  # a planted link is never read
+        with os.fdopen(fd, "rb") as handle:
+            data = json.loads(handle.read().decode("utf-8"))
         if data.pop("version") != INDEX_VERSION:
             return None
         known = {f.name for f in fields(RunSummary)} - {"id", "path"}
