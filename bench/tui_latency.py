@@ -1,14 +1,23 @@
-"""The terminal app in a real pseudo-terminal: time to first frame, and key-to-repaint latency while a run trains.
+"""The terminal app in a real pseudo-terminal: each screen's first frame, and key-to-repaint latency while a run trains.
 
     python bench/tui_latency.py [--launches 5] [--keys 60]
+    python bench/tui_latency.py --quick     # only the screens' first frames, 2 launches each
 
 The app runs as ``finetty`` does (``python -m finetty.core.cli``, Textual's own
 Linux driver) on an 80x24 pty this script owns, exactly what sshd gives it.
 A reader thread timestamps every byte the app writes.
 
-1. First frame: from starting the process to the moment the Runs screen's
-   header (``finetty — runs``) has been written, in a fresh process each time
-   (interpreter start and imports included), with nothing training.
+1. First frame of each screen: from starting the process to the moment the
+   screen's header (``finetty — runs``) or a text only it shows has been
+   written, in a fresh process each time (interpreter start and imports
+   included), with nothing training. Runs; New run on a fresh
+   ``FINETTY_HOME`` (a newcomer's first screen); the monitor of a finished
+   run (``run_app(open_run=...)``: the CLI has no verb for it); Plugins, Help,
+   the GPU view and Chat, each opened by its key as soon as Runs is up (Chat
+   has no CLI verb that opens the app). Each is timed from the process start
+   and from the key, and again to the moment the screen is *filled* (what its
+   workers read after the first frame: the New run form, the plugin table,
+   the run's status line, the GPU readings).
 2. Launch to first step: the New run screen opened as a newcomer sees it, 8 s
    to "choose", ctrl+l, and the seconds to the run's first optimizer step,
    with the standby worker (core/run/standby.py) and without it, alternating.
@@ -42,6 +51,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 RUNS_MARK = "finetty — runs".encode()
 PLUGINS_MARK = "finetty — plugins".encode()
+F1 = b"\x1bOP"
+MONITOR = ("import sys; from pathlib import Path; from finetty.tui.app import run_app; "
+           "sys.exit(run_app(open_run=Path(sys.argv[1])))")
+
+#: (screen, how it opens, first-frame mark, filled mark); how: "start" (the app opens on it), a key typed once
+#: Runs is up, or "monitor" / "fresh" (the monitor of a finished run; the app on a fresh FINETTY_HOME)
+SCREENS = (
+    ("Runs", "start", RUNS_MARK, None),  # filled: the finished run's row (its id)
+    ("New run (fresh home)", "fresh", "finetty — new run".encode(), b"Save recipe"),
+    ("Monitor (finished run)", "monitor", "finetty — run ".encode(), b"elapsed"),
+    ("Plugins", b"p", PLUGINS_MARK, b"distribution"),
+    ("Help", F1, b"Keys on Runs", b"Keys on Runs"),
+    ("GPUs", b"g", "finetty — GPUs".encode(), (b"No GPU", b"utilisation")),
+    ("Chat", b"c", b"Ask something", b"Ask something"),
+)
 
 
 ESCAPES = re.compile(rb"\x1b\[[0-9;?<>=$]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[()][0-9A-Za-z]|\x1b[=>]")
@@ -54,12 +78,12 @@ def _text(data: bytes) -> bytes:
 class Terminal:
     """The app on a pty of ``cols`` x ``rows``; ``output`` collects (time, bytes) as they arrive."""
 
-    def __init__(self, env: dict, cols: int = 80, rows: int = 24):
+    def __init__(self, env: dict, cols: int = 80, rows: int = 24, argv: list[str] | None = None):
         self.master, slave = os.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
         self.started = time.perf_counter()
-        self.process = subprocess.Popen([sys.executable, "-m", "finetty.core.cli"], stdin=slave, stdout=slave,
-                                        stderr=slave, env=env, start_new_session=True, close_fds=True)
+        self.process = subprocess.Popen(argv or [sys.executable, "-m", "finetty.core.cli"], stdin=slave,
+                                        stdout=slave, stderr=slave, env=env, start_new_session=True, close_fds=True)
         os.close(slave)
         self.chunks: list[tuple[float, bytes]] = []
         self.lock = threading.Condition()
@@ -81,18 +105,19 @@ class Terminal:
                 self.chunks.append((now, data))
                 self.lock.notify_all()
 
-    def wait_for(self, mark: bytes, since: int, timeout: float = 30.0) -> tuple[float, int]:
-        """The time of the first chunk from index ``since`` on after which ``mark`` has been written (as text on
-        the screen: escape sequences between the styled pieces removed), and the index after it."""
+    def wait_for(self, mark: bytes | tuple[bytes, ...], since: int, timeout: float = 30.0) -> tuple[float, int]:
+        """The time of the first chunk from index ``since`` on after which ``mark`` (or one of several) has been
+        written (as text on the screen: escape sequences between the styled pieces removed), and the index after it."""
+        marks = mark if isinstance(mark, tuple) else (mark,)
         deadline = time.perf_counter() + timeout
         with self.lock:
             while True:
                 seen = b"".join(data for _, data in self.chunks[since:])
-                if mark in _text(seen):
+                if any(m in _text(seen) for m in marks):
                     total = b""
                     for index in range(since, len(self.chunks)):
                         total += self.chunks[index][1]
-                        if mark in _text(total):
+                        if any(m in _text(total) for m in marks):
                             return self.chunks[index][0], index + 1
                 if self.chunks and self.chunks[-1][1] == b"":
                     raise RuntimeError("the app exited: " + seen[-2000:].decode(errors="replace"))
@@ -128,6 +153,57 @@ def first_frames(env: dict, launches: int) -> list[float]:
         finally:
             term.close()
     return times
+
+
+def screen_frame(env: dict, how, mark: bytes, filled, run_dir: Path) -> dict[str, float | None]:
+    """One fresh process: seconds from its start (and from the key, if one opens the screen) to the screen's
+    first frame, and from its start to the screen filled."""
+    argv = [sys.executable, "-c", MONITOR, str(run_dir)] if how == "monitor" else None
+    term = Terminal(env, argv=argv)
+    try:
+        key_at = None
+        index = 0
+        if isinstance(how, bytes):
+            _, index = term.wait_for(RUNS_MARK, 0)
+            key_at, index = term.type(how)
+        at, after = term.wait_for(mark, index)
+        full, _ = term.wait_for(filled, after if filled != mark else index, timeout=120)
+        return {"start": at - term.started, "key": (at - key_at) if key_at is not None else None,
+                "filled": max(at, full) - term.started}
+    finally:
+        term.close()
+
+
+def screen_frames(env: dict, launches: int, run_dir: Path, work: Path) -> dict[str, list[dict]]:
+    """Every screen of :data:`SCREENS`, ``launches`` fresh processes each (New run: a new home each time)."""
+    out: dict[str, list[dict]] = {}
+    for name, how, mark, filled in SCREENS:
+        filled = filled or run_dir.name.encode()
+        for n in range(launches):
+            screen_env = env
+            if how == "fresh":
+                screen_env = dict(env, FINETTY_HOME=str(work / f"fresh-{n}"))
+            try:
+                out.setdefault(name, []).append(screen_frame(screen_env, how, mark, filled, run_dir))
+            finally:
+                if how == "fresh":  # the form starts a standby for that home: end it with the home
+                    subprocess.run([sys.executable, "-c", "from finetty.core.run import standby; standby.stop()"],
+                                   env=screen_env, capture_output=True)
+    return out
+
+
+def frames_table(frames: dict[str, list[dict]]) -> str:
+    """A markdown table: each screen's median first frame from the start and from its key, and filled."""
+    def ms(values: list) -> str:
+        values = [v for v in values if v is not None]
+        return f"{statistics.median(values) * 1e3:.0f}" if values else "-"
+
+    lines = ["| screen (80x24 pty) | first frame from start, ms | from its key, ms | filled from start, ms | n |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for name, runs in frames.items():
+        lines.append(f"| {name} | {ms([r['start'] for r in runs])} | {ms([r['key'] for r in runs])} | "
+                     f"{ms([r['filled'] for r in runs])} | {len(runs)} |")
+    return "\n".join(lines)
 
 
 def key_latencies(env: dict, keys: int) -> list[float]:
@@ -195,7 +271,7 @@ def p95(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
 
 
-def measure(launches: int = 5, keys: int = 60, work: Path | None = None) -> dict:
+def measure(launches: int = 5, keys: int = 60, work: Path | None = None, quick: bool = False) -> dict:
     work = Path(work or tempfile.mkdtemp(prefix="finetty-tui-bench-"))
     home = work / "home"
     env = dict(os.environ, FINETTY_HOME=str(home), TERM="xterm-256color", COLORTERM="truecolor",
@@ -211,6 +287,12 @@ def measure(launches: int = 5, keys: int = 60, work: Path | None = None) -> dict
     deadline = time.monotonic() + 60
     while not standby.ready() and time.monotonic() < deadline:  # that launch left one: let it finish importing
         time.sleep(0.2)
+    run_dir = next(p for p in (home / "runs").iterdir() if (p / "recipe.yaml").is_file())
+    screens = screen_frames(env, launches, run_dir, work)
+    if quick:
+        standby.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        return {"screens": screens}
     frames = first_frames(env, launches)
     launch = {"cold": [], "standby": []}
     for round_ in range(max(1, launches // 2)):
@@ -238,7 +320,7 @@ def measure(launches: int = 5, keys: int = 60, work: Path | None = None) -> dict
             time.sleep(0.2)
         standby.stop()
     shutil.rmtree(work, ignore_errors=True)
-    return {"first_frame": frames, "first_frame_median": statistics.median(frames),
+    return {"screens": screens, "first_frame": frames, "first_frame_median": statistics.median(frames),
             "latencies": latencies, "latency_median": statistics.median(latencies), "latency_p95": p95(latencies),
             "background_steps": steps, "launch_cold": launch["cold"], "launch_standby": launch["standby"],
             "launch_cold_median": statistics.median(launch["cold"]),
@@ -250,10 +332,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launches", type=int, default=5)
     parser.add_argument("--keys", type=int, default=60)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--quick", action="store_true",
+                        help="only each screen's first frame, 2 launches each (unless --launches says)")
     args = parser.parse_args(argv)
-    result = measure(args.launches, args.keys)
+    launches = 2 if args.quick and "--launches" not in (argv or sys.argv) else args.launches
+    result = measure(launches, args.keys, quick=args.quick)
     if args.json:
         print(json.dumps(result))
+        return 0
+    print(frames_table(result["screens"]))
+    if args.quick:
         return 0
     print(f"first frame: median {result['first_frame_median'] * 1e3:.0f} ms "
           f"({', '.join(f'{t * 1e3:.0f}' for t in result['first_frame'])} ms)")
