@@ -90,10 +90,10 @@ def check(urls: Any, file: str | Path | None, place: str) -> list[str]:
     found = []
     for number, url in enumerate(urls, 1):
         where = f"{place}, item {number}"
-        if not isinstance(url, str) or not url.strip():
-            problems.append(InputError(file, where, f"must be an Apprise URL, not {type(url).__name__} "
-                                                    f"{url!r}" if not isinstance(url, str) else
-                                       "must be an Apprise URL, not an empty text", EXAMPLE))
+        if not isinstance(url, str) or not url.strip():  # (the value is not shown: it may hold a secret)
+            what = "an empty text" if isinstance(url, str) else {bool: "true/false", int: "a number", float: "a number",
+                                                                  dict: "a mapping", list: "a list"}.get(type(url), "empty")
+            problems.append(InputError(file, where, f"must be an Apprise URL, not {what}", EXAMPLE))
             continue
         url = url.strip()
         if _server(url) is None:
