@@ -6,6 +6,7 @@ are refused, with why, before anything is written."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -248,3 +249,39 @@ def test_every_named_template_is_recognised_and_a_custom_one_is_not_guessed(demo
     mistral = ollama.modelfile(tokenizer, templates.TEMPLATES["mistral"], "model.gguf")
     assert "{{ $m.Content }}<|im_end|>" in mistral.text  # the tokenizer's end-of-sequence text after an answer
     assert 'PARAMETER stop "[INST]"' in mistral.text and 'PARAMETER stop "<|im_end|>"' in mistral.text
+
+
+GO_RENDERER = Path(__file__).parent / "fixtures" / "gotemplate"
+
+
+def test_go_templates_render_what_the_jinja_templates_render(demo_model, tmp_path):
+    """Each Modelfile TEMPLATE, run by Go's own text/template (the engine Ollama uses), writes exactly what
+    its Jinja original writes for the same conversation; needs a Go toolchain (skipped without one)."""
+    import json
+    import os
+    import subprocess
+
+    from finetty.core.model import loading as models
+
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("no Go toolchain to run text/template")
+    binary = tmp_path / "render"
+    subprocess.run([go, "build", "-o", str(binary), "."], cwd=GO_RENDERER, check=True, timeout=300,
+                   env={**os.environ, "GOFLAGS": "-mod=mod", "GOCACHE": str(tmp_path / "gocache"),
+                        "GOPATH": str(tmp_path / "gopath")})
+    tokenizer = models.load_tokenizer(demo_model)
+    conversations = ollama.PROBES + [
+        [{"role": "system", "content": "S"}, {"role": "user", "content": "u1"}, {"role": "assistant", "content": "a1"},
+         {"role": "user", "content": "u2"}, {"role": "assistant", "content": "a2"}, {"role": "user", "content": "u3"}],
+    ]
+    for name, (go_template, _) in ollama.GO_TEMPLATES.items():
+        go_template = go_template.replace("EOS_TOKEN", tokenizer.eos_token)
+        for messages in conversations:
+            expected = tokenizer.apply_chat_template(messages, chat_template=templates.TEMPLATES[name],
+                                                     tokenize=False, add_generation_prompt=True)
+            request = {"Template": go_template,
+                       "Messages": [{"Role": m["role"], "Content": m["content"]} for m in messages]}
+            rendered = subprocess.run([str(binary)], input=json.dumps(request), capture_output=True, text=True,
+                                      check=True, timeout=60).stdout
+            assert rendered == expected, (name, messages)

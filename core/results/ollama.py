@@ -16,7 +16,8 @@ Jinja, and the export prints the same warning (Ollama falls back to the
 What the translations do not carry: tool calls and tool definitions (Ollama
 has its own), and Jinja's ``| trim`` on message text (llama3, gemma): Go
 templates have no trim, so a message with leading or trailing whitespace is
-sent with it.
+sent with it. A Jinja ``{{ bos_token }}`` is left to the runtime, which adds the
+beginning-of-sequence token itself when the GGUF's ``tokenizer.ggml.add_bos_token`` says so.
 """
 
 from __future__ import annotations
