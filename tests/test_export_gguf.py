@@ -285,3 +285,39 @@ def test_go_templates_render_what_the_jinja_templates_render(demo_model, tmp_pat
             rendered = subprocess.run([str(binary)], input=json.dumps(request), capture_output=True, text=True,
                                       check=True, timeout=60).stdout
             assert rendered == expected, (name, messages)
+
+
+def test_a_qwen2_model_keeps_its_biases_and_unpermuted_weights(demo_model, tmp_path):
+    """Qwen2 (NEOX rotation in llama.cpp) goes in as it is: q/k/v biases included, no row permutation, and a
+    tied head left to llama.cpp (no output tensor)."""
+    import gguf
+    import torch
+    from safetensors.numpy import load_file
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from finetty.core.model import loading as models
+
+    tokenizer = models.load_tokenizer(demo_model)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    folder = tmp_path / "qwen2"
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    weights = load_file(str(folder / "model.safetensors"))
+
+    converted = gguf_export.convert(folder, tmp_path / "qwen2.gguf", "f32")
+    reader = _reader(converted.path)
+    assert converted.architecture == "qwen2" and _field(reader, "general.architecture") == "qwen2"
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, 2)
+    expected = {names.get_name(k, try_suffixes=(".weight", ".bias")): v for k, v in weights.items()}
+    found = _dequantized(reader)
+    assert "blk.0.attn_q.bias" in found and "output.weight" not in found and set(found) == set(expected)
+    for name, value in found.items():
+        np.testing.assert_array_equal(value, expected[name], err_msg=name)
+
+    quantized = _reader(gguf_export.convert(folder, tmp_path / "qwen2-q4.gguf", "q4_0").path)
+    kinds = {t.name: t.tensor_type for t in quantized.tensors}
+    assert kinds["blk.1.ffn_down.weight"] == gguf.GGMLQuantizationType.Q4_0
+    assert kinds["blk.1.attn_k.bias"] == gguf.GGMLQuantizationType.F32
