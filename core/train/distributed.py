@@ -107,7 +107,11 @@ def supervise(run_dir: Path, resume: bool) -> int:
         events = read_all(run_dir)
         last_start = max((i for i, e in enumerate(events) if e["type"] == "run_started"), default=-1)
         if not any(e["type"] in TERMINAL for e in events[last_start + 1:]):
-            EventWriter(run_dir).emit("run_failed", reason=reason)
+            from finetty.core.run import notify
+
+            writer = notify.watch(EventWriter(run_dir), run_dir)  # the notify URLs hear of it too (no app needed)
+            writer.emit("run_failed", reason=reason)
+            writer.close()
     print(f"[supervisor] {reason}", flush=True)
     return 1
 
