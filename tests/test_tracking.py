@@ -1,15 +1,20 @@
 """train.report_to: integrations write under the run directory, offline; secrets reach the worker and never the run.
 
 One real run, launched as a person would (``finetty train --detach``), logs
-to TensorBoard with secrets in its environment: tensorboard's own reader
-finds the losses events.jsonl has, the worker's environment holds the
-secrets, and no file of the run directory does.
+to TensorBoard and (where wandb is installed) to W&B in offline mode, with
+secrets in its environment: tensorboard's own reader and ``wandb leet
+inspect`` find the losses events.jsonl has, the worker's environment holds
+the secrets, and no file of the run directory does. mlflow and trackio are
+not installed for the tests (too heavy): their refusal is what is tested.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,13 +31,26 @@ SECRETS = {"WANDB_API_KEY": "wandb-secret-4f1c9e", "HF_TOKEN": "hf_secret7d2a0b"
            "mlflow-secret-90ab3c", "MY_SERVICE_SECRET": "service-secret-5e8d71", "OPENAI_API_KEY": "sk-secret-b3c2"}
 
 
-def test_tensorboard_logs_in_the_run_directory_and_secrets_stay_out_of_it(tmp_path: Path, demo_model):
+def wandb_losses(run: Path) -> dict[int, float]:
+    """``{global step: train/loss}`` from the run's offline W&B log, read by wandb's own ``leet inspect``."""
+    [log] = (run / "wandb").glob("offline-run-*/run-*.wandb")
+    out = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(log)],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    items = [r["history"]["item"] for r in records if r.get("type") == "history"]
+    return {int(i["train/global_step"]): i["train/loss"] for i in items if "train/loss" in i}
+
+
+def test_tracking_logs_in_the_run_directory_and_secrets_stay_out_of_it(tmp_path: Path, demo_model):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     runs = tmp_path / "runs"
+    wandb = importlib.util.find_spec("wandb") is not None
+    report_to = "[tensorboard, wandb]" if wandb else "tensorboard"
     out = finetty("train", str(RECIPES / "demo-lora.yaml"), "--runs-dir", str(runs), "--detach",
                   "--set", "train.max_steps=3", "--set", "train.logging_steps=1", "--set", "train.save_steps=2",
-                  "--set", "train.report_to=tensorboard", env={**SECRETS, "FINETTY_STANDBY": "0"})
+                  "--set", f"train.report_to={report_to}",
+                  env={**SECRETS, "FINETTY_STANDBY": "0", "WANDB_MODE": "offline", "WANDB_SILENT": "true"})
     assert out.returncode == 0, out.stderr
     run = only_run(runs)
     pid = wait_for(lambda: next((e["pid"] for e in events(run) if e["type"] == "worker_started"), None),
@@ -51,6 +69,11 @@ def test_tensorboard_logs_in_the_run_directory_and_secrets_stay_out_of_it(tmp_pa
     assert sorted(logged) == sorted(expected) == [1, 2, 3]
     for step, loss in expected.items():
         assert logged[step] == pytest.approx(loss, rel=1e-4)
+    if wandb:
+        logged = wandb_losses(run)
+        assert sorted(logged) == [1, 2, 3]
+        for step, loss in expected.items():
+            assert logged[step] == pytest.approx(loss, rel=1e-4)
 
     files = [p for p in run.rglob("*") if p.is_file()]
     assert any(p.parent.parent == run / tracking.TENSORBOARD or p.parent == run / tracking.TENSORBOARD
