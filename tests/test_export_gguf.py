@@ -321,3 +321,21 @@ def test_a_qwen2_model_keeps_its_biases_and_unpermuted_weights(demo_model, tmp_p
     kinds = {t.name: t.tensor_type for t in quantized.tensors}
     assert kinds["blk.1.ffn_down.weight"] == gguf.GGMLQuantizationType.Q4_0
     assert kinds["blk.1.attn_k.bias"] == gguf.GGMLQuantizationType.F32
+
+
+def test_a_full_fine_tune_exports_its_own_weights(tmp_path_factory, demo_model, tmp_path):
+    """``full`` trains the base's own weights: nothing to merge, the GGUF holds final/'s weights."""
+    import json
+
+    from safetensors.numpy import load_file
+
+    from . import results_runs
+
+    run = results_runs.trained("full", tmp_path_factory)
+    result = gguf_export.export_gguf(run, tmp_path / "full")
+    weights = load_file(str(run / "final" / "model.safetensors"))
+    config = json.loads((run / "final" / "config.json").read_text())
+    reader = _reader(result.converted.path)
+    assert result.method == "full" and len(reader.tensors) == len(weights)
+    _compare(reader, weights, config, lambda want: np.abs(want).max() * 1e-3)
+    assert "whole model" in (tmp_path / "full" / "README.md").read_text()

@@ -392,6 +392,9 @@ def export_gguf(run_dir: Path, out: Path, checkpoint: str | None = None, quant: 
     recipe = recipe_mod.from_run(run_dir)
     method = inference._method(recipe, registry, run_dir)
     label, source, notes = inference.resolve_target(run_dir, checkpoint)
+    if out.resolve().is_relative_to(source.resolve()):
+        raise InputError("--out", str(out), f"is inside the folder being exported ({source})",
+                         "export to a folder outside the run's result")
     if not method.whole_model and not method.mergeable:
         raise InputError(run_dir / "recipe.yaml", f"method {method.name}",
                          "cannot be merged into its base (its weights are not a change to the base's weights), "
