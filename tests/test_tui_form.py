@@ -88,3 +88,21 @@ def test_several_processes_choose_the_engine_and_keep_the_recipe_launch_settings
 ])
 def test_a_validator_complaint_marks_its_field(place, widget):
     assert widget_for(field_for(place), FormState()) == widget
+
+
+def test_a_methods_recommendations_load_only_into_fields_the_form_last_set():
+    from finetty.tui.form import field_values, recommend, recommendation_notice
+
+    given = field_values(FormState(fields=[Field("train-learning_rate", "train.learning_rate", "float", text="0.003"),
+                                           Field("train-max_steps", "train.max_steps", "int", text="120")],
+                                   train_more="{weight_decay: 0.0}"))
+    assert given == {"train.learning_rate": 0.003, "train.max_steps": 120, "train.weight_decay": 0.0}
+    untouched = dict(given)
+    changed = {**given, "train.learning_rate": 5e-4, "train.weight_decay": 0.1}
+    wanted = {"train.learning_rate": 1e-2, "train.weight_decay": 0.01, "method_options.prefix_projection": True}
+    assert recommend(wanted, untouched, given) == (wanted, [])
+    load, kept = recommend(wanted, changed, given)
+    assert load == {"method_options.prefix_projection": True} and kept == ["train.learning_rate", "train.weight_decay"]
+    assert recommendation_notice("prefix", load, kept) == ("prefix: prefix_projection true from the method's "
+                                                           "recommendations; kept your learning_rate, weight_decay")
+    assert recommendation_notice("full", {}, []) == ""

@@ -219,3 +219,63 @@ def widget_for(key: str | None, state: FormState) -> str | None:
     if key == "dataset":
         return "dataset-path" if state.dataset == PATH else "dataset"
     return key
+
+
+def field_values(state: FormState) -> dict[str, Any]:
+    """Every typed field's value by recipe key (``train.learning_rate``, ``method_options.r``), train-more's keys
+    included; a field whose text is not a value reads as that text, so it never equals a value the form set."""
+    values: dict[str, Any] = {}
+    for f in state.fields:
+        try:
+            values[f.key] = f.read()
+        except FieldError:
+            values[f.key] = ("unreadable", f.text)
+    try:
+        more = _mapping("train-more", state.train_more)
+    except FieldError:
+        more = {}
+        values["train.*"] = ("unreadable", state.train_more)
+    for name, value in more.items():
+        values.setdefault(f"train.{name}", value)
+    return values
+
+
+def recommend(recommended: dict[str, Any], now: dict[str, Any],
+              given: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Which of a newly chosen method's recommended values the form loads: ``(load, kept)``.
+
+    ``now`` is :func:`field_values` of the form as it is, ``given`` the same as
+    the form last set it (from the starting recipe, or a method's
+    recommendations): a field whose value differs was changed by the person,
+    and keeps it (listed in ``kept``). The method's own options are fields made
+    afresh for it, so their recommendations always load.
+    """
+    load: dict[str, Any] = {}
+    kept: list[str] = []
+    for key, value in recommended.items():
+        if key.startswith("method_options.") or now.get(key) == given.get(key):
+            load[key] = value
+        elif now.get(key) != value:
+            kept.append(key)
+    return load, kept
+
+
+def with_train_more(text: str, values: dict[str, Any]) -> str:
+    """The "more train settings" text with ``values`` (train setting name -> value) set in its mapping."""
+    more = _mapping("train-more", text)
+    more.update(values)
+    return to_text(more) if more else ""
+
+
+def recommendation_notice(method: str, load: dict[str, Any], kept: list[str]) -> str:
+    """``prefix: learning_rate 0.01, prefix_projection true from the method's recommendations; kept your ...``."""
+    def short(key: str) -> str:
+        return key.partition(".")[2]
+
+    parts = []
+    if load:
+        parts.append(", ".join(f"{short(key)} {to_text(value)}" for key, value in load.items())
+                     + " from the method's recommendations")
+    if kept:
+        parts.append("kept your " + ", ".join(short(key) for key in kept))
+    return f"{method}: " + "; ".join(parts) if parts else ""

@@ -26,7 +26,8 @@ def mark(example: dict) -> str:
 def compute(request: dict) -> dict:
     """The report of :func:`finetty.core.data.report.describe` (what ``finetty data`` prints) for the form's data.
 
-    Keys the screen reads: ``format``, ``detected``, ``records``, ``lengths``
+    Keys the screen reads: ``error`` (and ``refused`` when the data cannot
+    train as asked, the launch's own refusal), ``format``, ``detected``, ``records``, ``lengths``
     and ``samples`` (rendered, trained part in brackets); ``report`` is the
     whole report, columns, warnings and mixture included.
     """
@@ -52,8 +53,8 @@ def compute(request: dict) -> dict:
             model_path = demo.ensure_demo()
         tokenizer = models.load_tokenizer(model_path, bool(request.get("trust_remote_code")))
         report = describe(found, tokenizer, max_length, request.get("truncation") or "truncate", SAMPLES)
-    except InputError as exc:
-        return {"error": str(exc)}
+    except InputError as exc:  # the refusal a launch would give: the form's status shows it too
+        return {"error": str(exc), "refused": True}
     except Exception as exc:  # a preview never takes the app down; the launch check gives the full story
         return {"error": f"{type(exc).__name__}: {exc}"}
     tokens = report["tokens"]

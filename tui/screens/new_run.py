@@ -20,15 +20,30 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
-from finetty.core import paths
-from finetty.core.data import reading as data_mod
 from finetty.core.data import demo
+from finetty.core.data import reading as data_mod
 from finetty.core.model import loading as models
 from finetty.core.text import as_text, clean, one_line
 
-from ..form import PATH, TRAIN_FIELDS, FieldError, FormState, field_for, from_recipe, to_recipe, widget_for
+from ..form import (
+    PATH,
+    TRAIN_FIELDS,
+    TRAIN_KEYS,
+    FieldError,
+    FormState,
+    field_for,
+    field_values,
+    from_recipe,
+    recommend,
+    recommendation_notice,
+    to_recipe,
+    to_text,
+    widget_for,
+    with_train_more,
+)
 from ..widgets.option_field import OptionField
 from ..widgets.path_input import PathSuggester
+from ..widgets.picker import Picker
 from .confirm import ConfirmScreen
 
 #: What the form opens with: the first-minute demo (as recipes/demo-lora.yaml).
@@ -70,7 +85,9 @@ DEFAULT_HINT = "Tab/shift+Tab: next/previous field · Enter: open a picker · ct
 
 def hub_datasets() -> list[str]:
     """Dataset ids with a copy in the local Hugging Face hub cache."""
-    return paths.cached_hub_repos("datasets")
+    from finetty.core.data import hub
+
+    return hub.cached_repos("dataset")
 
 
 def local_data_files(folder: Path) -> list[str]:
@@ -79,11 +96,6 @@ def local_data_files(folder: Path) -> list[str]:
                       if p.is_file() and p.suffix.lower() in data_mod.DATA_SUFFIXES and not p.name.startswith("."))
     except OSError:
         return []
-
-
-def short(label: str, most: int = 48) -> str:
-    """A picker label that fits one line at 80 columns."""
-    return label if len(label) <= most else label[: most - 1].rstrip() + "…)"
 
 
 class PromptScreen(ModalScreen[str | None]):
@@ -136,6 +148,10 @@ class NewRunScreen(Screen):
         self.preview_key: str | None = None
         self._timer = None
         self._built: dict[str, Any] = {}
+        self._given: dict[str, Any] = {}
+        """field values as the form last set them (see :func:`finetty.tui.form.recommend`)"""
+        self.data_problem: str | None = None
+        """the preview's complaint about the data of ``preview_key`` (the status line shows it too)"""
 
     # -- building the form ---------------------------------------------------------------------------
 
@@ -144,7 +160,7 @@ class NewRunScreen(Screen):
         start = self.start
         models_list = [("tiny-demo  (built-in demo, random weights)", demo.NAME)]
         models_list += [(as_text(name, one_line=True), name) for name in models.cached_hub_models()]  # (folder names)
-        sets = [(short(f"{name}  (built-in: {info[2]})"), name) for name, info in data_mod.BUILTIN.items()]
+        sets = [(f"{name}  (built-in: {info[2]})", name) for name, info in data_mod.BUILTIN.items()]
         sets += [(as_text(f"{name}  (file here)", one_line=True), name) for name in local_data_files(self.base_dir)]
         sets += [(as_text(f"{name}  (hub cache)", one_line=True), name) for name in hub_datasets()]
         state = from_recipe({"model": demo.NAME, **start}, {v for _, v in models_list}, {v for _, v in sets})
@@ -155,8 +171,8 @@ class NewRunScreen(Screen):
         yield Static(id="form-status")
         with VerticalScroll(id="form"):
             yield Static("Model", classes="section")
-            yield self._row("model", Select(models_list, value=state.model, allow_blank=False, id="model",
-                                            compact=True))
+            yield self._row("model", Picker(models_list, value=state.model, allow_blank=False, id="model",
+                                            compact=True, title="model"))
             yield self._row("folder", Input(state.model_path, id="model-path", compact=True,
                                             placeholder="path to a model folder (→ completes)",
                                             suggester=PathSuggester(base=self.base_dir)), row_id="model-path-row")
@@ -166,8 +182,8 @@ class NewRunScreen(Screen):
                               id="trust_remote_code")
 
             yield Static("Data", classes="section")
-            yield self._row("dataset", Select(sets, value=state.dataset, allow_blank=False, id="dataset",
-                                              compact=True))
+            yield self._row("dataset", Picker(sets, value=state.dataset, allow_blank=False, id="dataset",
+                                              compact=True, title="dataset"))
             yield self._row("path", Input(state.dataset_path, id="dataset-path", compact=True,
                                           placeholder="path to a .jsonl/.json/.csv/.parquet/.txt file or folder",
                                           suggester=PathSuggester(tuple(data_mod.DATA_SUFFIXES), self.base_dir)),
@@ -176,9 +192,9 @@ class NewRunScreen(Screen):
                                                      id="dataset_options", compact=True,
                                                      tooltip="{placeholder: value} for built-in datasets"))
             formats = [("auto  (detect from the first record)", "auto")]
-            formats += [(short(f"{n}  ({f.summary})"), n) for n, f in registry.data_formats.items()]
-            yield self._row("format", Select(formats, value=state.format, allow_blank=False,
-                                             id="format", compact=True))
+            formats += [(f"{n}  ({f.summary})", n) for n, f in registry.data_formats.items()]
+            yield self._row("format", Picker(formats, value=state.format, allow_blank=False,
+                                             id="format", compact=True, title="data format"))
             with Vertical(id="preview"):
                 yield Static(Text("preview: waiting for a valid form", style="dim"), id="preview-text")
 
@@ -187,11 +203,14 @@ class NewRunScreen(Screen):
                 yield Static(kind.capitalize(), classes="section")
                 components = registry.components[kind]
                 choices = [("none  (a plain base)", "none")] if none else []
-                choices += [(short(f"{n}  ({c.summary})"), n) for n, c in components.items()]
+                choices += [(f"{n}  ({c.summary})", n) for n, c in components.items()]
                 value = state.components.get(key) or ("none" if none else next(iter(components), None))
                 if value not in {v for _, v in choices}:
                     value = choices[0][1] if choices else None
-                yield self._row(kind, Select(choices, value=value, allow_blank=False, id=key, compact=True))
+                yield self._row(kind, Picker(choices, value=value, allow_blank=False, id=key, compact=True,
+                                                title=kind))
+                if key == "method":
+                    yield Static(id="method-notice", classes="notice")
                 yield Vertical(id=f"{key}-options", classes="options")
 
             yield Static("Training", classes="section")
@@ -208,14 +227,14 @@ class NewRunScreen(Screen):
             wanted = state.processes
             if wanted not in {n for _, n in choices}:
                 choices.append((f"{wanted}  (from the recipe)", wanted))
-            yield self._row("processes", Select(choices, value=wanted, allow_blank=False, id="launch-processes",
-                                                compact=True))
+            yield self._row("processes", Picker(choices, value=wanted, allow_blank=False, id="launch-processes",
+                                                compact=True, title="training processes"))
             engines = ENGINES if gpus else ENGINES[:1]  # FSDP and DeepSpeed need GPUs; CPU processes use DDP
             engine = state.engine
             if engine not in [value for _, value in engines]:
                 engine = "ddp"
-            yield self._row("distributed", Select(engines, value=engine, allow_blank=False, id="launch-engine",
-                                                  compact=True, disabled=wanted <= 1))
+            yield self._row("distributed", Picker(engines, value=engine, allow_blank=False, id="launch-engine",
+                                                  compact=True, disabled=wanted <= 1, title="distributed engine"))
         yield Static(Text(DEFAULT_HINT, style="dim"), id="form-hint", classes="hint")
         with Horizontal(id="form-buttons"):
             yield Button("Launch ⏎", id="launch", variant="success", compact=True)
@@ -238,6 +257,8 @@ class NewRunScreen(Screen):
         for key in ("method", "quantizer", "objective"):
             await self._build_options(key, self.start.get(f"{key}_options") or {})
         self._sync_path_rows()
+        self.query_one("#method-notice").display = False
+        self._given = field_values(self.form_state())
         self.query_one("#launch", Button).focus()
         self.call_after_refresh(self._validate)
 
@@ -313,9 +334,13 @@ class NewRunScreen(Screen):
     @on(Select.Changed)
     async def _changed(self, event) -> None:
         control = event.control
-        if isinstance(control, Select) and control.id in ("method", "quantizer", "objective") \
+        if isinstance(control, Select) and control.id == "method" and control.value != self._built.get("method"):
+            await self._choose_method(control.value)
+        elif isinstance(control, Select) and control.id in ("quantizer", "objective") \
                 and control.value != self._built.get(control.id):
             await self._build_options(control.id, {})
+            self._given.update({key: value for key, value in field_values(self.form_state()).items()
+                                if key.startswith(f"{control.id}_options.")})
         if isinstance(control, Select) and control.id in ("model", "dataset", "method"):
             self._sync_path_rows()
         if isinstance(control, Select) and control.id == "launch-processes":
@@ -324,6 +349,37 @@ class NewRunScreen(Screen):
         if self._timer is not None:
             self._timer.stop()
         self._timer = self.set_timer(0.2, self._validate)
+
+    async def _choose_method(self, name: str) -> None:
+        """Build the method's option fields and load its recommended settings into the fields the person left
+        as the form set them; the notice line under the method says what was loaded and what was kept."""
+        method = self.app.registry.methods.get(name)
+        load, kept = recommend(dict(method.recommended) if method else {}, field_values(self.form_state()),
+                               self._given)
+        await self._build_options("method", {key.partition(".")[2]: value for key, value in load.items()
+                                             if key.startswith("method_options.")})
+        more = {}
+        for key, value in load.items():
+            section, _, setting = key.partition(".")
+            if section != "train":
+                continue
+            if setting not in TRAIN_KEYS:
+                more[setting] = value
+                continue
+            editor = self.query_one(f"#train-{setting}-editor")
+            editor.value = value if isinstance(editor, Select) else to_text(value)
+        if more:
+            box = self.query_one("#train-more", Input)
+            try:
+                box.value = with_train_more(box.value, more)
+            except FieldError:
+                pass  # (unreadable text is the person's: field_values counted it as changed)
+        self._given.update({key: value for key, value in field_values(self.form_state()).items()
+                            if key in load or key.startswith("method_options.")})  # what was kept stays the person's
+        notice = self.query_one("#method-notice", Static)
+        text = recommendation_notice(name, load, kept)
+        notice.update(Text(one_line(text), style="italic"))
+        notice.display = bool(text)
 
     def _validate(self) -> None:
         try:
@@ -336,8 +392,8 @@ class NewRunScreen(Screen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="validate")
     def _check(self, data: dict) -> None:
-        from finetty.core.recipe import recipe as recipe_mod
         from finetty.core.errors import InputError
+        from finetty.core.recipe import recipe as recipe_mod
 
         try:
             recipe = recipe_mod.validate(copy.deepcopy(data), self.app.registry, recipe_mod.parse_text('', None)[1],
@@ -392,20 +448,23 @@ class NewRunScreen(Screen):
         key = json.dumps(request, sort_keys=True, default=str)
         if key != self.preview_key:
             self.preview_key = key
+            self.data_problem = None
             self.query_one("#preview-text", Static).update(Text("preview: reading the data and the tokenizer…",
                                                                 style="dim"))
-            self.preview(request)
+            self.preview(request, key)
+        elif self.data_problem:
+            self._show_problem(f"data: {self.data_problem}", None)
 
     # -- preview -----------------------------------------------------------------------------------------
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="preview")
-    def preview(self, request: dict) -> None:
+    def preview(self, request: dict, key: str = "") -> None:
         worker = get_current_worker()
         compute = getattr(self.app, "preview", None)
         if compute is not None:
             answer = compute(request)
             if not worker.is_cancelled:
-                self.app.call_from_thread(self._show_preview, answer)
+                self.app.call_from_thread(self._show_preview, answer, key)
             return
         process = subprocess.Popen([sys.executable, "-m", "finetty.tui.preview"], stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -428,13 +487,19 @@ class NewRunScreen(Screen):
         except (ValueError, IndexError):
             answer = {"error": (err.strip().splitlines() or ["the preview process failed"])[-1]}
         if not worker.is_cancelled:
-            self.app.call_from_thread(self._show_preview, answer)
+            self.app.call_from_thread(self._show_preview, answer, key)
 
-    def _show_preview(self, answer: dict) -> None:
+    def _show_preview(self, answer: dict, key: str = "") -> None:
+        """The preview; a complaint about the data is the form's status too (✗, nothing launches), so the two
+        lines never disagree (the status once said ✓ over a preview saying the data cannot train)."""
         text = Text()
         if answer.get("error"):
             text.append("data: ", style="bold")
             text.append(clean(answer["error"]), style="red")
+            if answer.get("refused") and key == self.preview_key:
+                self.data_problem = one_line(answer["error"])
+                if self.recipe is not None:
+                    self._show_problem(f"data: {self.data_problem}", None)
         else:
             text.append(one_line(f"{answer['records']} records, format {answer['format']}"), style="bold")
             text.append(" (detected)" if answer.get("detected") else " (chosen)")
@@ -488,11 +553,9 @@ class NewRunScreen(Screen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="launch")
     def _start(self, data: dict, how: str) -> None:
-        from finetty.core.run import launch
-        from finetty.core.run import queue
-        from finetty.core.recipe import recipe as recipe_mod
-        from finetty.core.run import rundir
         from finetty.core.errors import InputError, RunBusyError
+        from finetty.core.recipe import recipe as recipe_mod
+        from finetty.core.run import launch, queue, rundir
 
         runs = self.app.runs
         try:

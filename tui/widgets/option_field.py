@@ -9,6 +9,7 @@ from textual.containers import Horizontal
 from textual.widgets import Input, Label, Select
 
 from ..form import Field, to_text
+from .picker import Picker
 
 
 class OptionField(Horizontal):
@@ -16,7 +17,7 @@ class OptionField(Horizontal):
 
     DEFAULT_CSS = """
     OptionField { height: auto; margin: 0 0 0 0; }
-    OptionField > Label { width: 24; padding: 0 1 0 0; }
+    OptionField > Label { width: 29; padding: 0 1 0 0; text-wrap: nowrap; text-overflow: ellipsis; }
     OptionField > Input, OptionField > Select { width: 1fr; }
     """
 
@@ -36,8 +37,8 @@ class OptionField(Horizontal):
         if self.choices or self.type_ == "bool":
             choices = self.choices or (False, True)
             value = next((c for c in (self.value, self.default) if c is not None and c in choices), choices[0])
-            yield Select([(to_text(c), c) for c in choices], value=value,
-                         allow_blank=False, id=f"{self.id}-editor", tooltip=self.help_text, compact=True)
+            yield Picker([(to_text(c), c) for c in choices], value=value, allow_blank=False, id=f"{self.id}-editor",
+                         tooltip=self.help_text, compact=True, title=self.option_name, help_text=self.help_text)
         else:
             yield Input(to_text(self.value), placeholder=f"{self.type_}, default {to_text(self.default) or '-'}",
                         id=f"{self.id}-editor", tooltip=self.help_text, compact=True)
