@@ -272,5 +272,7 @@ def test_new_run_and_plugins_draw_their_first_frame_while_the_plugins_are_still_
             await pilot.press("escape")
             app.new_run()
             await until(pilot, lambda: isinstance(app.screen, NewRunScreen), what="the New run form")
+            form = app.screen
+            await until(pilot, lambda: form.recipe is not None or form.problem, what="the form checked")
 
     asyncio.run(scenario())

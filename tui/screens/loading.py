@@ -17,7 +17,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Static
+from textual.widgets import Footer, Static
 
 from finetty.core.errors import describe
 from finetty.core.text import one_line
@@ -27,6 +27,8 @@ class LoadingScreen(Screen):
     """Shows ``sub_title`` and ``loading WHAT…``; runs ``prepare`` in a thread, then switches to ``make()``."""
 
     DEFAULT_CSS = """
+    LoadingScreen #loading-header { dock: top; height: 1; width: 1fr; content-align: center middle;
+                                    background: $panel; color: $foreground; }
     LoadingScreen #loading-status { height: auto; padding: 0 1; background: $boost; }
     """
     BINDINGS = [Binding("escape", "app.pop_screen", "Back", id="loading.back")]
@@ -39,7 +41,9 @@ class LoadingScreen(Screen):
         self.make = make
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        # the header's text, not a Header: Textual's Header sets its title after it mounts, and a loading
+        # screen replaced (or left) at once would have it look for a title widget that is gone
+        yield Static(f"{one_line(self.app.title)} — {one_line(self.sub_title)}", id="loading-header")
         yield Static(Text(f"loading {self.what}…", style="dim"), id="loading-status")
         yield Footer()
 

@@ -23,9 +23,9 @@ from textual_plotext import PlotextPlot
 from finetty.core.text import one_line
 
 GIB = 1024 ** 3
-#: the columns beside the command, and the command's least width: a command is cut to what the table's width
-#: leaves it (with an ellipsis), so the table never scrolls sideways
-OTHER_COLUMNS, RUN_COLUMN, LEAST_COMMAND = 40, 18, 16
+#: the least width of the command column: a command is cut (with an ellipsis) to what the table's width leaves
+#: beside the other columns, so the table never scrolls sideways
+LEAST_COMMAND = 16
 
 
 def gib(value: int | None) -> str:
@@ -141,7 +141,7 @@ class ProcessTable(DataTable):
     ``{pid: label}`` of the ones to mark (this run's, or which run a process trains)."""
 
     DEFAULT_CSS = """
-    ProcessTable { height: auto; max-height: 12; }
+    ProcessTable { height: auto; max-height: 12; width: 1fr; }
     """
 
     def __init__(self, *, runs_column: bool = False, id: str | None = None, classes: str | None = None):
@@ -154,14 +154,12 @@ class ProcessTable(DataTable):
 
     def show(self, processes: Iterable, labels: dict[int, str] | None = None) -> None:
         labels = labels or {}
-        rows = []
-        most = max(LEAST_COMMAND, (self.size.width or 80) - OTHER_COLUMNS - (RUN_COLUMN if self.runs_column else 0))
-        for process in processes:
-            command = short_command(one_line(process.command))
-            if len(command) > most:
-                command = command[: most - 1] + "…"
-            rows.append((int(process.pid), one_line(process.user)[:12], gib(process.used),
-                         one_line(labels.get(process.pid, "")), command))
+        rows = [(int(p.pid), one_line(p.user)[:12], gib(p.used), one_line(labels.get(p.pid, "")),
+                 short_command(one_line(p.command))) for p in processes]
+        columns = [("pid", 0), ("user", 1), ("GPU mem", 2)] + ([("run", 3)] if self.runs_column else [])
+        beside = sum(max([len(name)] + [len(str(row[i])) for row in rows]) + 2 for name, i in columns)
+        most = max(LEAST_COMMAND, (self.size.width or 80) - beside - 3)
+        rows = [row[:4] + ((row[4][: most - 1] + "…") if len(row[4]) > most else row[4],) for row in rows]
         if rows == self.rows_shown:
             return
         self.rows_shown = rows
