@@ -454,8 +454,7 @@ def test_invalid_field_values_are_rejected_in_the_form(runs_dir):
     async def scenario():
         app = make_app(runs_dir)
         async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.press("n")
-            form = app.screen
+            form = await open_form(pilot, app)
             assert isinstance(form, NewRunScreen)
             await until(pilot, lambda: form.recipe is not None)
             cases = [
@@ -492,8 +491,7 @@ def test_method_options_come_from_the_plugin_and_save_as_a_recipe(runs_dir, tmp_
     async def scenario():
         app = make_app(runs_dir, base_dir=tmp_path)
         async with app.run_test(size=(120, 40)) as pilot:
-            await pilot.press("n")
-            form = app.screen
+            form = await open_form(pilot, app)
             await until(pilot, lambda: form.recipe is not None)
             form.query_one("#method", Select).value = "ia3"
             await until(pilot, lambda: form.recipe is not None and form.recipe.method == "ia3")
