@@ -6,8 +6,8 @@ from __future__ import annotations
 def cmd_notify(args) -> int:
     from rich.console import Console
 
-    from finetty.core.recipe import config
     from finetty.core.errors import InputError
+    from finetty.core.recipe import config
     from finetty.core.run import notify
     from finetty.core.text import as_markup
 
@@ -29,9 +29,9 @@ def cmd_notify(args) -> int:
             console.print(f"{as_markup(mask(url))}  [dim](from {as_markup(where)})[/]", soft_wrap=True)
         return 0
     failed = 0
-    for (url, where), delivery in zip(urls, notify.deliver(
-            [url for url, _ in urls], "finetty: test notification",
-            f"A test message from `finetty notify test` on {notify.host()}: this URL works.")):
+    deliveries = notify.deliver([url for url, _ in urls], "finetty: test notification",
+                                f"A test message from `finetty notify test` on {notify.host()}: this URL works.")
+    for (_, where), delivery in zip(urls, deliveries, strict=True):
         if delivery.ok:
             console.print(f"[green]delivered[/] {as_markup(delivery.url)}  [dim](from {as_markup(where)})[/]",
                           soft_wrap=True)

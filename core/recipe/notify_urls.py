@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from finetty.core.errors import InputError, raise_all
 
@@ -91,8 +92,8 @@ def check(urls: Any, file: str | Path | None, place: str) -> list[str]:
     for number, url in enumerate(urls, 1):
         where = f"{place}, item {number}"
         if not isinstance(url, str) or not url.strip():  # (the value is not shown: it may hold a secret)
-            what = "an empty text" if isinstance(url, str) else {bool: "true/false", int: "a number", float: "a number",
-                                                                  dict: "a mapping", list: "a list"}.get(type(url), "empty")
+            kinds = {bool: "true/false", int: "a number", float: "a number", dict: "a mapping", list: "a list"}
+            what = "an empty text" if isinstance(url, str) else kinds.get(type(url), "empty")
             problems.append(InputError(file, where, f"must be an Apprise URL, not {what}", EXAMPLE))
             continue
         url = url.strip()

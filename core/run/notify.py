@@ -30,9 +30,9 @@ import os
 import queue as queue_mod
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from finetty.core import paths
 from finetty.core.recipe import config, notify_urls
@@ -209,8 +209,8 @@ def message_for(event: dict, run_dir: Path) -> tuple[str, str, str] | None:
     if kind == "shrink":
         where = event.get("checkpoint") or "step 0"
         body = (f"{event.get('reason')}: going on from {where} with micro-batch {event.get('previous_micro_batch')} "
-                f"-> {event.get('micro_batch')} (gradient accumulation {event.get('previous_gradient_accumulation_steps')}"
-                f" -> {event.get('gradient_accumulation_steps')})")
+                f"-> {event.get('micro_batch')} (gradient accumulation "
+                f"{event.get('previous_gradient_accumulation_steps')} -> {event.get('gradient_accumulation_steps')})")
         return f"finetty: {name} ran out of memory", f"{_about(run_dir)}\n{body}", "warning"
     return None
 

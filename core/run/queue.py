@@ -202,7 +202,6 @@ def advance(runs: Path, start: Callable[[Path, Entry], Path] = _start,
     reason kept in ``last_error`` and sent to the notify URLs (no worker will
     ever tell of it); the next one is tried. ``say`` hears what could not be sent."""
     from finetty.core.errors import InputError, RunBusyError
-
     from finetty.core.run import notify
 
     dropped: list[tuple[str, Entry]] = []
