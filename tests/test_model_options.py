@@ -146,3 +146,17 @@ def test_finetty_plugins_options_lists_the_model_options(capsys):
     assert "model_options: how the base model loads" in text
     assert "attn_implementation (str, default None): attention kernel: sdpa, eager" in text
     assert "torch_dtype (str, default 'auto')" in text and "[one of: auto, bfloat16, float16, float32]" in text
+
+
+def test_the_weights_load_in_torch_dtype_where_given_else_in_the_compute_dtype():
+    from finetty.core.memory import estimate
+    from finetty.core.model import loading
+
+    assert loading.weights_dtype({"bf16": True}, {"torch_dtype": "auto"}) == "bfloat16"
+    assert loading.weights_dtype({"bf16": True}, {"torch_dtype": "float32"}) == "float32"
+    assert loading.weights_dtype({}, {"torch_dtype": "bfloat16"}) == "bfloat16"
+    assert loading.weights_dtype({"fp16": True}, None) == "float16"
+    # the estimate counts the weights in the dtype they load in
+    recipe = recipe_mod.load(None, ["model_options.torch_dtype=bfloat16", "train.use_cpu=true"], load_plugins(),
+                             check_data=False)
+    assert estimate._spec(recipe).dtype == "bfloat16"

@@ -237,7 +237,7 @@ def gib(value: int | float) -> str:
 
 
 def _spec(recipe) -> Spec:
-    from finetty.core.model.loading import compute_dtype
+    from finetty.core.model.loading import weights_dtype
 
     train = recipe.train
     launch = getattr(recipe, "launch", {}) or {}
@@ -251,7 +251,8 @@ def _spec(recipe) -> Spec:
         elif kind == "deepspeed":
             sharding = "all" if int(launch.get("zero_stage", 2)) == 3 else "grads+optimizer"
     return Spec(method=recipe.method, method_options=dict(recipe.method_options or {}), quantizer=recipe.quantizer,
-                quantizer_options=dict(recipe.quantizer_options or {}), dtype=compute_dtype(train),
+                quantizer_options=dict(recipe.quantizer_options or {}),
+                dtype=weights_dtype(train, getattr(recipe, "model_options", None)),
                 micro_batch=int(train.get("per_device_train_batch_size", 8)),
                 accumulation=int(train.get("gradient_accumulation_steps", 1) or 1),
                 max_length=int(train.get("max_length", 1024)),

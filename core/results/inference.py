@@ -219,7 +219,7 @@ def base_loader(run_dir: Path, recipe, registry, dequantize: bool = False):
                          "on it cannot be merged into plain weights", "export without --merge")
 
     def load_base():
-        model = models.load_model(model_dir, "float32" if quantization is None and dtype == "float32" else dtype,
+        model = models.load_model(model_dir, models.weights_dtype(recipe.train, getattr(recipe, "model_options", None)),
                                   quantization, recipe.trust_remote_code)
         if quantizer is not None and quantizer.quantize is not None:
             model = quantizer.quantize(model, recipe.quantizer_options, dtype)
