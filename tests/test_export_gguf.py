@@ -338,4 +338,5 @@ def test_a_full_fine_tune_exports_its_own_weights(tmp_path_factory, demo_model, 
     reader = _reader(result.converted.path)
     assert result.method == "full" and len(reader.tensors) == len(weights)
     _compare(reader, weights, config, lambda want: np.abs(want).max() * 1e-3)
-    assert "whole model" in (tmp_path / "full" / "README.md").read_text()
+    card = (tmp_path / "full" / "README.md").read_text()
+    assert "whole model" in card and "is the fine-tuned model, in GGUF (f16)" in card

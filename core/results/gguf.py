@@ -424,8 +424,8 @@ def export_gguf(run_dir: Path, out: Path, checkpoint: str | None = None, quant: 
                       "ollama_template": modelfile.template, "exported": time.strftime("%Y-%m-%dT%H:%M:%S")}
         (partial / export.PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
         card = export.model_card(run_dir, recipe, method, label, not method.whole_model, base, base_note)
-        (partial / export.CARD).write_text(card.rstrip("\n") + "\n\n" + card_section(quant, modelfile.template),
-                                           encoding="utf-8")
+        card = card.rstrip("\n") + "\n\n" + card_section(quant, modelfile.template, method.whole_model)
+        (partial / export.CARD).write_text(card, encoding="utf-8")
         export._ordinary_modes(partial)
         if out.exists():
             out.rmdir()  # (checked empty above)
@@ -439,14 +439,15 @@ def export_gguf(run_dir: Path, out: Path, checkpoint: str | None = None, quant: 
                       notes + converted.notes, modelfile.warnings)
 
 
-def card_section(quant: str, template: str | None) -> str:
+def card_section(quant: str, template: str | None, whole_model: bool = False) -> str:
     """The model card's GGUF part: what the file is and how llama.cpp and Ollama run it."""
     translated = (f"its `TEMPLATE` is the run's chat template ({template} layout) in Ollama's syntax"
                   if template else "it has no `TEMPLATE` (the run's chat template could not be translated; "
                   "Ollama guesses one from the file's `tokenizer.chat_template`)")
     return "\n".join([
         "## GGUF (llama.cpp, Ollama)", "",
-        f"`{FILE_NAME}` is the model merged with its adapter, in GGUF ({quant}), with the tokenizer and the chat "
+        f"`{FILE_NAME}` is the {'fine-tuned model' if whole_model else 'model merged with its adapter'}, in GGUF "
+        f"({quant}), with the tokenizer and the chat "
         "template it trained with (`tokenizer.chat_template`).", "",
         "```sh",
         f"llama-cli -m {FILE_NAME} -cnv",
