@@ -52,6 +52,14 @@ def test_flash_attention_is_accepted_where_the_package_and_a_gpu_are(monkeypatch
     assert machine.attention_problem("flash_attention_2") is None
     assert "flash-attn-3" in machine.attention_problem("flash_attention_3")[0]
     assert machine.attention_problem("kernels-community/flash-attn2") is None
+    # flash kernels take bfloat16 or float16 only: a float32 run is told how to compute in half precision
+    message = refusal(["model_options.attn_implementation=flash_attention_2"])
+    assert "flash_attention_2 computes in bfloat16 or float16 only, and this recipe computes in float32" in message
+    assert "add bf16: true under train:" in message
+    recipe = recipe_mod.load(None, ["model_options.attn_implementation=flash_attention_2", "train.bf16=true",
+                                    "train.use_cpu=true"],
+                             load_plugins(), check_data=False)
+    assert recipe.model_options["attn_implementation"] == "flash_attention_2"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("kernels") is not None, reason="the kernels package is installed")

@@ -47,8 +47,12 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def attention_problem(name: str) -> tuple[str, str] | None:
-    """Why ``model_options.attn_implementation: name`` cannot run here, or None."""
+def attention_problem(name: str, half_precision: bool = True) -> tuple[str, str] | None:
+    """Why ``model_options.attn_implementation: name`` cannot run here, or None.
+
+    ``half_precision``: the run computes in bfloat16 or float16 (``train.bf16`` /
+    ``fp16``, or a half ``torch_dtype``); flash-attention kernels take nothing else.
+    """
     if name in ("sdpa", "eager"):
         return None
     if name in FLASH_PACKAGES:
@@ -56,17 +60,22 @@ def attention_problem(name: str) -> tuple[str, str] | None:
         cuda = has_cuda()
         missing = ([] if installed(module) else [f"the {package} package is not installed"]) + \
             ([] if cuda else ["this machine has no CUDA GPU"])
-        if not missing:
-            return None
-        return (f"{name} needs the {package} package and a CUDA GPU (its kernels run on NVIDIA GPUs only), and "
-                f"{' and '.join(missing)}", "use sdpa or eager here" + (f", or pip install {package}" if cuda else ""))
-    if HUB_KERNEL.match(name):
-        if installed("kernels"):
-            return None
-        return (f"{name!r} is a kernels-hub attention, which transformers loads through the kernels package, "
-                "and it is not installed", "pip install kernels, or use sdpa or eager")
-    return (f"{name!r} is not an attention implementation",
-            f"use one of {', '.join(BUILTIN_ATTENTION)} or a kernels-hub id such as kernels-community/flash-attn2")
+        if missing:
+            return (f"{name} needs the {package} package and a CUDA GPU (its kernels run on NVIDIA GPUs only), "
+                    f"and {' and '.join(missing)}",
+                    "use sdpa or eager here" + (f", or pip install {package}" if cuda else ""))
+    elif HUB_KERNEL.match(name):
+        if not installed("kernels"):
+            return (f"{name!r} is a kernels-hub attention, which transformers loads through the kernels package, "
+                    "and it is not installed", "pip install kernels, or use sdpa or eager")
+    else:
+        return (f"{name!r} is not an attention implementation",
+                f"use one of {', '.join(BUILTIN_ATTENTION)} or a kernels-hub id such as kernels-community/flash-attn2")
+    if "flash" in name and not half_precision:
+        return (f"{name} computes in bfloat16 or float16 only, and this recipe computes in float32",
+                "add bf16: true under train: (fp16: true on a GPU without bfloat16), or set "
+                "model_options.torch_dtype: bfloat16")
+    return None
 
 
 def liger_problem() -> tuple[str, str] | None:

@@ -398,7 +398,11 @@ def _check_machine(recipe: Recipe, source: _Source) -> None:
     found = []
     attention = recipe.model_options.get("attn_implementation")
     if attention:
-        found.append((("model_options", "attn_implementation"), machine.attention_problem(attention)))
+        from finetty.core.recipe.sections import DTYPE_PRECISION
+
+        half = bool(recipe.train.get("bf16") or recipe.train.get("fp16")) or \
+            recipe.model_options.get("torch_dtype") in DTYPE_PRECISION
+        found.append((("model_options", "attn_implementation"), machine.attention_problem(attention, half)))
     if recipe.train.get("use_liger_kernel"):
         found.append((("train", "use_liger_kernel"), machine.liger_problem()))
     found += [(("train", "report_to"), problem) for problem in machine.report_to_problems(recipe.train.get("report_to"))]
