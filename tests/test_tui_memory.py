@@ -73,6 +73,12 @@ def sleeper():
     process.wait()
 
 
+def rendered(app) -> str:
+    """Every character the app's screen would draw now."""
+    update = app.screen._compositor.render_update(full=True)
+    return "".join(segment.text for strip in update.strips for segment in strip)
+
+
 def make_app(runs, nvml, **kwargs):
     from finetty.tui.app import FinettyApp
 
@@ -108,7 +114,7 @@ def test_memory_tab_draws_memory_over_time_the_watermark_the_crossing_and_the_pr
             await until(pilot, lambda: monitor.history.status == "finished", what="the history")
             await pilot.press("m")
             await until(pilot, lambda: monitor.query("#memory-gpu-0"), what="GPU 0's panel")
-            assert not monitor.query_one("#monitor-top").display or monitor.has_class("-memory")
+            await until(pilot, lambda: not monitor.query_one("#monitor-top").display, what="the tab to take the room")
             panel = monitor.query_one("#memory-gpu-0", DevicePanel)
             chart = panel.query_one(MemoryChart)
             table = panel.query_one(ProcessTable)
@@ -139,6 +145,9 @@ def test_memory_tab_draws_memory_over_time_the_watermark_the_crossing_and_the_pr
             assert rows[sleeper.pid][1] == "2.0 GiB"
             command = rows[sleeper.pid][2]
             assert "[bold red]fake[/] train.py" in command and "\x1b" not in command and "\x07" not in command
+            await pilot.pause()
+            screen = rendered(app)
+            assert "[bold red]fake[/]" in screen and "\x1b" not in screen and "\x07" not in screen  # as written
 
     asyncio.run(scenario())
 
