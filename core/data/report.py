@@ -3,7 +3,8 @@
 :func:`describe` takes what :func:`finetty.core.data.reading.read_data` found
 and a loaded tokenizer, tokenizes every example the way training will (the
 same :mod:`finetty.core.data.tokenize` functions) and reports the format and
-why, every column's fate, record counts, truncation against ``max_length``,
+why, every column's fate, record counts, truncation against ``max_length``
+(a preference pair by the longer of its two sequences, as TRL cuts each),
 token-length statistics, and examples rendered through the chat template
 with the trained characters marked. Both clients call this one function, so
 the preview and the command cannot disagree.
@@ -26,6 +27,15 @@ def as_conversation(example, kind: str):
     if kind == "kto":
         return example["prompt"] + [{"role": "assistant", "content": example["completion"]}]
     return example
+
+
+def sequences(example, kind: str) -> list:
+    """Every sequence training sees for one example: a preference pair's prompt with each of its answers
+    (TRL truncates each to max_length, so a long rejected answer is cut as a long chosen one is)."""
+    if kind == "preference":
+        return [example["prompt"] + [{"role": "assistant", "content": example[answer]}]
+                for answer in ("chosen", "rejected")]
+    return [as_conversation(example, kind)]
 
 
 def segments(tokenizer, example, kind: str) -> list[tuple[str, bool]]:
@@ -53,16 +63,19 @@ def describe(found, tokenizer, max_length: int, truncation: str = "truncate", sh
     """One JSON-ready report of the data (see the module's docstring); ``found`` is a ``DataResult``."""
     lengths, truncated, empty = [], 0, 0
     for example in found.examples[:MOST_EXAMPLES]:
-        conversation = as_conversation(example, found.kind)
-        if isinstance(conversation, str):
-            row = tokenize_text(tokenizer, conversation, max_length)
-        else:
-            row = tokenize_conversation(tokenizer, conversation, max_length, train_on=train_on)
-        if row["truncated"]:
-            truncated += 1
-        lengths.append(_full_length(tokenizer, conversation) if row["truncated"] else len(row["input_ids"]))
-        if all(label == IGNORE for label in row["labels"]):
-            empty += 1
+        longest, cut = 0, False
+        for number, conversation in enumerate(sequences(example, found.kind)):
+            if isinstance(conversation, str):
+                row = tokenize_text(tokenizer, conversation, max_length)
+            else:
+                row = tokenize_conversation(tokenizer, conversation, max_length, train_on=train_on)
+            cut = cut or row["truncated"]
+            longest = max(longest, _full_length(tokenizer, conversation) if row["truncated"]
+                          else len(row["input_ids"]))
+            if number == 0 and all(label == IGNORE for label in row["labels"]):
+                empty += 1
+        truncated += cut
+        lengths.append(longest)
     skipped = {}
     if empty:
         skipped["no trained tokens left after truncation"] = empty

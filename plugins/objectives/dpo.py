@@ -13,6 +13,7 @@ among them ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins`` and
 from __future__ import annotations
 
 from finetty.core.plugin_api import Objective, Option, hookimpl, trainer_class
+from finetty.plugins.objectives.trl_common import pair_rows
 
 DPO_OPTIONS = (
     Option("beta", "float", 0.1, "strength of the pull towards the reference model (higher: stay closer)",
@@ -76,32 +77,6 @@ def _training_arguments(args, options: dict, max_length: int, precompute: bool):
                      dataset_num_proc=None)
 
 
-def _length(tokenizer, messages: list) -> int:
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def _rows(records: list, tokenizer, max_length: int, truncation: str, report, name: str) -> list[dict]:
-    rows, dropped = [], 0
-    for record in records:
-        prompt = record["prompt"] if isinstance(record["prompt"], list) else [
-            {"role": "user", "content": record["prompt"]}]
-        row = {"prompt": prompt, "chosen": [{"role": "assistant", "content": record["chosen"]}],
-               "rejected": [{"role": "assistant", "content": record["rejected"]}]}
-        if truncation == "drop":
-            longest = max(_length(tokenizer, prompt + row[k]) for k in ("chosen", "rejected"))
-            if longest > max_length:
-                dropped += 1
-                continue
-        rows.append(row)
-    if dropped:
-        report(f"dpo: {dropped} of {len(records)} {name} pairs were longer than max_length={max_length} "
-               f"and were dropped")
-    if not rows:
-        raise ValueError(f"no {name} pair is left after dropping those longer than max_length={max_length}")
-    return rows
-
-
 def build_trainer(ctx):
     from datasets import Dataset
 
@@ -111,10 +86,8 @@ def build_trainer(ctx):
     own_adapter = method.freezes_base and method.disabled is not None and not is_peft
     precompute = ctx.options["precompute_ref_log_probs"] or own_adapter
     args = _training_arguments(ctx.args, ctx.options, ctx.max_length, precompute)
-    train = Dataset.from_list(_rows(ctx.train_records, ctx.tokenizer, ctx.max_length, ctx.truncation,
-                                    ctx.report, "training"))
-    evaluation = (Dataset.from_list(_rows(ctx.eval_records, ctx.tokenizer, ctx.max_length, ctx.truncation,
-                                          ctx.report, "evaluation")) if ctx.eval_records else None)
+    train = Dataset.from_list(pair_rows(ctx.train_records, ctx, "dpo", "training"))
+    evaluation = Dataset.from_list(pair_rows(ctx.eval_records, ctx, "dpo", "evaluation")) if ctx.eval_records else None
     trainer = _dpo_trainer_class()(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                                    processing_class=ctx.tokenizer, callbacks=ctx.callbacks, method=method,
                                    reference_context=method.disabled if own_adapter else None)

@@ -37,34 +37,55 @@ def answer_messages(answer) -> list:
     return answer if isinstance(answer, list) else [{"role": "assistant", "content": answer}]
 
 
-def token_length(tokenizer, messages: list) -> int:
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
+def token_length(tokenizer, messages: list, generation_prompt: bool = False) -> int:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def keep_within(rows: list[dict], answers: tuple[str, ...], ctx, objective: str, name: str) -> list[dict]:
-    """``rows`` without those longer than max_length when the recipe says ``truncation: drop``.
+def _too_long(row: dict, answers: tuple[str, ...], ctx, max_completion: int | None) -> bool:
+    """Whether TRL will cut ``row``: the prompt with any answer over max_length, or an answer over
+    ``max_completion`` (the objective's max_completion_length, where it has one)."""
+    prompt = token_length(ctx.tokenizer, row["prompt"], generation_prompt=True) if max_completion else 0
+    for answer in answers:
+        full = token_length(ctx.tokenizer, row["prompt"] + row[answer])
+        if full > ctx.max_length or (max_completion and full - prompt > max_completion):
+            return True
+    return False
 
-    TRL truncates the rest itself; dropped rows are reported as a warning, and
-    nothing left is an error naming the limit.
+
+def keep_within(rows: list[dict], answers: tuple[str, ...], ctx, objective: str, name: str,
+                what: str = "examples", max_completion: int | None = None) -> list[dict]:
+    """``rows``, those longer than the limits counted and reported (as sft reports its truncation), and
+    dropped when the recipe says ``truncation: drop``.
+
+    TRL truncates the rest itself (``max_length``, ``max_completion_length``)
+    without a word, so a pair whose rejected answer lost its end trained in
+    silence; here every such row is counted, and the run gets a warning.
+    Nothing left after dropping is an error naming the limit.
     """
+    over = [_too_long(row, answers, ctx, max_completion) for row in rows]
+    limit = f"max_length={ctx.max_length}" + (f" (answers: max_completion_length={max_completion})"
+                                              if max_completion else "")
+    count = sum(over)
     if ctx.truncation != "drop":
+        if count:
+            ctx.report(f"{objective}: {count} of {len(rows)} {name} {what} were longer than {limit} "
+                       "and were truncated")
         return rows
-    kept = [row for row in rows
-            if max(token_length(ctx.tokenizer, row["prompt"] + row[a]) for a in answers) <= ctx.max_length]
-    if len(kept) < len(rows):
-        ctx.report(f"{objective}: {len(rows) - len(kept)} of {len(rows)} {name} examples were longer than "
-                   f"max_length={ctx.max_length} and were dropped")
+    kept = [row for row, long in zip(rows, over, strict=True) if not long]
+    if count:
+        ctx.report(f"{objective}: {count} of {len(rows)} {name} {what} were longer than {limit} and were dropped")
     if not kept:
-        raise ValueError(f"no {name} example is left after dropping those longer than max_length={ctx.max_length}")
+        raise ValueError(f"no {name} example is left after dropping those longer than {limit}")
     return kept
 
 
-def pair_rows(records: list, ctx, objective: str, name: str) -> list[dict]:
-    """Preference records (``{prompt, chosen, rejected}``) as TRL's conversational pairs."""
+def pair_rows(records: list, ctx, objective: str, name: str, max_completion: int | None = None) -> list[dict]:
+    """Preference records (``{prompt, chosen, rejected}``) as TRL's conversational pairs, over-length pairs
+    counted (and dropped under ``truncation: drop``) by :func:`keep_within`."""
     rows = [{"prompt": prompt_messages(r["prompt"]), "chosen": answer_messages(r["chosen"]),
              "rejected": answer_messages(r["rejected"])} for r in records]
-    return keep_within(rows, ("chosen", "rejected"), ctx, objective, name)
+    return keep_within(rows, ("chosen", "rejected"), ctx, objective, name, "pairs", max_completion)
 
 
 def trl_classes(module: str, trainer: str, config: str):
@@ -84,8 +105,9 @@ def pairwise_trainer(ctx, trainer_cls, args, objective: str):
 
     from finetty.core.plugin_api import trainer_class
 
-    train = Dataset.from_list(pair_rows(ctx.train_records, ctx, objective, "training"))
-    evaluation = (Dataset.from_list(pair_rows(ctx.eval_records, ctx, objective, "evaluation"))
+    limit = getattr(args, "max_completion_length", None)
+    train = Dataset.from_list(pair_rows(ctx.train_records, ctx, objective, "training", limit))
+    evaluation = (Dataset.from_list(pair_rows(ctx.eval_records, ctx, objective, "evaluation", limit))
                   if ctx.eval_records else None)
     return trainer_class(no_model_card(trainer_cls))(
         model=ctx.model, args=args, train_dataset=train, eval_dataset=evaluation, processing_class=ctx.tokenizer,
