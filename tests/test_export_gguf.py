@@ -92,8 +92,9 @@ def _compare(reader, weights, config, atol_of):
 
 
 def test_gguf_f16_export_holds_the_merged_model_vocabulary_and_trained_template(run_copy, merged, tmp_path):
-    import gguf
     import json
+
+    import gguf
 
     from finetty.core.model import loading as models
 
@@ -141,8 +142,9 @@ def test_gguf_f16_export_holds_the_merged_model_vocabulary_and_trained_template(
 
 
 def test_gguf_q8_0_export_dequantizes_to_the_merged_weights(run_copy, merged, tmp_path):
-    import gguf
     import json
+
+    import gguf
 
     merged_dir, weights = merged
     result = gguf_export.export_gguf(run_copy, tmp_path / "q8", quant="q8_0")
