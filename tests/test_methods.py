@@ -223,7 +223,12 @@ def test_real_model_recipe_validates_once_its_model_and_data_are_cached(path, tm
     hub = tmp_path / "hf" / "hub"
     snapshot = hub / f"models--{data['model'].replace('/', '--')}" / "snapshots" / "0"
     shutil.copytree(demo_model, snapshot)
-    (hub / f"datasets--{data['dataset'].replace('/', '--')}").mkdir(parents=True)
+    rows = hub / f"datasets--{data['dataset'].replace('/', '--')}" / "snapshots" / "0" / "train.jsonl"
+    rows.parent.mkdir(parents=True)
+    rows.write_text('{"instruction": "Who are you?", "input": "", "output": "A tiny model."}\n')
+    for repo in (snapshot, rows.parent):  # the cache as huggingface_hub writes it: refs/main names the snapshot
+        (repo.parent.parent / "refs").mkdir()
+        (repo.parent.parent / "refs" / "main").write_text("0")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     import torch  # they train in bf16 on a GPU: validate them as on a machine with one (Ampere or newer)
 

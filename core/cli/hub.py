@@ -25,6 +25,7 @@ def fetch(refs, source=None, console=None) -> list[Path]:
     for ref, place in refs:
         folder = hub.cached(ref)
         if folder is None:
+            hub.require_online(ref, source, place)
             columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                        TextColumn("{task.fields[files]}"), TransferSpeedColumn(), TimeRemainingColumn())
             with Progress(*columns, console=console, transient=False) as bar:

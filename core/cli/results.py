@@ -197,6 +197,12 @@ def cmd_export(args) -> int:
     from finetty.core.results import export
 
     run_dir = _run(args)
+    if args.out is None and not args.push_to_hub:
+        raise InputError("finetty export", "--out", "is missing", "give --out DIR, or --push-to-hub ORG/NAME")
+    if args.private and not args.push_to_hub:
+        raise InputError("--private", None, "applies only to a push", "add --push-to-hub ORG/NAME")
+    if args.push_to_hub:
+        return _export_and_push(args, run_dir)
     out = export.check_out(Path(args.out))
     from finetty.core.results import inference
 
@@ -239,6 +245,37 @@ def _export_gguf(args, run_dir: Path, out: Path) -> int:
     console.print(f"  {as_markup(', '.join(result.files))}")
     console.print(f"  llama.cpp: llama-cli -m {as_markup(converted.path)} -cnv")
     console.print(f"  Ollama:    ollama create NAME -f {as_markup(result.path / 'Modelfile')}")
+    return 0
+
+
+def _export_and_push(args, run_dir: Path) -> int:
+    """Export as ``finetty export`` does (into ``--out``, or a temporary folder) and upload the folder, model
+    card included, to the Hub (``HF_TOKEN``, ``HF_ENDPOINT``)."""
+    import tempfile
+
+    from finetty.core.data import hub
+    from finetty.core.results import export, inference
+
+    if args.gguf or args.quant is not None:
+        raise InputError("--push-to-hub", args.push_to_hub, "pushes the Hugging Face export (adapter or merged "
+                         "model), not a GGUF file", "drop --gguf, or upload the GGUF folder yourself")
+    if hub.parse_id(args.push_to_hub) is None or "@" in args.push_to_hub:
+        raise InputError("--push-to-hub", args.push_to_hub, "is not a hub repo id", "give org/name")
+    if hub.offline():  # (before _quiet_libraries makes the process offline for loading)
+        raise InputError("--push-to-hub", args.push_to_hub, "cannot be pushed while HF_HUB_OFFLINE is set",
+                         "unset HF_HUB_OFFLINE")
+    inference.resolve_target(run_dir, args.checkpoint)
+    with tempfile.TemporaryDirectory(prefix="finetty-push-") as scratch:
+        out = export.check_out(Path(args.out) if args.out else Path(scratch) / run_dir.name)
+        result = export.export(run_dir, out, checkpoint=args.checkpoint, merge=args.merge)
+        for note in result.notes:
+            err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+        url = hub.push(result.path, args.push_to_hub, private=args.private,
+                       message=f"finetty export of run {run_dir.name} ({result.label})")
+        what = "merged model" if result.merged else ("whole model" if result.whole_model else "adapter")
+        console.print(f"pushed the {what} of run [bold]{as_markup(run_dir.name)}[/] ({as_markup(result.label)}) "
+                      f"to {as_markup(url)}" + (" (private)" if args.private else ""))
+        console.print(f"  {as_markup(', '.join(result.files))}")
     return 0
 
 
@@ -294,7 +331,12 @@ def add_commands(add) -> None:
     exporting = add("export", cmd_export, "export a run's adapter, or the model merged with it, for use "
                                           "without finetty")
     _add_run(exporting)
-    exporting.add_argument("--out", required=True, metavar="DIR", help="a new folder to write")
+    exporting.add_argument("--out", default=None, metavar="DIR",
+                           help="a new folder to write (needed unless --push-to-hub)")
+    exporting.add_argument("--push-to-hub", default=None, metavar="ORG/NAME",
+                           help="upload the export (model card included) to this Hugging Face repo, created if "
+                                "missing; HF_TOKEN and HF_ENDPOINT are honoured")
+    exporting.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
     exporting.add_argument("--gguf", action="store_true",
                            help="merge and write one GGUF file for llama.cpp, with an Ollama Modelfile "
                                 "(Llama and Qwen2 architectures)")

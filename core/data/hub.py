@@ -112,6 +112,8 @@ def cached(ref: HubRef) -> Path | None:
 
 def cached_repos(kind: str) -> list[str]:
     """Repo ids of ``kind`` (model or dataset) with a snapshot in the cache (models: with a config.json)."""
+    if not cache_dir().is_dir():
+        return []  # (a machine that never downloaded: no import of huggingface_hub at the app's start)
     from huggingface_hub import scan_cache_dir
     from huggingface_hub.errors import CacheNotFound
 
@@ -189,6 +191,15 @@ def _tqdm_class(progress: Progress):
     return Reporting
 
 
+def require_online(ref: HubRef, source: str | Path | None = None, place: str | None = None) -> None:
+    """Refuse, before anything is drawn or asked, to download ``ref`` while ``HF_HUB_OFFLINE`` is set."""
+    if offline():
+        raise InputError(source, place or f"{ref.kind} {ref.repo_id}", f"{ref.describe()!r} is not in the local "
+                         f"Hugging Face cache ({cache_dir()}), and HF_HUB_OFFLINE is set, so it cannot be downloaded",
+                         f"unset HF_HUB_OFFLINE to download it, or run `finetty pull {ref.describe()}` where the "
+                         "Hub can be reached and copy the cache here")
+
+
 def download(ref: HubRef, progress: Progress | None = None, source: str | Path | None = None,
              place: str | None = None) -> Path:
     """Fetch what ``ref`` lacks into the cache and return its snapshot folder; bad cases raise InputError.
@@ -201,11 +212,7 @@ def download(ref: HubRef, progress: Progress | None = None, source: str | Path |
     if folder is not None:
         return folder
     where = place or f"{ref.kind} {ref.repo_id}"
-    if offline():
-        raise InputError(source, where, f"{ref.describe()!r} is not in the local Hugging Face cache "
-                         f"({cache_dir()}), and HF_HUB_OFFLINE is set, so it cannot be downloaded",
-                         f"unset HF_HUB_OFFLINE to download it, or run `finetty pull {ref.describe()}` where the "
-                         "Hub can be reached and copy the cache here")
+    require_online(ref, source, where)
     from huggingface_hub import snapshot_download
 
     kwargs = dict(repo_type=ref.kind, revision=ref.revision, cache_dir=cache_dir(), allow_patterns=ref.patterns,

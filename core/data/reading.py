@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from finetty.core import paths
 from finetty.core.errors import InputError
 from finetty.core.plugin.api import DATA_KINDS
 from finetty.core.plugin.options import Option, nearest, resolve_options
@@ -47,22 +46,53 @@ class DataSource:
 
     def describe(self) -> str:
         if self.hub_id:
-            return f"{self.hub_id} (cached hub dataset)"
+            return f"{self.hub_id} (hub dataset)"
         return self.name if self.builtin else ", ".join(map(str, self.files))
 
 
-def _hub_cached(dataset_id: str) -> bool:
+def _datasets_cached(dataset_id: str) -> bool:
+    """Whether the ``datasets`` library holds ``dataset_id`` already prepared (its own cache, not the hub's)."""
     ds_cache = Path(os.environ.get("HF_DATASETS_CACHE")
                     or Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface")) / "datasets")
-    if paths.hub_repo_folder("datasets", dataset_id).is_dir():
-        return True
     prefix = dataset_id.replace("/", "___")
     return ds_cache.is_dir() and any(p.name.startswith(prefix) for p in ds_cache.iterdir())
 
 
+def _hub_source(spec: str, recipe_file, place: str, subset: str | None, split: str | None) -> DataSource | None:
+    """A hub dataset (``org/name``, ``org/name@revision``) from the hub cache: its data files for the subset
+    and split, read by finetty's own readers like any local file; None when ``spec`` is no hub id."""
+    from finetty.core.data import hub
+
+    parsed = hub.parse_id(spec)
+    if parsed is None:
+        return None
+    snapshot = hub.cached(hub.HubRef("dataset", *parsed))  # (the cache only: validation never waits on the network)
+    if snapshot is None:
+        if (subset, split) == (None, None) and _datasets_cached(parsed[0]):
+            return DataSource(spec, hub_id=spec)  # prepared by `datasets` earlier: the worker reads it with it
+        why = (", and HF_HUB_OFFLINE is set, so it cannot be downloaded" if hub.offline() else
+               " yet")
+        raise InputError(recipe_file, place, f"{spec!r} is not a built-in dataset, a file or folder, and not "
+                         f"in the local Hugging Face cache{why}",
+                         (f"unset HF_HUB_OFFLINE and run `finetty pull --dataset {spec}`" if hub.offline() else
+                          f"`finetty train` downloads it before the run starts, or run `finetty pull --dataset "
+                          f"{spec}`") + f"; built-ins: {', '.join(BUILTIN)}; paths are relative to the recipe's folder")
+    files = hub.dataset_files(snapshot, DATA_SUFFIXES, subset, split or "train")
+    if not files:
+        raise InputError(recipe_file, place, f"hub dataset {spec!r} has no data files for "
+                         + (f"subset {subset!r}, " if subset else "") + f"split {split or 'train'!r}",
+                         "name a subset (a folder of the repository) and a split its file names carry, "
+                         "for example {path: " + spec + ", subset: default, split: train}")
+    kinds = {DATA_SUFFIXES[p.suffix.lower()] for p in files}
+    if len(kinds) > 1:
+        raise InputError(recipe_file, place, f"hub dataset {spec!r} mixes data file types ({', '.join(sorted(kinds))})",
+                         "name a subset that holds one type of file")
+    return DataSource(spec, files, hub_id=spec)
+
+
 def resolve_source(spec: str, base_dir: Path, recipe_file: str | Path | None = None,
-                   place: str = "key dataset") -> DataSource:
-    """Turn a recipe's ``dataset`` value into files or a cached hub id."""
+                   place: str = "key dataset", subset: str | None = None, split: str | None = None) -> DataSource:
+    """Turn a recipe's ``dataset`` value into files: built-in, local, or a hub dataset's files in the hub cache."""
     from finetty.core.data.demo import builtin_data_file
 
     if spec in BUILTIN:
@@ -85,8 +115,9 @@ def resolve_source(spec: str, base_dir: Path, recipe_file: str | Path | None = N
             raise InputError(path, None, f"mixes data file types ({', '.join(sorted(kinds))})",
                              "keep one type of file per dataset folder")
         return DataSource(spec, files)
-    if "/" in spec and not spec.startswith((".", "/", "~")) and spec.count("/") == 1 and _hub_cached(spec):
-        return DataSource(spec, hub_id=spec)
+    found = _hub_source(spec, recipe_file, place, subset, split)
+    if found is not None:
+        return found
     raise InputError(recipe_file, place, f"{spec!r} is not a built-in dataset, a file or folder, "
                      "or a hub dataset in the local cache",
                      f"built-ins: {', '.join(BUILTIN)}; paths are relative to the recipe's folder")
@@ -314,8 +345,9 @@ def iter_records(source: DataSource, options: dict | None = None) -> Iterator[tu
     and JSON lines a line at a time, a .json list a record at a time, parquet
     a batch of rows at a time.
     """
-    if source.hub_id:
-        raise InputError(None, "key dataset", "cached hub datasets are read by the worker", None)
+    if source.hub_id and not source.files:
+        raise InputError(None, "key dataset", "datasets prepared by the datasets library are read by the worker",
+                         None)
     for path in source.files:
         kind = DATA_SUFFIXES[path.suffix.lower()]
         if kind == "parquet":
@@ -352,12 +384,14 @@ ROLE_TAGS = {"user_tag": "human", "assistant_tag": "gpt", "observation_tag": "ob
 #: the training the data asks for, so they are refused unless a format reads them or the recipe drops them.
 REFUSED_COLUMNS = {"images": "holds images", "videos": "holds videos", "audios": "holds audio"}
 KTO_COLUMNS = ("label", "kto_tag")
-ENTRY_KEYS = {"path": "a file, folder, built-in name, cached hub id or dataset_info.json#name",
+ENTRY_KEYS = {"path": "a file, folder, built-in name, hub id (org/name[@revision]) or dataset_info.json#name",
               "format": "auto or a data format's name", "formatting": "LLaMA-Factory's alpaca or sharegpt",
               "columns": "LLaMA-Factory's column mapping", "tags": "LLaMA-Factory's role and content tags",
               "ranking": "true: chosen/rejected pairs", "weight": "its share of the mixture",
               "samples": "how many examples to take from it", "system": "a default system prompt",
-              "ignore_columns": "columns dropped on purpose"}
+              "ignore_columns": "columns dropped on purpose",
+              "subset": "a hub dataset's subset (a folder of its repository)",
+              "split": "a hub dataset's split (default train)"}
 #: The recipe's ``data_options``: one declaration for the validator (:func:`check_data_options`),
 #: ``finetty plugins --options`` and the app.
 DATA_OPTIONS = (
@@ -452,7 +486,11 @@ def _entry(value: Any, base_dir: Path, recipe_file, place: str) -> DataEntry:
         value = {**_info_entry(path.strip(), base_dir, recipe_file, place),
                  **{k: v for k, v in value.items() if k != "path"}}
         path = value["path"]
-    entry = DataEntry(resolve_source(path.strip(), base_dir, recipe_file, place), place=place)
+    for key in ("subset", "split"):
+        if value.get(key) is not None and not isinstance(value[key], str):
+            raise InputError(recipe_file, f"{place}.{key}", f"{key} {value[key]!r} is not a name", ENTRY_KEYS[key])
+    entry = DataEntry(resolve_source(path.strip(), base_dir, recipe_file, place, value.get("subset"),
+                                     value.get("split")), place=place)
     checks = {"format": str, "formatting": str, "columns": dict, "tags": dict, "ranking": bool,
               "weight": (int, float), "samples": int, "system": str, "ignore_columns": list}
     for key, kind in checks.items():
@@ -730,7 +768,8 @@ def _raw_rows(entry: DataEntry, ctx: dict, limit: int | None = None) -> Iterator
     """An entry's records with null columns dropped and placeholders filled (as data_options.placeholders
     says), as they are read."""
     only = ctx["data_options"].get("placeholders", True)
-    reader = _hub_records(entry.source) if entry.source.hub_id else iter_records(entry.source)
+    reader = _hub_records(entry.source) if entry.source.hub_id and not entry.source.files else \
+        iter_records(entry.source)
     for count, (path, place, record) in enumerate(reader):
         if limit is not None and count >= limit:
             return
@@ -847,7 +886,7 @@ def read_data(entries: list[DataEntry], fmt: str, formats: dict, accepts: tuple,
            "options": options or {}, "data_options": data_options}
     results = []
     for entry in entries:
-        if entry.source.hub_id and not hub:
+        if entry.source.hub_id and not entry.source.files and not hub:
             continue
         found = _read_entry(entry, fmt, ctx, recipe_file, STREAM_HEAD if streaming else None)
         if streaming and found.kind not in STREAMED_KINDS:

@@ -7,31 +7,15 @@ import os
 import struct
 from pathlib import Path
 
-from finetty.core import paths
-from finetty.core.data import demo
+from finetty.core.data import demo, hub
 from finetty.core.errors import InputError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")
 
 
-def hub_cache() -> Path:
-    return paths.hub_cache()
-
-
 def cached_hub_models() -> list[str]:
     """Model ids with a snapshot in the local Hugging Face cache."""
-    return paths.cached_hub_repos("models", needs="config.json")
-
-
-def _hub_snapshot(model_id: str) -> Path | None:
-    entry = paths.hub_repo_folder("models", model_id)
-    ref = entry / "refs" / "main"
-    if ref.is_file():
-        snap = entry / "snapshots" / ref.read_text().strip()
-        if (snap / "config.json").exists():
-            return snap
-    snaps = [s for s in (entry / "snapshots").glob("*") if (s / "config.json").exists()]
-    return snaps[0] if snaps else None
+    return hub.cached_repos("model")
 
 
 def resolve(spec: str, base_dir: Path, recipe_file=None, check: bool = True) -> Path | None:
@@ -45,15 +29,24 @@ def resolve(spec: str, base_dir: Path, recipe_file=None, check: bool = True) -> 
         if check:
             check_folder(path)
         return path
-    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
-        snapshot = _hub_snapshot(spec)
+    hub_id = hub.parse_id(spec)
+    if hub_id is not None:
+        ref = hub.HubRef("model", *hub_id)
+        snapshot = hub.cached(ref)  # (the cache only: validation never waits on the network)
         if snapshot is not None:
             if check:
                 check_folder(snapshot)
             return snapshot
+        if hub.offline():
+            raise InputError(recipe_file, "key model", f"{spec!r} is not in the local Hugging Face cache "
+                             f"({hub.cache_dir()}), and HF_HUB_OFFLINE is set, so it cannot be downloaded",
+                             f"unset HF_HUB_OFFLINE and run `finetty pull {spec}` (or `finetty train`, which "
+                             "downloads it before the run starts)")
+        raise InputError(recipe_file, "key model", f"{spec!r} is not downloaded yet (no folder of that name, and "
+                         "not in the local Hugging Face cache)", f"`finetty train` downloads it before the run "
+                         f"starts, or run `finetty pull {spec}`; a local folder is a path (./{spec})")
     raise InputError(recipe_file, "key model", f"{spec!r} is not {demo.NAME!r}, a model folder, "
-                     "or a hub model in the local cache",
-                     "download it first (huggingface-cli download ID) or give a path")
+                     "or a hub id (org/name, org/name@revision)", "give a model folder's path or a hub id")
 
 
 def _check_safetensors(path: Path) -> None:

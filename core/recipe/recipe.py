@@ -30,9 +30,10 @@ class Recipe:
     """One fine-tuning job."""
 
     model: str = "tiny-demo"
-    """built-in name (tiny-demo), a local model folder, or a hub id already in the local HF cache"""
+    """built-in name (tiny-demo), a local model folder, or a hub id (org/name, org/name@revision: `finetty
+    train` downloads it into the Hugging Face cache first)"""
     dataset: Any = "identity"
-    """built-in name, a local file or folder (json, jsonl, csv, parquet, txt), a cached hub dataset id,
+    """built-in name, a local file or folder (json, jsonl, csv, parquet, txt), a hub dataset id (with subset:, split:),
     path/dataset_info.json#name, a mapping with path: and how to read it (format, columns, tags, weight,
     samples, system, ignore_columns), or a list of those to mix (see finetty.core.data.reading)"""
     dataset_options: dict = field(default_factory=dict)

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from finetty.core.results import inference
 from finetty.core import paths
+from finetty.core.data import hub
 from finetty.core.run import rundir
 from finetty.core.recipe import recipe as recipe_mod
 from finetty.core.errors import InputError
@@ -178,7 +179,7 @@ def base_reference(base_dir: Path, out: Path) -> tuple[str, str | None]:
     any other base by its path relative to the export folder (an absolute path would name a folder on the
     machine that trained it and leak its layout), with a note saying where it was."""
     base_dir = Path(base_dir).resolve()
-    repo_id = paths.hub_repo_id(base_dir)
+    repo_id = hub.repo_id_of(base_dir)
     if repo_id is not None and repo_id.count("/") == 1:
         return repo_id, None
     relative = os.path.relpath(base_dir, Path(out).expanduser().resolve())

@@ -52,6 +52,21 @@ class Data(Event):
     eval_records: int
 
 
+class Download(Event):
+    """A model or dataset the run takes from the Hugging Face hub cache, where ``finetty train`` (or ``finetty
+    pull``) downloaded it before the run started; written once per repo when training is set up."""
+
+    kind: Literal["model", "dataset"]
+    repo: str
+    """the hub id, ``org/name``"""
+    revision: str
+    """the revision the recipe asked for (``main`` unless it pinned one with ``org/name@revision``)"""
+    commit: str
+    """the commit that revision resolved to: the snapshot the run trained on"""
+    files: int
+    bytes: int
+
+
 class Warning(Event):  # noqa: A001 (the event type's own name)
     """Something the person should know; the run goes on."""
 
@@ -185,7 +200,7 @@ class RunFailed(Event):
 
 #: Every event type, by its ``type``.
 EVENT_TYPES: dict[str, type] = {
-    "worker_started": WorkerStarted, "data": Data, "warning": Warning, "run_started": RunStarted,
+    "worker_started": WorkerStarted, "download": Download, "data": Data, "warning": Warning, "run_started": RunStarted,
     "step": Step, "eval": Eval, "checkpoint": Checkpoint, "memory": Memory, "watermark": Watermark,
     "shrink": Shrink, "stopped": Stopped, "run_finished": RunFinished, "run_failed": RunFailed,
 }

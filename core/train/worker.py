@@ -264,6 +264,17 @@ def train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool, 
         return _train(run_dir, events, requests, resume, own_process)
 
 
+def _record_hub_sources(recipe, events) -> None:
+    """One ``download`` event for each model or dataset the run takes from the Hugging Face cache (fetched
+    there before the worker started, by ``finetty train`` or ``finetty pull``): the commit it trained on."""
+    from finetty.core.data import hub
+
+    for ref, _ in hub.recipe_refs(recipe.model, recipe.dataset, Path.cwd()):
+        folder = hub.cached(ref)
+        if folder is not None:
+            events.emit("download", **hub.snapshot_facts(ref.kind, ref.describe(), folder))
+
+
 def _train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool, own_process: bool) -> int:
     recipe = recipe_mod.from_run(run_dir)
     registry = load_plugins()
@@ -291,6 +302,7 @@ def _train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool,
     if resume and resume_from is None:
         events.emit("warning", message="no complete checkpoint yet: starting from step 0")
 
+    _record_hub_sources(recipe, events)
     import transformers
 
     transformers.set_seed(recipe.train.get("seed", 42))
