@@ -86,3 +86,13 @@ def test_jinja_text_trains_unchanged_with_the_opt_out(jinja_data, tmp_path, demo
                     monkeypatch=monkeypatch, before_save=before_save)
     assert len(seen["texts"]) == 8
     assert all(JINJA in text for text in seen["texts"])
+
+
+def test_finetty_plugins_options_lists_the_data_options(capsys):
+    from finetty.core.cli import commands
+
+    assert commands.main(["plugins", "--options"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    listed = out[out.index("data_options: how the datasets are read"):]
+    assert "placeholders (bool|list, default True): which {{name}} / {name} placeholders" in listed
+    assert "[name, author]: only those" in listed  # (printed as text, not taken for markup)

@@ -277,6 +277,11 @@ def cmd_plugins(args) -> int:
         console.print("\n[bold]model_options[/]: how the base model loads (a recipe key, whatever the plugins)")
         for option in MODEL_OPTIONS:
             console.print(f"  {as_markup(option.describe())}")
+        from finetty.core.data.reading import DATA_OPTIONS
+
+        console.print("\n[bold]data_options[/]: how the datasets are read (a recipe key, whatever the plugins)")
+        for option in DATA_OPTIONS:
+            console.print(f"  {as_markup(option.describe())}")
     return 0
 
 
