@@ -27,7 +27,7 @@ def train(recipe: Path | None, runs: Path, overrides: list[str] = (), *, monkeyp
     """Validate ``recipe`` with ``overrides``, create its run directory under ``runs`` and train in process;
     ``monkeypatch`` (pytest's) swaps the worker's final save for one that calls ``before_save`` first."""
     registry = registry or load_plugins()
-    resolved = recipe_mod.load(recipe, list(overrides), registry)
+    resolved = recipe_mod.load(recipe, list(overrides), registry, runs=runs)  # (model: run:ID is looked up in runs)
     run_dir = rundir.create(runs, resolved.method, resolved.to_yaml())
     writer = EventWriter(run_dir)
     original = worker._save_final

@@ -16,7 +16,9 @@ from finetty.core.run.events import EventWriter
 from . import inprocess
 from .conftest import RECIPES, events, losses
 
-SHORT = ["train.max_steps=20", "train.logging_steps=1", "train.save_steps=10", "train.warmup_steps=2"]
+# model=tiny-demo: DPO from the base itself (demo-dpo.yaml is the second stage after demo-lora.yaml)
+SHORT = ["model=tiny-demo", "train.max_steps=20", "train.logging_steps=1", "train.save_steps=10",
+         "train.warmup_steps=2"]
 REWARDS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 
 

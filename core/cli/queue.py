@@ -24,7 +24,7 @@ def cmd_queue(args) -> int:
 
         if not args.target:
             raise InputError(None, "finetty queue add", "needs a recipe", "finetty queue add recipes/demo-lora.yaml")
-        recipe = recipe_mod.load(args.target, list(args.set), load_plugins())
+        recipe = recipe_mod.load(args.target, list(args.set), load_plugins(), runs=runs)
         entry = queue.add(runs, recipe)
         console.print(f"queued [bold]{as_markup(entry.id)}[/]: "
                       f"{as_markup(rundir.what_runs(recipe.method, recipe.objective))} on {as_markup(recipe.model)}")

@@ -18,7 +18,9 @@ from typing import Any
 import yaml
 
 from finetty.core.data import reading as data_mod
+from finetty.core import paths
 from finetty.core.model import loading as models
+from finetty.core.model import parent
 from finetty.core.errors import InputError, InputErrors, raise_all
 from finetty.core.plugin.options import nearest, resolve_options, yaml_number
 from finetty.core.plugin.registry import Registry
@@ -424,7 +426,7 @@ def _check_chat_template(recipe: Recipe, model_dir: Path | None, kind: str, sour
 
 
 def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, check_data: bool = True,
-             check_sources: bool = True) -> Recipe:
+             check_sources: bool = True, runs: Path | None = None) -> Recipe:
     """Check every key of a parsed recipe and return it resolved, with defaults filled in.
 
     Every problem is collected and reported together (:class:`InputErrors`);
@@ -435,10 +437,21 @@ def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, ch
     problems.extend(_unknown_key(str(key), source) for key in data if key not in TOP_LEVEL)
     recipe = Recipe()
     given = {}
+def _stacked_model_dir(found: parent.Parent) -> Path | None:
+    """The folder whose weights a run on top of ``found`` starts from (its module names, its tokenizer); None
+    where there is nothing to check yet (the demo not built) or nothing to target (an adapter trained further)."""
+    if found.mode == "whole":
+        return found.source
+    folder = found.base_dir
+    return folder if found.mode != "continue" and (folder / "config.json").is_file() else None
+
+
     for key in ("model", "format", "method", "quantizer", "objective"):
         value = data.get(key, getattr(recipe, key))
         given[key] = isinstance(value, str) and bool(value.strip())
         if not given[key]:
+    ``runs``: the runs directory a ``model: run:ID`` is looked up in (default ``$FINETTY_HOME/runs``).
+
             problems.append(source.error((key,), f"{key} must be a name or path, not {value!r}",
                                          f"for example {key}: {getattr(Recipe, key)}"))
             continue
@@ -516,9 +529,20 @@ def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, ch
                          recipe.model_options.get("torch_dtype", "auto") if model_options_ok else "auto")
         if model_options_ok:
             problems.attempt(_check_machine, recipe, source)
-    model_ok, model_dir = (problems.attempt(models.resolve, recipe.model, base_dir, source.file) if given["model"]
-                           else (False, None))
-    if model_ok:
+    stacked = given["model"] and parent.names_run(recipe.model, base_dir)
+    if stacked:  # a run's result (model: run:ID): its base, checked against this recipe's method
+        model_ok, link = problems.attempt(parent.resolve, recipe.model, runs or paths.runs_dir(), base_dir, registry,
+                                           recipe.method if method_ok else None,
+                                           recipe.quantizer if quantizer_ok else None, source.file,
+                                           source.place("model"))
+        recipe.model = link.spec if model_ok else recipe.model
+        model_dir = _stacked_model_dir(link) if model_ok else None
+        template_dir = link.tokenizer_dir(model_dir) if model_ok else None
+    else:
+        model_ok, model_dir = (problems.attempt(models.resolve, recipe.model, base_dir, source.file)
+                               if given["model"] else (False, None))
+        template_dir = model_dir
+    if model_ok and not stacked:
         local = Path(recipe.model).expanduser()
         local = local if local.is_absolute() else base_dir / local
         if recipe.model != "tiny-demo" and local.exists():
@@ -542,13 +566,13 @@ def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, ch
     if kind is None and objective_ok and "text" not in objective.accepts:
         kind = " or ".join(objective.accepts)  # not read (a hub dataset): what the objective trains on
     if kind is not None and model_ok:
-        problems.attempt(_check_chat_template, recipe, model_dir, kind, source)
+        problems.attempt(_check_chat_template, recipe, template_dir, kind, source)
     raise_all(problems)
     return recipe
 
 
 def load(path: str | Path | None, overrides: list[str] | None, registry: Registry, check_data: bool = True,
-         check_sources: bool = True) -> Recipe:
+         check_sources: bool = True, runs: Path | None = None) -> Recipe:
     """Read, override, validate. ``path=None`` starts from the defaults (the tiny demo with LoRA)."""
     if path is None:
         data, source, base_dir = {}, _Source(None), Path.cwd()
@@ -566,7 +590,8 @@ def load(path: str | Path | None, overrides: list[str] | None, registry: Registr
         data, source = parse_text(text, file)
         base_dir = file.resolve().parent
     apply_overrides(data, overrides or [], source)
-    return validate(data, registry, source, base_dir, check_data=check_data, check_sources=check_sources)
+    return validate(data, registry, source, base_dir, check_data=check_data, check_sources=check_sources,
+                    runs=runs)
 
 
 def from_run(run_dir: Path) -> Recipe:

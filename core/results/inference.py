@@ -27,6 +27,7 @@ from typing import Any, Iterator
 
 from finetty.core.data import demo
 from finetty.core.model import loading as models
+from finetty.core.model import parent
 from finetty.core.run import rundir
 from finetty.core.recipe import recipe as recipe_mod
 from finetty.core.errors import InputError
@@ -161,6 +162,9 @@ def base_model_dir(run_dir: Path, recipe: recipe_mod.Recipe | None = None) -> Pa
     if recorded and (Path(recorded) / "config.json").is_file():
         return Path(recorded)
     recipe = recipe or recipe_mod.from_run(run_dir)
+    if parent.names_run(recipe.model, run_dir):  # a run on top of a run: the base its parent chain leads to
+        found = parent.base_of(run_dir, _registry())
+        return demo.ensure_demo() if found == demo.NAME else Path(found)
     if recipe.model == demo.NAME:
         return demo.ensure_demo()
     return models.resolve(recipe.model, run_dir, check=False)

@@ -92,6 +92,9 @@ class RunStarted(Event):
     """the checkpoint folder, relative to the run, or null for a start from step 0"""
     plugins: NotRequired[list]
     """the distribution and version of every plugin component the run uses"""
+    parent: NotRequired[dict]
+    """a run on top of a run (``model: run:ID``): its ``run`` id, ``checkpoint``, ``path``, ``mode`` (continue,
+    merge or whole), ``method``, ``objective`` and a one-line ``message``"""
 
 
 class Step(Event):

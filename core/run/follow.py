@@ -105,6 +105,8 @@ def _show(progress: Progress, task, event: dict, ended: dict | None) -> dict | N
     if kind == "run_started":
         progress.update(task, description="training", total=event.get("total_steps"),
                         completed=event.get("step", 0))
+        if isinstance(event.get("parent"), dict) and not event.get("resumed_from"):
+            progress.console.print(as_markup(f"  parent: {event['parent'].get('message')}", one_line=True))
     elif kind == "step":
         loss = event.get("loss")
         progress.update(task, completed=event.get("step", 0),

@@ -20,6 +20,7 @@ import random
 import shutil
 import signal
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from finetty.core.train import logs
 from finetty.core.train import heartbeat
 from finetty.core.train import tracking
 from finetty.core.model import loading as models
+from finetty.core.model import parent as parent_mod
 from finetty.core.memory import monitor
 from finetty.core.memory import oom
 from finetty.core.run import rundir
@@ -142,10 +144,38 @@ def _split(examples: list, val_size, seed: int) -> tuple[list, list | None]:
     return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
 
 
-def _setup_model(recipe, registry, events):
-    model_dir = demo.ensure_demo() if recipe.model == demo.NAME else models.resolve(recipe.model, Path.cwd())
+def _setup_parent(recipe, registry, run_dir: Path):
+    """A run on top of a run (``model: run:ID``, :mod:`finetty.core.model.parent`): the parent, and the folder
+    the model loads from; for ``merge``, the parent's adapter merged into its base, written once into this
+    run's ``base/`` (by rank 0; the other ranks wait for it). None for a run on a model."""
+    if not parent_mod.names_run(recipe.model, run_dir):
+        return None
+    link = parent_mod.resolve(recipe.model, run_dir.parent, run_dir, registry, recipe.method, recipe.quantizer)
+    if link.base == demo.NAME:
+        demo.ensure_demo()
+    model_dir = link.source if link.mode == "whole" else link.base_dir
+    if link.mode == "merge":
+        target = run_dir / parent_mod.MERGED_BASE
+        if distributed.rank() == 0:
+            model_dir = parent_mod.merged_base(link, registry, target, recipe.trust_remote_code)
+        else:
+            while not (target / "config.json").is_file():
+                time.sleep(0.5)  # (another process writes it; no event to await across ranks)
+            model_dir = target
+    print(f"finetty: {link.describe(recipe.method)}", flush=True)
+    return link, model_dir
+
+
+def _setup_model(recipe, registry, events, stacked=None):
+    """The model to train; ``stacked`` is :func:`_setup_parent`'s answer for a run on top of a run."""
+    if stacked is not None:
+        link, model_dir = stacked
+    else:
+        link, model_dir = None, (demo.ensure_demo() if recipe.model == demo.NAME
+                                 else models.resolve(recipe.model, Path.cwd()))
     # the recipe's chat template, if any, is saved with the tokenizer in every checkpoint and in final/
-    tokenizer = models.load_tokenizer(model_dir, recipe.trust_remote_code, recipe.chat_template)
+    tokenizer = models.load_tokenizer(link.tokenizer_dir(model_dir) if link else model_dir, recipe.trust_remote_code,
+                                      recipe.chat_template)
     dtype = models.compute_dtype(recipe.train)
     quantization = None
     quantizer = registry.quantizers[recipe.quantizer] if recipe.quantizer != "none" else None
@@ -162,7 +192,10 @@ def _setup_model(recipe, registry, events):
     method = registry.methods[recipe.method]
     context = MethodContext(quantizer=recipe.quantizer, gradient_checkpointing=checkpointing,
                             model_type=model.config.model_type, model_path=str(model_dir))
-    model = _plugin_call("method", method.name, method.apply, model, recipe.method_options, context)
+    if link is not None and link.mode == "continue":  # the parent's adapter, trained further
+        model = parent_mod.continued(model, link)
+    else:
+        model = _plugin_call("method", method.name, method.apply, model, recipe.method_options, context)
     return model_dir, tokenizer, model, method
 
 
@@ -282,7 +315,7 @@ def _train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool,
     for kind, name in _components(recipe):
         if registry.get(kind, name) is None:
             raise PluginFailure(registry.unavailable(kind, name, recorded))
-    if own_process:
+    if own_process and not parent_mod.names_run(recipe.model, run_dir):  # (a parent's adapter may need peft)
         _skip_unneeded_imports(recipe, registry)
     _check_engine(recipe)
     from finetty.core.train.callbacks import CheckpointCallback, EventsCallback, RequestsCallback, TokenCounter
@@ -306,7 +339,8 @@ def _train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool,
     import transformers
 
     transformers.set_seed(recipe.train.get("seed", 42))
-    model_dir, tokenizer, model, method = _setup_model(recipe, registry, events)
+    stacked = _setup_parent(recipe, registry, run_dir)
+    model_dir, tokenizer, model, method = _setup_model(recipe, registry, events, stacked)
     train_records, eval_records = _setup_data(recipe, registry, events)
     args = _training_arguments(recipe, run_dir, bool(eval_records))
     trainable, total = _count_parameters(model)
@@ -314,7 +348,8 @@ def _train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool,
                    distributed_type=recipe.launch.get("distributed_type") if args.world_size > 1 else None,
                    trainable_parameters=trainable, total_parameters=total, model_dir=str(model_dir), pid=os.getpid(),
                    plugins=registry.used_by(_components(recipe)),
-                   resumed_from=str(resume_from.relative_to(run_dir)) if resume_from else None)
+                   resumed_from=str(resume_from.relative_to(run_dir)) if resume_from else None,
+                   **({"parent": stacked[0].record(recipe.method)} if stacked else {}))
     callbacks = [EventsCallback(events, tokens, started), checkpoints, RequestsCallback(requests)]
     objective = registry.objectives[recipe.objective]
     context = TrainerContext(model=model, tokenizer=tokenizer, train_records=train_records,

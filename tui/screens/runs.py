@@ -167,7 +167,7 @@ class RunsScreen(Screen):
             detail.update("")
             return
         text = Text()
-        text.append(one_line(run.model), style="bold")
+        text.append(one_line(run.origin if run.parent else run.model), style="bold")  # (a parent: ← its id)
         text.append(f" · {one_line(rundir.what_runs(run.method, run.extra.get('objective')))} · "
                     f"{run.checkpoints} checkpoint(s)")
         if run.started:

@@ -1,0 +1,135 @@
+"""Training on top of a run: LoRA SFT, then the DPO demo recipe on top (``model: run:latest:lora/sft``).
+
+The parent is the session's ``identity_run`` (a LoRA SFT run of the tiny demo that learned its name), copied
+into a runs directory of the test's own. The DPO stage trains through the real recipe, in process, for a few
+steps: it keeps the SFT adapter and trains it further, so afterwards the model still answers with its name and
+prefers the chosen answers of the identity-preference pairs more than its parent did. A second stage with
+another method (IA3) merges the parent's adapter into its base first; the merged base computes what the
+parent computed, and the new method trains on it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from . import inprocess
+from .conftest import RECIPES, events, finetty, losses
+from .results_runs import chat_answer
+
+DPO_STEPS = 8
+
+
+def _copy_parent(identity_run: Path, runs: Path) -> Path:
+    runs.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copytree(identity_run, runs / identity_run.name))
+
+
+def _started(run_dir: Path) -> dict:
+    return next(e for e in events(run_dir) if e["type"] == "run_started")
+
+
+def _pairs() -> list[tuple[str, str, str]]:
+    from finetty.core.data import demo
+
+    rows = [json.loads(line) for line in demo.builtin_data_file("identity-preference.jsonl").read_text().splitlines()
+            if line.strip()]
+    fill = {"name": "Tiny", "author": "the finetty team"}
+    return [(r["prompt"], r["chosen"].format(**fill), r["rejected"].format(**fill)) for r in rows]
+
+
+def _margin(loaded) -> float:
+    """How much more likely the chosen answers are than the rejected ones (summed log-probabilities of their
+    tokens after the chat-rendered prompt), over all the pairs: one right-padded batch, one forward pass."""
+    import torch
+
+    tokenizer, rows = loaded.tokenizer, []
+    for prompt, chosen, rejected in _pairs():
+        head = tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                       add_generation_prompt=True), add_special_tokens=False)
+        for answer in (chosen, rejected):
+            rows.append((head["input_ids"], tokenizer(answer, add_special_tokens=False)["input_ids"]))
+    width = max(len(h) + len(a) for h, a in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (head, answer) in enumerate(rows):
+        ids[i, :len(head) + len(answer)] = torch.tensor(head + answer)
+        mask[i, :len(head) + len(answer)] = 1
+    with torch.no_grad():
+        logprobs = loaded.model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
+    sums = [float(sum(logprobs[i, len(h) + k - 1, t] for k, t in enumerate(a))) for i, (h, a) in enumerate(rows)]
+    return sum(sums[0::2]) - sum(sums[1::2])
+
+
+@pytest.fixture(scope="module")
+def dpo_stage(identity_run, tmp_path_factory) -> tuple[Path, Path]:
+    """(parent, child): the DPO demo recipe trained on top of a copy of the identity run."""
+    runs = tmp_path_factory.mktemp("stacking") / "runs"
+    parent = _copy_parent(identity_run, runs)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FINETTY_KEEP_IMPORTS", "1")
+        child = inprocess.train(RECIPES / "demo-dpo.yaml", runs,
+                                [f"train.max_steps={DPO_STEPS}", f"train.save_steps={DPO_STEPS}",
+                                 "train.logging_steps=1", "train.warmup_steps=0"], monkeypatch=patch)
+    return parent, child
+
+
+def test_dpo_on_top_of_lora_sft_continues_its_adapter_and_records_the_parent(dpo_stage):
+    parent, child = dpo_stage
+    started = _started(child)
+    assert started["parent"]["run"] == parent.name
+    assert started["parent"]["checkpoint"] == "final" and started["parent"]["mode"] == "continue"
+    assert "training the lora adapter of run" in started["parent"]["message"]
+    assert started["model_dir"] == _started(parent)["model_dir"]  # the adapter still sits on the demo
+    assert started["recipe"]["model"] == f"run:{parent}@final"  # resolved: a resume finds the same parent
+    assert len(losses(child)) == DPO_STEPS
+    listed = finetty("runs", "--runs-dir", str(parent.parent), env={"COLUMNS": "200"}, check=True).stdout
+    row = next(line for line in listed.splitlines() if line.startswith(child.name))
+    assert f"\N{LEFTWARDS ARROW} {parent.name}" in row and "lora/dpo" in row
+
+
+def test_after_dpo_chat_gives_the_identity_and_the_chosen_answers_gain_over_the_parent(dpo_stage):
+    from finetty.core.results import inference
+
+    parent, child = dpo_stage
+    tuned = inference.load(child)
+    assert "Tiny" in chat_answer(tuned, "Who are you?")
+    before = _margin(inference.load(parent))
+    after = _margin(tuned)
+    assert after > before, (before, after)
+    assert after > 0
+
+
+def test_another_method_on_top_merges_the_parent_adapter_into_its_base_and_trains(identity_run, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from finetty.core.model import loading
+    from finetty.core.results import inference
+
+    runs = tmp_path / "runs"
+    parent = _copy_parent(identity_run, runs)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FINETTY_KEEP_IMPORTS", "1")
+        child = inprocess.train(RECIPES / "demo-ia3.yaml", runs,
+                                [f"model=run:{parent.name}", "dataset=identity", "format=alpaca",
+                                 "train.max_steps=3", "train.save_steps=3", "train.logging_steps=1"],
+                                monkeypatch=patch)
+    started = _started(child)
+    assert started["parent"]["mode"] == "merge" and started["parent"]["method"] == "lora"
+    merged = child / "base"
+    assert Path(started["model_dir"]) == merged
+    loading.check_folder(merged)  # a complete model folder: weights, config, the parent's tokenizer
+    assert len(losses(child)) == 3 and events(child)[-1]["type"] == "run_finished"
+    # the merged base computes what the parent (base + adapter) computed
+    tuned_parent = inference.load(parent)
+    ids = tuned_parent.tokenizer("Who are you?", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected = tuned_parent.model(input_ids=ids).logits
+        found = AutoModelForCausalLM.from_pretrained(str(merged)).eval()(input_ids=ids).logits
+    assert torch.allclose(expected, found, atol=1e-4)
+    # and the new run's result loads on it, as chat loads it
+    assert isinstance(chat_answer(inference.load(child), "Who are you?"), str)
