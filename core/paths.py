@@ -48,43 +48,6 @@ CHECKPOINT_MARKER = "finetty-checkpoint.json"
 """written last into a checkpoint folder: without it, the folder is not a complete checkpoint"""
 
 
-# -- the Hugging Face cache (huggingface_hub's layout, read without importing it: the app starts fast) ----
-
-def hub_cache() -> Path:
-    """The Hugging Face hub cache: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    return Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface")) / "hub"
-
-
-def hub_repo_folder(kind: str, repo_id: str) -> Path:
-    """Where the cache keeps repo ``org/name`` of ``kind`` (``models`` or ``datasets``): ``models--org--name``."""
-    return hub_cache() / f"{kind}--{repo_id.replace('/', '--')}"
-
-
-def cached_hub_repos(kind: str, needs: str | None = None) -> list[str]:
-    """Repo ids of ``kind`` with a snapshot in the cache (holding the file ``needs``, when given)."""
-    root = hub_cache()
-    if not root.is_dir():
-        return []
-    found = []
-    for entry in sorted(root.glob(f"{kind}--*")):
-        snapshots = [s for s in (entry / "snapshots").glob("*") if needs is None or (s / needs).exists()]
-        if snapshots:
-            found.append(entry.name[len(kind) + 2:].replace("--", "/"))
-    return found
-
-
-def hub_repo_id(folder: Path) -> str | None:
-    """``org/name`` when ``folder`` is a snapshot in the cache (``.../models--org--name/snapshots/<rev>``)."""
-    parts = Path(folder).parts
-    for index in range(len(parts) - 1):
-        kind, sep, name = parts[index].partition("--")
-        if sep and kind in ("models", "datasets") and "--" in name and parts[index + 1] == "snapshots":
-            return name.replace("--", "/", 1)
-    return None
-
-
 def is_safe_name(name: str) -> bool:
     """A name that cannot leave its directory: no separators, no ``..``, no leading dot."""
     return isinstance(name, str) and bool(_SAFE_NAME.fullmatch(name)) and ".." not in name
