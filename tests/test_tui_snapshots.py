@@ -7,13 +7,15 @@ and look at the SVGs in tests/__snapshots__/test_tui_snapshots/.
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import fcntl
 import shutil
 import time
 
 import pytest
 
-
-from .tui_runs import FROZEN, make_runs, memory_events, recorded, with_broken_plugin, workers_done, write_run
+from .tui_runs import FROZEN, make_runs, memory_events, recorded, upto, with_broken_plugin, workers_done, write_run
 
 SIZES = [(80, 24), (120, 40)]
 PLUGINS = "formats,full,lora,sft"
@@ -24,6 +26,41 @@ PREVIEW = {
                 "the finetty team.<|im_end|>\n"],
     "lengths": {"count": 40, "min": 20, "median": 29.5, "max": 39, "over": 0, "max_length": 256, "all": True},
 }
+
+
+LONG_MODEL = "meta-llama/Llama-3.1-8B-Instruct-abliterated-with-a-long-name"
+
+
+def _renamed(events: list[dict], model: str | None = None, method: str | None = None,
+             objective: str | None = None, double: bool = False) -> list[dict]:
+    """The recorded events with the run_started recipe's model, method or objective changed; ``double``: every
+    step number twice as large (a 120-step run, so the table shows ``120/120``)."""
+    out = copy.deepcopy(events)
+    for event in out:
+        if event["type"] == "run_started":
+            recipe = event["recipe"]
+            recipe.update({k: v for k, v in (("model", model), ("method", method), ("objective", objective)) if v})
+            if double:
+                event["total_steps"] = event["total_steps"] * 2
+        if double and isinstance(event.get("step"), int):
+            event["step"] *= 2
+    return out
+
+
+@contextlib.contextmanager
+def every_status(runs):
+    """Runs of every status a table shows: finished, failed, stopped, lost (tui_runs.make_runs), a finished
+    120-step qlora/orpo run of a long-named model, and a running one (its lock held here while in use)."""
+    from finetty.core.run.rundir import LOCK_FILE
+
+    made = make_runs(runs)
+    made["long"] = write_run(runs, "261122-120000-qlora-orpo-77aa",
+                             _renamed(recorded(), LONG_MODEL, "qlora", "orpo", double=True))
+    made["running"] = write_run(runs, "261122-130000-prefix-dpo-1234",
+                                _renamed(upto(40), "Qwen/Qwen2.5-0.5B-Instruct", "prefix", "dpo"))
+    with open(made["running"] / LOCK_FILE, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield made
 
 
 @pytest.fixture
@@ -62,12 +99,12 @@ async def settle(pilot, condition=lambda: True, timeout: float = 20.0) -> None:
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_runs_screen(snap_compare, stable, runs_dir, tmp_path, size):
-    make_runs(runs_dir)
-
+    """Every status, a 120-step run and a long model name: each cell whole, or its column left out."""
     async def ready(pilot):
-        await settle(pilot, lambda: pilot.app.screen.query_one("#runs-table").row_count == 4)
+        await settle(pilot, lambda: pilot.app.screen.query_one("#runs-table").row_count == 6)
 
-    assert snap_compare(app_for(runs_dir, stable, tmp_path), terminal_size=size, run_before=ready)
+    with every_status(runs_dir):
+        assert snap_compare(app_for(runs_dir, stable, tmp_path), terminal_size=size, run_before=ready)
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")

@@ -1,4 +1,9 @@
-"""Plugins: every discovered plugin with its distribution and version; failed ones with their error."""
+"""Plugins: every discovered plugin with its kind, distribution and version; failed ones with their error.
+
+The table has the columns of ``finetty plugins``; one that does not fit the
+screen whole is left out by priority (distribution first, then version), never
+cut, and what a long ``provides`` list leaves out is counted (``+3 more``).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,24 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from finetty.core.text import as_text, clean, one_line
+
+#: The table's columns, left to right, as ``finetty plugins`` prints them.
+COLUMNS = ("plugin", "kind", "provides", "distribution", "version", "status")
+#: The columns kept when the screen is narrow, first kept first (provides takes what is left).
+PRIORITY = ("plugin", "status", "kind", "provides", "version", "distribution")
+PROVIDES_MIN = 16
+
+
+def listing(names: list[str], most: int) -> str:
+    """``a, b, c`` in at most ``most`` characters: names that do not fit are counted (``a, b, +4 more``)."""
+    text = ", ".join(names) or "-"
+    if len(text) <= most:
+        return text
+    for keep in range(len(names) - 1, 0, -1):
+        shown = ", ".join(names[:keep]) + f", +{len(names) - keep} more"
+        if len(shown) <= most:
+            return shown
+    return f"{len(names)} components"
 
 
 class PluginsScreen(Screen):
@@ -30,16 +53,7 @@ class PluginsScreen(Screen):
 
     def on_mount(self) -> None:
         registry = self.app.registry
-        table = self.query_one(DataTable)
-        for name in ("plugin", "status", "provides", "distribution", "version"):
-            table.add_column(name, key=name)
-        for plugin in registry.plugins:
-            provides = ", ".join(name for _, name in plugin.provides) or "-"
-            status = Text("ok", style="green") if plugin.error is None else Text("failed", style="bold red")
-            table.add_row(as_text(plugin.name, one_line=True), status,
-                          as_text(provides if len(provides) <= 30 else provides[:29] + "…", one_line=True),
-                          as_text(plugin.distribution, one_line=True), as_text(plugin.version or "-", one_line=True),
-                          key=plugin.name)
+        self._fill()
         errors = Text()
         for plugin in registry.failed:
             errors.append(one_line(plugin.name), style="bold red")
@@ -54,3 +68,37 @@ class PluginsScreen(Screen):
                 text.append(one_line(name), style="bold")
                 text.append(f": {one_line(component.summary)}")
         self.query_one("#plugin-components", Static).update(text)
+
+    def on_resize(self) -> None:
+        self._fill()
+
+    def _fill(self) -> None:
+        """The table at this width: the columns that fit whole, by :data:`PRIORITY`."""
+        table = self.query_one(DataTable)
+        styles = {"ok": "green", "partial": "yellow"}
+        rows = []
+        for plugin in self.app.registry.plugins:
+            rows.append({"plugin": one_line(plugin.name),
+                         "kind": one_line(", ".join(sorted({kind for kind, _ in plugin.provides})) or "-"),
+                         "provides": [one_line(name) for _, name in plugin.provides],
+                         "distribution": one_line(plugin.distribution), "version": one_line(plugin.version or "-"),
+                         "status": Text(plugin.state, style=styles.get(plugin.state, "bold red"))})
+        room = self.size.width - 2
+        widths = {name: max([len(name)] + [len(str(row[name])) if name != "provides"
+                                            else len(listing(row[name], 10 ** 6)) for row in rows]) + 2
+                  for name in COLUMNS}
+        kept: list[str] = []
+        for name in PRIORITY:
+            need = min(widths[name], PROVIDES_MIN + 2) if name == "provides" else widths[name]
+            if need <= room:
+                kept.append(name)
+                room -= need
+        provides_room = min(widths["provides"], room + PROVIDES_MIN + 2) - 2 if "provides" in kept else 0
+        columns = [name for name in COLUMNS if name in kept]
+        table.clear(columns=True)
+        for name in columns:  # (widths given: the cells fit them whole, by construction)
+            table.add_column(name, key=name, width=provides_room if name == "provides" else widths[name] - 2)
+        for row in rows:
+            cells = {**row, "provides": listing(row["provides"], provides_room)}
+            table.add_row(*[cells[name] if isinstance(cells[name], Text) else as_text(cells[name], one_line=True)
+                            for name in columns], key=row["plugin"])

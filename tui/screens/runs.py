@@ -19,7 +19,13 @@ from finetty.core.text import as_markup, as_text, clean, one_line
 from .confirm import ConfirmScreen
 from .format import duration, status_text
 
-WIDE = 110
+#: The table's columns, left to right.
+COLUMNS = ("run", "status", "model", "method", "step", "loss", "elapsed", "ETA")
+#: Which columns stay when the table is narrower than its cells, first kept first: a column that does not fit
+#: whole is left out (its facts are on the detail line below the table), never cut (`finishe`, `120/12`).
+PRIORITY = ("run", "status", "step", "loss", "method", "ETA", "elapsed", "model")
+#: a model's name longer than this ends in … (its full name is on the detail line)
+MODEL_WIDTH = 32
 
 
 class RunsScreen(Screen):
@@ -29,10 +35,14 @@ class RunsScreen(Screen):
     SUB_TITLE = "runs"
     BINDINGS = [
         Binding("n", "new", "New", id="runs.new"),
-        Binding("o", "open", "Open", id="runs.open", tooltip="open the highlighted run's monitor (or Enter)"),
+        # The footer shows what fits whole at 80 columns (compact, without the palette's ^p, which F1 names):
+        # o (Enter opens a run too) and d (asks first) are left out of it; F1 and the palette list them.
+        Binding("o", "open", "Open", id="runs.open", tooltip="open the highlighted run's monitor (or Enter)",
+                show=False),
         Binding("s", "stop", "Stop", id="runs.stop", tooltip="checkpoint, then stop the highlighted run"),
         Binding("r", "resume", "Resume", id="runs.resume", tooltip="continue from the newest complete checkpoint"),
-        Binding("d", "delete", "Delete", id="runs.delete", tooltip="delete the run's directory (asks first)"),
+        Binding("d", "delete", "Delete", id="runs.delete", tooltip="delete the run's directory (asks first)",
+                show=False),
         Binding("c", "chat", "Chat", id="runs.chat", tooltip="chat with the run's result or newest checkpoint"),
         Binding("t", "results", "Results", id="runs.results", tooltip="eval, export and serve the run's result"),
         Binding("p", "app.plugins", "Plugins", id="runs.plugins"),
@@ -49,7 +59,7 @@ class RunsScreen(Screen):
         self.runs: list[rundir.RunSummary] = []
         self.queue = None
         self._keys: list[str] = []
-        self._wide: bool | None = None
+        self._columns: tuple[str, ...] = ()
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -61,7 +71,7 @@ class RunsScreen(Screen):
                 yield Static(id="queue-title")
                 yield DataTable(id="queue-table", cursor_type="row", show_header=False)
             yield Static(id="run-detail")
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.query_one("#queue-box").display = False
@@ -73,7 +83,8 @@ class RunsScreen(Screen):
 
     # -- data in ------------------------------------------------------------------------------------
 
-    def _row(self, run: rundir.RunSummary, wide: bool) -> list:
+    def _cells(self, run: rundir.RunSummary) -> dict[str, Text | str]:
+        """Every column's cell for ``run``, whole."""
         now = self.app.clock()
         elapsed = None
         if run.started is not None:
@@ -82,27 +93,39 @@ class RunsScreen(Screen):
         eta = run.eta
         step = f"{run.step}/{run.total}" if run.total else str(run.step or "-")
         loss = f"{run.loss:.3f}" if run.loss is not None else "-"
-        row = [as_text(run.id, one_line=True), status_text(run.status, one_line(run.label))]
-        if wide:
-            row.append(as_text(run.model.rsplit("/", 1)[-1][:24], one_line=True))
-        what = rundir.what_runs(run.method, run.extra.get("objective"))
-        row.append(as_text(what if wide else what[:12], one_line=True))
-        return row + [step, loss, duration(elapsed), duration(eta)]
+        model = one_line(run.model.rsplit("/", 1)[-1])
+        if len(model) > MODEL_WIDTH:
+            model = model[:MODEL_WIDTH - 1] + "…"
+        return {"run": as_text(run.id, one_line=True), "status": status_text(run.status, one_line(run.label)),
+                "model": Text(model), "method": as_text(rundir.what_runs(run.method, run.extra.get("objective")),
+                                                        one_line=True),
+                "step": step, "loss": loss, "elapsed": duration(elapsed), "ETA": duration(eta)}
+
+    def _fitting(self, cells: list[dict]) -> tuple[str, ...]:
+        """The columns that fit whole in the screen's width, by :data:`PRIORITY`, in table order."""
+        room = self.size.width - 2  # (the vertical scrollbar)
+        kept: set[str] = set()
+        for name in PRIORITY:
+            width = max([len(name)] + [Text(c[name]).cell_len if isinstance(c[name], str) else c[name].cell_len
+                                       for c in cells]) + 2  # (a cell's padding)
+            if width <= room:
+                kept.add(name)
+                room -= width
+        return tuple(name for name in COLUMNS if name in kept)
 
     def show(self, runs: list[rundir.RunSummary], queue) -> None:
         self.runs, self.queue = runs, queue
         table = self.query_one("#runs-table", DataTable)
-        wide = self.size.width >= WIDE
-        if wide != self._wide:
-            self._wide = wide
+        cells = [self._cells(run) for run in runs]
+        columns = self._fitting(cells)
+        if columns != self._columns:
+            self._columns = columns
             table.clear(columns=True)
             self._keys = []
-            # at 80 columns the model goes to the detail line below the table; the method stays
-            names = ["run", "status"] + (["model"] if wide else []) + ["method", "step", "loss", "elapsed", "ETA"]
-            for name in names:
+            for name in columns:
                 table.add_column(name, key=name)
         keys = [run.id for run in runs]
-        rows = [self._row(run, wide) for run in runs]
+        rows = [[c[name] for name in columns] for c in cells]
         if keys == self._keys:
             columns = list(table.columns)
             for key, row in zip(keys, rows):
@@ -170,6 +193,8 @@ class RunsScreen(Screen):
         text.append(one_line(run.origin if run.parent else run.model), style="bold")  # (a parent: ← its id)
         text.append(f" · {one_line(rundir.what_runs(run.method, run.extra.get('objective')))} · "
                     f"{run.checkpoints} checkpoint(s)")
+        if "elapsed" not in self._columns:  # (a column left out at this width: its fact is here)
+            text.append(f" · ran {self._cells(run)['elapsed']}")
         if run.started:
             text.append(f" · started {time.strftime('%Y-%m-%d %H:%M', time.localtime(run.started))}", style="dim")
         if run.reason and run.status in ("failed", "lost", "stopped"):
