@@ -93,7 +93,7 @@ class MonitorScreen(Screen):
             with TabPane("Memory", id="memory-tab"):
                 with VerticalScroll(id="memory-panels"):
                     yield Static(Text("no memory samples in this run yet", style="dim"), id="memory-note")
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)  # every key whole at 80 columns (F1 names ^p)
 
     def on_mount(self) -> None:
         self.sub_title = f"run {one_line(self.run_dir.name)}"
