@@ -95,6 +95,7 @@ def test_gguf_f16_export_holds_the_merged_model_vocabulary_and_trained_template(
     import json
 
     import gguf
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     from finetty.core.model import loading as models
 
@@ -126,7 +127,15 @@ def test_gguf_f16_export_holds_the_merged_model_vocabulary_and_trained_template(
     assert len(_field(reader, "tokenizer.ggml.merges")) > 0
     assert _field(reader, "tokenizer.ggml.eos_token_id") == tokenizer.eos_token_id
     assert _field(reader, "tokenizer.ggml.add_bos_token") is False  # the demo tokenizer adds no BOS
-    assert tokenizer.chat_template and _field(reader, "tokenizer.chat_template") == tokenizer.chat_template
+    # the trained template, its training-only {% generation %} marker made plain Jinja, rendering alike
+    stored = _field(reader, "tokenizer.chat_template")
+    assert "{% generation %}" in tokenizer.chat_template and "generation %}" not in stored
+    ImmutableSandboxedEnvironment().parse(stored)  # plain Jinja (as llama.cpp's runtimes have) takes it
+    assert stored == tokenizer.chat_template.replace("{% generation %}", "{% if true %}").replace(
+        "{% endgeneration %}", "{% endif %}")
+    for messages in ollama.PROBES:
+        assert templates.render(stored, messages, add_generation_prompt=True) == tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True)
 
     # f16 holds every merged weight to f16 precision
     _compare(reader, weights, config, lambda want: np.abs(want).max() * 1e-3)

@@ -37,6 +37,7 @@ f16 export.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
@@ -256,9 +257,21 @@ def _write_vocab(writer, tokenizer, model_dir: Path, vocab_size: int, chat_templ
         token_id = getattr(tokenizer, f"{kind}_token_id", None)
         if isinstance(token_id, int):
             special.special_token_ids[kind] = token_id
-    special.chat_template = chat_template or None
+    special.chat_template = runtime_template(chat_template) if chat_template else None
     special.add_to_gguf(writer, quiet=True)
     return len(tokens)
+
+
+_GENERATION_TAG = re.compile(r"\{%(-?)\s*(end)?generation\s*(-?)%\}")
+
+
+def runtime_template(template: str) -> str:
+    """The chat template as stored in the GGUF: the trained one with transformers' ``{% generation %}`` ...
+    ``{% endgeneration %}`` (a training-only marker of the assistant's tokens, for
+    ``return_assistant_tokens_mask``) turned into ``{% if true %}`` ... ``{% endif %}``, which renders the
+    same (whitespace control kept). Plain Jinja engines do not know the tag and refuse the whole template
+    ("Encountered unknown tag 'generation'": llama-cpp-python's loader, for one); no other change."""
+    return _GENERATION_TAG.sub(lambda m: "{%" + m[1] + (" endif " if m[2] else " if true ") + m[3] + "%}", template)
 
 
 def convert(model_dir: Path, out_file: Path, quant: str = DEFAULT_QUANT, chat_template: str | None = None,
@@ -266,7 +279,7 @@ def convert(model_dir: Path, out_file: Path, quant: str = DEFAULT_QUANT, chat_te
     """Write the plain (merged) Hugging Face model in ``model_dir`` as one GGUF file at ``out_file``.
 
     ``chat_template`` is stored as ``tokenizer.chat_template`` (the run's: llama.cpp's server and Ollama
-    read it); ``None`` keeps the tokenizer's own.
+    read it; through :func:`runtime_template`); ``None`` keeps the tokenizer's own.
     """
     import gguf
     import numpy as np
