@@ -351,3 +351,41 @@ def test_a_full_fine_tune_exports_its_own_weights(tmp_path_factory, demo_model, 
     _compare(reader, weights, config, lambda want: np.abs(want).max() * 1e-3)
     card = (tmp_path / "full" / "README.md").read_text()
     assert "whole model" in card and "is the fine-tuned model, in GGUF (f16)" in card
+
+
+def test_a_sentencepiece_style_tokenizer_becomes_llamas_vocabulary_with_scores(tmp_path):
+    """A Llama-2-style tokenizer (BPE with byte fallback, ``▁`` for spaces) is written as llama.cpp's ``llama``
+    vocabulary: every token, a score each, BOS added as the tokenizer adds it."""
+    import gguf
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    core.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    core.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
+    core.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                      decoders.Strip(" ", 1, 0)])
+    alphabet = [f"<0x{b:02X}>" for b in range(256)]
+    core.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 20, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", *alphabet], show_progress=False))
+    core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    folder = tmp_path / "spm"
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                         bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+    reader = _reader(gguf_export.convert(folder, tmp_path / "spm.gguf", "f16").path)
+    assert _field(reader, "tokenizer.ggml.model") == "llama"
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    assert tokens == tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    assert len(_field(reader, "tokenizer.ggml.scores")) == len(tokens)
+    types = _field(reader, "tokenizer.ggml.token_type")
+    assert types[tokenizer.convert_tokens_to_ids("<0x41>")] == gguf.TokenType.BYTE
+    assert types[tokenizer.convert_tokens_to_ids("</s>")] == gguf.TokenType.CONTROL
+    assert _field(reader, "tokenizer.ggml.add_bos_token") is True
+    assert _field(reader, "tokenizer.ggml.bos_token_id") == 1

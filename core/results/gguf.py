@@ -25,7 +25,9 @@ BPE (the GPT-2 family: llama.cpp's ``gpt2`` tokenizer model, with the
 pre-tokenizer named by llama.cpp's own test-string hash or, for a plain
 ``ByteLevel`` pre-tokenizer, ``gpt-2``) and sentencepiece-style BPE with byte
 fallback (Llama 2, Mistral: ``llama``, read from ``tokenizer.json`` by
-``gguf.LlamaHfVocab``, no sentencepiece needed).
+``gguf.LlamaHfVocab``, no sentencepiece needed). Token scores are written for
+the sentencepiece-style vocabulary only, as llama.cpp's converter does (a
+byte-level BPE vocabulary is ranked by its merges).
 
 Quantisations (:data:`QUANTS`): what ``gguf.quants`` implements in Python
 (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1). The k-quants and i-quants
@@ -226,7 +228,12 @@ def _write_vocab(writer, tokenizer, model_dir: Path, vocab_size: int, chat_templ
         writer.add_token_types(types)
         load_merges = True
     elif model.get("type") == "BPE" and model.get("byte_fallback"):
-        vocab = gguf.LlamaHfVocab(model_dir)
+        try:
+            vocab = gguf.LlamaHfVocab(model_dir)
+        except (FileNotFoundError, TypeError) as exc:  # its own checks: a Llama-2-style decoder, not Llama 3's
+            raise InputError(model_dir / "tokenizer.json", "decoder", f"is not laid out as a sentencepiece-style "
+                             f"BPE tokenizer's ({exc})", "use llama.cpp's convert_hf_to_gguf.py on an export "
+                             "--merge folder") from None
         tokens, scores, types = [], [], []
         for text, score, kind in vocab.all_tokens():
             tokens.append(text)
