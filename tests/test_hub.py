@@ -176,3 +176,13 @@ def test_export_push_to_hub_lands_the_adapter_and_its_card(standin, identity_run
     assert "me/tiny-identity" in " ".join(out.split())
     commit = next(r for r in standin.requests if "/commit/" in r.path)
     assert commit.headers.get("authorization") == "Bearer hf_write_token"
+
+
+def test_queue_add_downloads_before_queueing(standin, tmp_path, capsys):
+    """The queue runner never goes online: `finetty queue add` fetches what the recipe names, as train does."""
+    runs = tmp_path / "runs"
+    code, out, err = cli("queue", "add", str(hub_recipe(tmp_path / "recipes")), "--runs-dir", str(runs),
+                         "--no-start", capsys=capsys)
+    assert code == 0, err
+    assert "queued" in out and f"{MODEL} (model)" in err
+    assert hub.cached(hub.HubRef("model", MODEL)) is not None and hub.cached(hub.HubRef("dataset", DATASET))

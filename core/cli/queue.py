@@ -24,7 +24,13 @@ def cmd_queue(args) -> int:
 
         if not args.target:
             raise InputError(None, "finetty queue add", "needs a recipe", "finetty queue add recipes/demo-lora.yaml")
-        recipe = recipe_mod.load(args.target, list(args.set), load_plugins(), runs=runs)
+        from finetty.core.cli.hub import fetch_for_recipe
+
+        registry = load_plugins()
+        # as `finetty train`: what the recipe names on the Hub is downloaded now, with a progress bar, so the
+        # queue runner (which never goes online) finds it in the cache
+        fetch_for_recipe(recipe_mod.load(args.target, list(args.set), registry, check_sources=False), args.target)
+        recipe = recipe_mod.load(args.target, list(args.set), registry, runs=runs)
         entry = queue.add(runs, recipe)
         console.print(f"queued [bold]{as_markup(entry.id)}[/]: "
                       f"{as_markup(rundir.what_runs(recipe.method, recipe.objective))} on {as_markup(recipe.model)}")
