@@ -309,7 +309,7 @@ def test_a_qwen2_model_keeps_its_biases_and_unpermuted_weights(demo_model, tmp_p
     from finetty.core.model import loading as models
 
     tokenizer = models.load_tokenizer(demo_model)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=80, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                          tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(0)
@@ -328,10 +328,13 @@ def test_a_qwen2_model_keeps_its_biases_and_unpermuted_weights(demo_model, tmp_p
     for name, value in found.items():
         np.testing.assert_array_equal(value, expected[name], err_msg=name)
 
-    quantized = _reader(gguf_export.convert(folder, tmp_path / "qwen2-q4.gguf", "q4_0").path)
-    kinds = {t.name: t.tensor_type for t in quantized.tensors}
-    assert kinds["blk.1.ffn_down.weight"] == gguf.GGMLQuantizationType.Q4_0
+    q4 = gguf_export.convert(folder, tmp_path / "qwen2-q4.gguf", "q4_0")
+    kinds = {t.name: t.tensor_type for t in _reader(q4.path).tensors}
+    assert kinds["blk.1.ffn_up.weight"] == gguf.GGMLQuantizationType.Q4_0
     assert kinds["blk.1.attn_k.bias"] == gguf.GGMLQuantizationType.F32
+    # rows of 80 do not fill 32-value blocks: f16 instead, as llama.cpp's converter does, and the export says so
+    assert kinds["blk.1.ffn_down.weight"] == gguf.GGMLQuantizationType.F16
+    assert any("stored as f16" in note and "blk.0.ffn_down.weight" in note for note in q4.notes)
 
 
 def test_a_full_fine_tune_exports_its_own_weights(tmp_path_factory, demo_model, tmp_path):
