@@ -37,7 +37,7 @@ def test_recipe_validates(path: Path, request, tmp_path):
         try:
             recipe_mod.load(path, [], registry)
         except InputError as exc:  # not downloaded here: the message says how to get it
-            assert "local cache" in str(exc) and "huggingface-cli download" in str(exc), str(exc)
+            assert "local Hugging Face cache" in str(exc) and "finetty pull" in str(exc), str(exc)
     assert recipe.method in registry.methods
     assert recipe.objective in registry.objectives
 
