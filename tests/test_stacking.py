@@ -133,3 +133,41 @@ def test_another_method_on_top_merges_the_parent_adapter_into_its_base_and_train
     assert torch.allclose(expected, found, atol=1e-4)
     # and the new run's result loads on it, as chat loads it
     assert isinstance(chat_answer(inference.load(child), "Who are you?"), str)
+
+
+def test_the_app_shows_the_parent_on_the_runs_detail_line_and_in_the_monitor(runs_dir):
+    """A recorded run whose ``run_started`` names a parent: the chain reads whole at 80 columns."""
+    from textual.widgets import Static
+
+    from finetty.tui.screens.monitor import MonitorScreen
+
+    from .test_tui_app import make_app, run, table_statuses, until
+    from .tui_runs import recorded, write_run
+
+    parent_id = "261122-100000-lora-sft-9b8d"
+    recorded_events = recorded()
+    for event in recorded_events:
+        if event["type"] == "run_started":
+            event["parent"] = {"run": parent_id, "checkpoint": "final", "path": str(runs_dir / parent_id),
+                               "mode": "continue", "method": "lora", "objective": "sft",
+                               "message": f"training the lora adapter of run {parent_id} (final) further"}
+    child = write_run(runs_dir, "261122-110826-lora-dpo-f667", recorded_events)
+    arrow = f"\N{LEFTWARDS ARROW} {parent_id}"
+
+    async def scenario():
+        app = make_app(runs_dir)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: child.name in table_statuses(app.screen))
+            detail = app.screen.query_one("#run-detail", Static)
+            await until(pilot, lambda: arrow in str(detail.render()), what="the detail line")
+            assert str(detail.render()).startswith(arrow) and len(arrow) < detail.content_size.width
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, MonitorScreen))
+            stats = app.screen.query_one("#monitor-stats", Static)
+            short = f"\N{LEFTWARDS ARROW} lora-sft-9b8d"  # (the id without its date and time)
+            await until(pilot, lambda: short in str(stats.render()), what="the monitor's model row")
+            shown = [line.rstrip() for line in str(stats.render()).splitlines() if line.startswith("model")]
+            assert shown and shown[0].endswith(short)
+            assert len(shown[0]) <= stats.content_size.width, "the row fits its panel: nothing wraps or is cut"
+
+    run(scenario())

@@ -168,8 +168,9 @@ class MonitorScreen(Screen):
         lr = f"{history.learning_rate:.2e}" if isinstance(history.learning_rate, (int, float)) else "-"
         rate = (f"{history.tokens_per_second:,.0f}" if isinstance(history.tokens_per_second, (int, float)) else "-")
         rows = [
-            ("model", one_line(summary.origin if summary.parent else
-                               str(recipe.get("model", summary.model)).rsplit("/", 1)[-1])),
+            # a parent's id without its date and time (lora-sft-9b8d): the row is 25 cells wide at 80 columns
+            ("model", one_line(f"\N{LEFTWARDS ARROW} {str(summary.parent.get('run')).split('-', 2)[-1]}"
+                               if summary.parent else str(recipe.get("model", summary.model)).rsplit("/", 1)[-1])),
             ("method", one_line(method) + (f" · {count(history.trainable)}/{count(history.total_parameters)}"
                                  if history.trainable else "")),
             ("lr", f"{lr} · {rate} tok/s"),
