@@ -24,13 +24,13 @@ from finetty.core.run import summary as summary_mod
 from finetty.core.run.events import EVENTS_FILE
 from finetty.core.run.summary import RunSummary, apply_events  # (where they were before the history index)
 
-RECIPE_FILE = "recipe.yaml"
+RECIPE_FILE = paths.RUN_RECIPE  # (the layout is named in paths: a run is also a model a recipe names)
 LOCK_FILE = "worker.lock"
 LOG_FILE = "worker.log"
 HEARTBEAT_FILE = "heartbeat.json"
-CHECKPOINTS = "checkpoints"
-FINAL = "final"
-COMPLETE_MARKER = "finetty-checkpoint.json"
+CHECKPOINTS = paths.RUN_CHECKPOINTS
+FINAL = paths.RUN_FINAL
+COMPLETE_MARKER = paths.CHECKPOINT_MARKER
 
 
 def new_run_id(method: str, objective: str | None = None) -> str:
