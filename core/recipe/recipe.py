@@ -24,6 +24,7 @@ from finetty.core.model import parent
 from finetty.core.errors import InputError, InputErrors, raise_all
 from finetty.core.plugin.options import nearest, resolve_options, yaml_number
 from finetty.core.plugin.registry import Registry
+from finetty.core.recipe import notify_urls
 from finetty.core.recipe.train_args import FINETTY_TRAIN_OPTIONS, RESERVED, TRAIN_DEFAULTS, check_value, training_argument_fields
 
 
@@ -69,6 +70,10 @@ class Recipe:
     """processes, machines and distributed type (see finetty.core.recipe.sections.LAUNCH_OPTIONS)"""
     monitor: dict = field(default_factory=dict)
     """GPU memory monitor: interval_s, watermark, on_watermark (see finetty.core.memory.monitor.MONITOR_OPTIONS)"""
+    notify: list = field(default_factory=list)
+    """Apprise URLs (ntfy://topic, mailto://..., discord://...) told when the run finishes, fails, crosses the
+    memory watermark or runs out of memory, besides config.yaml's; the run directory holds them masked
+    (see finetty.core.recipe.notify_urls and finetty.core.run.notify)"""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -412,6 +417,13 @@ def _check_machine(recipe: Recipe, source: _Source) -> None:
     raise_all([source.error(place, *problem) for place, problem in found if problem])
 
 
+def _check_config_notify() -> None:
+    """config.yaml's notify URLs reach every run: a bad one is refused with the recipe, before a run exists."""
+    from finetty.core.recipe import config
+
+    notify_urls.check(config.read_config().get(notify_urls.KEY), config.config_file(), f"key {notify_urls.KEY}")
+
+
 def _check_chat_template(recipe: Recipe, model_dir: Path | None, kind: str, source: _Source) -> None:
     """Conversations are rendered through a chat template; a base model without one fails in the worker."""
     from finetty.core.data.tokenize import chat_template_of
@@ -425,18 +437,6 @@ def _check_chat_template(recipe: Recipe, model_dir: Path | None, kind: str, sour
                        f"add chat_template: chatml (or {names}, or the path of a Jinja file) to the recipe")
 
 
-def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, check_data: bool = True,
-             check_sources: bool = True, runs: Path | None = None) -> Recipe:
-    """Check every key of a parsed recipe and return it resolved, with defaults filled in.
-
-    Every problem is collected and reported together (:class:`InputErrors`);
-    a check that depends on an earlier one (a method's options on the method)
-    is skipped when that one failed, so each problem is reported once.
-    """
-    problems = _Problems()
-    problems.extend(_unknown_key(str(key), source) for key in data if key not in TOP_LEVEL)
-    recipe = Recipe()
-    given = {}
 def _stacked_model_dir(found: parent.Parent) -> Path | None:
     """The folder whose weights a run on top of ``found`` starts from (its module names, its tokenizer); None
     where there is nothing to check yet (the demo not built) or nothing to target (an adapter trained further)."""
@@ -446,12 +446,24 @@ def _stacked_model_dir(found: parent.Parent) -> Path | None:
     return folder if found.mode != "continue" and (folder / "config.json").is_file() else None
 
 
+def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, check_data: bool = True,
+             check_sources: bool = True, runs: Path | None = None) -> Recipe:
+    """Check every key of a parsed recipe and return it resolved, with defaults filled in.
+
+    ``runs``: the runs directory a ``model: run:ID`` is looked up in (default ``$FINETTY_HOME/runs``).
+
+    Every problem is collected and reported together (:class:`InputErrors`);
+    a check that depends on an earlier one (a method's options on the method)
+    is skipped when that one failed, so each problem is reported once.
+    """
+    problems = _Problems()
+    problems.extend(_unknown_key(str(key), source) for key in data if key not in TOP_LEVEL)
+    recipe = Recipe()
+    given = {}
     for key in ("model", "format", "method", "quantizer", "objective"):
         value = data.get(key, getattr(recipe, key))
         given[key] = isinstance(value, str) and bool(value.strip())
         if not given[key]:
-    ``runs``: the runs directory a ``model: run:ID`` is looked up in (default ``$FINETTY_HOME/runs``).
-
             problems.append(source.error((key,), f"{key} must be a name or path, not {value!r}",
                                          f"for example {key}: {getattr(Recipe, key)}"))
             continue
@@ -512,6 +524,9 @@ def _stacked_model_dir(found: parent.Parent) -> Path | None:
     recipe.launch = launch if launch_ok else {}
     if launch_ok and train_ok:
         recipe.monitor = problems.attempt(_check_monitor, data.get("monitor"), recipe, source)[1] or {}
+    recipe.notify = problems.attempt(notify_urls.check, data.get("notify"), source.file,
+                                     source.place("notify"))[1] or []
+    problems.attempt(_check_config_notify)
 
     format_ok = not given["format"] or recipe.format == "auto" or recipe.format in registry.data_formats
     if not format_ok:

@@ -576,6 +576,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logs.quiet_libraries()  # worker.log: finetty's lines, each warning once, errors (FINETTY_LIBRARY_LOGS=1 keeps all)
     events = EventWriter(run_dir) if distributed.rank() == 0 else NullWriter()
+    if distributed.rank() == 0:  # the end, a failure, the watermark and OOM reach a person with no app open
+        from finetty.core.run import notify
+
+        events = notify.watch(events, run_dir)
     events.emit("worker_started", pid=os.getpid(), resume=args.resume)
     reserve = DiskReserve(run_dir) if distributed.rank() == 0 else None
     exposed = paths.home_warning()
