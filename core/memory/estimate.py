@@ -67,7 +67,14 @@ def find_config(model: str, base_dir: Path | None = None) -> tuple[dict, str]:
     """The model's config.json as a dict, and where it came from (said in the output)."""
     from finetty.core.data import demo
     from finetty.core.model import loading as models
+    from finetty.core.model import parent
 
+    if parent.names_run(model, base_dir or Path.cwd()):  # a run's result: the architecture it was trained on
+        from finetty.core import paths
+        from finetty.core.plugin.registry import load_plugins
+
+        model = parent.resolve(model, paths.runs_dir(), base_dir or Path.cwd(), load_plugins(), None, None,
+                               check_base=False).base
     if model == demo.NAME:
         folder = demo.demo_dir()
         if (folder / "config.json").is_file():
