@@ -168,3 +168,34 @@ def test_the_weights_load_in_torch_dtype_where_given_else_in_the_compute_dtype()
     recipe = recipe_mod.load(None, ["model_options.torch_dtype=bfloat16", "train.use_cpu=true"], load_plugins(),
                              check_data=False)
     assert estimate._spec(recipe).dtype == "bfloat16"
+
+
+def test_the_new_run_form_carries_model_options_to_the_recipe_and_back():
+    from finetty.tui import form
+
+    state = form.from_recipe({"model": "tiny-demo", "model_options": {"attn_implementation": "eager"}},
+                             {"tiny-demo"}, {"identity"})
+    assert form.to_recipe(state)["model_options"] == {"attn_implementation": "eager"}
+    assert "model_options" not in form.to_recipe(form.from_recipe({"model": "tiny-demo"}, {"tiny-demo"}, set()))
+    assert form.widget_for("model_options.attn_implementation", state) == "opt-model-attn_implementation"
+
+
+def test_the_new_run_form_shows_the_model_options_and_the_validator_checks_them(runs_dir, demo_model):
+    from textual.widgets import Input
+
+    from .test_tui_app import make_app, open_form, run, until
+
+    async def scenario():
+        app = make_app(runs_dir)
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = await open_form(pilot, app)
+            assert screen.query_one("#opt-model-torch_dtype").field().read() == "auto"
+            editor = screen.query_one("#opt-model-attn_implementation-editor", Input)
+            editor.value = "eager"
+            await until(pilot, lambda: screen.recipe is not None
+                        and screen.recipe.model_options.get("attn_implementation") == "eager", what="eager")
+            editor.value = "kernels community"
+            await until(pilot, lambda: editor.has_class("-invalid"), what="the field marked")
+            assert "'kernels community' is not an attention implementation" in screen.problem
+
+    run(scenario())

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from finetty.core.plugin.options import yaml_number
+from finetty.core.recipe.sections import MODEL_OPTIONS
 
 #: The value of the model and dataset selects that means "the path typed in the field below".
 PATH = "__path__"
@@ -143,6 +144,11 @@ def to_recipe(state: FormState) -> dict:
     out["dataset_options"] = _mapping("dataset_options", state.dataset_options)
     out["format"] = state.format
     values = {f.key: (f, f.read()) for f in state.fields}
+    defaults = {f"model_options.{o.name}": o.default for o in MODEL_OPTIONS}
+    model_options = {key.partition(".")[2]: value for key, (_, value) in values.items()
+                     if key in defaults and value not in (None, defaults[key])}
+    if model_options:  # (the defaults are left out: a saved recipe says only what was chosen)
+        out["model_options"] = model_options
     for kind in COMPONENTS:
         out[kind] = state.components.get(kind)
         out[f"{kind}_options"] = {key.partition(".")[2]: value for key, (_, value) in values.items()
@@ -181,7 +187,7 @@ def from_recipe(recipe: dict, known_models: set[str], known_datasets: set[str]) 
     types = {name: type_ for name, type_, _ in TRAIN_FIELDS}
     fields = [Field(f"train-{name}", f"train.{name}", types[name], picked=True, value=train[name])
               for name in types if name in train]
-    for kind in COMPONENTS:
+    for kind in (*COMPONENTS, "model"):
         fields += [Field(f"opt-{kind}-{name}", f"{kind}_options.{name}", picked=True, value=value)
                    for name, value in (recipe.get(f"{kind}_options") or {}).items()]
     more = {k: v for k, v in train.items() if k not in TRAIN_KEYS}
@@ -208,7 +214,7 @@ def widget_for(key: str | None, state: FormState) -> str | None:
     """The id of the widget that holds recipe key ``key`` in this form (None: no field to mark)."""
     if not key:
         return None
-    if key.startswith(("train.", "method_options.", "quantizer_options.", "objective_options.")):
+    if key.startswith(("train.", "method_options.", "quantizer_options.", "objective_options.", "model_options.")):
         head, _, name = key.partition(".")
         name = name.split(".")[0]
         if head == "train":

@@ -23,6 +23,7 @@ from textual.worker import get_current_worker
 from finetty.core.data import demo
 from finetty.core.data import reading as data_mod
 from finetty.core.model import loading as models
+from finetty.core.recipe.sections import MODEL_OPTIONS
 from finetty.core.text import as_text, clean, one_line
 
 from ..form import (
@@ -180,6 +181,10 @@ class NewRunScreen(Screen):
                               "run Python code that ships with the model folder (asked again at launch; "
                               "only for code you trust)", value=state.trust_remote_code,
                               id="trust_remote_code")
+            for option in MODEL_OPTIONS:  # how the model loads: the recipe's model_options
+                yield OptionField(f"model_options.{option.name}", option.name, option.type, option.default,
+                                  option.help, option.choices, value=values.get(f"model_options.{option.name}"),
+                                  id=f"opt-model-{option.name}")
 
             yield Static("Data", classes="section")
             yield self._row("dataset", Picker(sets, value=state.dataset, allow_blank=False, id="dataset",
