@@ -66,7 +66,7 @@ def cli(*args, capsys) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-def test_a_recipe_naming_a_hub_model_and_dataset_downloads_with_progress_then_trains(standin, tmp_path,
+def test_a_recipe_naming_a_hub_model_and_dataset_downloads_with_progress_then_trains(standin, tmp_path, capsys,
                                                                                        monkeypatch, demo_model):
     recipe = hub_recipe(tmp_path / "recipes")
     with pytest.raises(InputError, match="not downloaded yet.*finetty pull"):  # validation never goes online
@@ -99,6 +99,10 @@ def test_a_recipe_naming_a_hub_model_and_dataset_downloads_with_progress_then_tr
     downloads = [e for e in events(run) if e["type"] == "download"]
     assert {(e["kind"], e["repo"]) for e in downloads} == {("model", MODEL), ("dataset", DATASET)}
     assert all(e["files"] > 0 and e["bytes"] > 0 for e in downloads)
+    assert {e["commit"] for e in downloads} == {model_dir.name, data_dir.name}  # the snapshots it trained on
+
+    code, out, _ = cli("attach", run.name, "--runs-dir", str(run.parent), "--history", capsys=capsys)
+    assert code == 0 and f"model: {MODEL} at {model_dir.name[:12]} (7 files" in " ".join(out.split())
 
 
 def test_finetty_train_refuses_a_gated_model_before_a_run_exists_and_says_how_to_accept(standin, tmp_path,

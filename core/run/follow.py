@@ -123,6 +123,12 @@ def _show(progress: Progress, task, event: dict, ended: dict | None) -> dict | N
         progress.console.print(as_markup(f"  data: {event.get('dataset')}: {event.get('records')} records, "
                                          f"format {event.get('format')} ({how}), {event.get('train_records')} "
                                          f"train / {event.get('eval_records')} eval", one_line=True))
+    elif kind == "download":
+        size = event.get("bytes")
+        size = f", {size / 1e6:.1f} MB" if isinstance(size, (int, float)) else ""
+        progress.console.print(as_markup(f"  {event.get('kind')}: {event.get('repo')} at "
+                                         f"{str(event.get('commit'))[:12]} ({event.get('files')} files{size}) "
+                                         "from the Hugging Face cache", one_line=True))
     elif kind in TERMINAL:
         if kind == "run_finished":
             progress.update(task, description="finished", completed=event.get("step"))
