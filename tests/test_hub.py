@@ -190,3 +190,15 @@ def test_queue_add_downloads_before_queueing(standin, tmp_path, capsys):
     assert code == 0, err
     assert "queued" in out and f"{MODEL} (model)" in err
     assert hub.cached(hub.HubRef("model", MODEL)) is not None and hub.cached(hub.HubRef("dataset", DATASET))
+
+
+def test_a_revision_pin_resolves_to_that_commit_and_an_unknown_one_is_refused(standin, tmp_path, capsys):
+    from finetty.core.model import loading as models
+
+    sha = standin.repos[("model", MODEL)].sha
+    code, out, err = cli("pull", f"{MODEL}@{sha}", capsys=capsys)
+    assert code == 0, err
+    assert out.strip().endswith(f"snapshots/{sha}")
+    assert models.resolve(f"{MODEL}@{sha}", tmp_path).name == sha  # a recipe's model: org/name@commit
+    code, _, err = cli("pull", MODEL, "--revision", "v9", capsys=capsys)
+    assert code == 2 and f"'{MODEL}' has no revision 'v9'" in " ".join(err.split())
