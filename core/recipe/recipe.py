@@ -269,12 +269,14 @@ def _check_monitor(monitor: Any, recipe: Recipe, source: _Source) -> dict:
     return values
 
 
-def _check_tools_template(recipe: Recipe, base_dir: Path, source: _Source) -> None:
-    """Tool-calling data needs a chat template that renders tool schemas and calls; read before anything loads."""
+def _check_tools_template(recipe: Recipe, base_dir: Path, source: _Source, folder: Path | None = None) -> None:
+    """Tool-calling data needs a chat template that renders tool schemas and calls; read before anything loads.
+
+    ``folder``: where the tokenizer is, when the model is a run (its result's own tokenizer)."""
     from finetty.core.data import demo
     from finetty.core.data.tokenize import chat_template_of, template_mentions_tools
 
-    folder = models.resolve(recipe.model, base_dir, source.file, check=False)
+    folder = folder or models.resolve(recipe.model, base_dir, source.file, check=False)
     if getattr(recipe, "chat_template", None):  # the recipe's own template wins over the model's
         from finetty.core.model import templates
 
@@ -577,7 +579,7 @@ def validate(data: dict, registry: Registry, source: _Source, base_dir: Path, ch
             if read and found is not None:
                 kind = found.kind
                 if found.tools and model_ok:
-                    problems.attempt(_check_tools_template, recipe, base_dir, source)
+                    problems.attempt(_check_tools_template, recipe, base_dir, source, template_dir if stacked else None)
     if kind is None and objective_ok and "text" not in objective.accepts:
         kind = " or ".join(objective.accepts)  # not read (a hub dataset): what the objective trains on
     if kind is not None and model_ok:
