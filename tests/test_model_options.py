@@ -122,6 +122,7 @@ def test_packing_takes_flash_attentions_varlen_path_only_when_its_kernel_is_ther
         packing.packed_path("kernels-community/some-other-kernel")
 
 
+@pytest.mark.slow
 def test_sdpa_and_eager_train_with_equal_losses_and_neftune_changes_them(tmp_path, monkeypatch):
     """The recipe's attention reaches from_pretrained (the trained model uses it), both compute the same
     losses, and NEFTune's noise on the embeddings, with the same seed and data, gives other ones."""

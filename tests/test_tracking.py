@@ -41,6 +41,7 @@ def wandb_losses(run: Path) -> dict[int, float]:
     return {int(i["train/global_step"]): i["train/loss"] for i in items if "train/loss" in i}
 
 
+@pytest.mark.slow
 def test_tracking_logs_in_the_run_directory_and_secrets_stay_out_of_it(tmp_path: Path, demo_model):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
