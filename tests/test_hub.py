@@ -19,6 +19,7 @@ from finetty.core.cli import commands
 from finetty.core.cli import hub as hub_cli
 from finetty.core.data import hub
 from finetty.core.errors import InputError
+from finetty.core.run.event_types import problem
 
 from .conftest import events, losses, write_recipe
 from .hub_standin import HubStandin
@@ -98,7 +99,7 @@ def test_a_recipe_naming_a_hub_model_and_dataset_downloads_with_progress_then_tr
     assert data["records"] == len(TRAIN_ROWS) and DATASET in data["dataset"]  # the train split, not the test one
     downloads = [e for e in events(run) if e["type"] == "download"]
     assert {(e["kind"], e["repo"]) for e in downloads} == {("model", MODEL), ("dataset", DATASET)}
-    assert all(e["files"] > 0 and e["bytes"] > 0 for e in downloads)
+    assert all(e["files"] > 0 and e["bytes"] > 0 and problem(e) is None for e in downloads)  # as declared
     assert {e["commit"] for e in downloads} == {model_dir.name, data_dir.name}  # the snapshots it trained on
 
     code, out, _ = cli("attach", run.name, "--runs-dir", str(run.parent), "--history", capsys=capsys)
