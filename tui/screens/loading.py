@@ -48,7 +48,9 @@ class LoadingScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self._load()
+        # after this screen has been painted: a quick ``prepare`` would otherwise have the (slow to compose)
+        # screen replace this one before its first frame ever reached the terminal
+        self.call_after_refresh(self._load)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="loading")
     def _load(self) -> None:
