@@ -67,6 +67,7 @@ def cli(*args, capsys) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
+@pytest.mark.slow
 def test_a_recipe_naming_a_hub_model_and_dataset_downloads_with_progress_then_trains(standin, tmp_path, capsys,
                                                                                        monkeypatch, demo_model):
     recipe = hub_recipe(tmp_path / "recipes")
