@@ -67,3 +67,42 @@ def test_stop_checkpoints_and_resume_finishes(tmp_path, demo_model):
     assert finetty("stop", run.name, "--runs-dir", str(tmp_path)).returncode == 2  # nothing live to stop
     done = finetty("train", "--resume", run.name, "--runs-dir", str(tmp_path), "--set", "x=1")
     assert done.returncode == 2  # a resume runs the run's own recipe
+
+
+def test_resume_with_set_trains_longer_and_records_the_change(tmp_path, demo_model):
+    """Resuming a finished run with --set train.max_steps=N+2 trains exactly two more steps from its last
+    checkpoint, rewrites recipe.yaml and records the change; a key that would train something else is refused
+    with exit 2, naming it, and changes nothing."""
+    import yaml
+
+    short = ["--set", "train.max_steps=4", "--set", "train.save_steps=4", "--set", "train.logging_steps=1"]
+    assert finetty("train", str(RECIPES / "demo-lora.yaml"), "--runs-dir", str(tmp_path), *short).returncode == 0
+    run = only_run(tmp_path)
+    assert sorted(losses(run)) == [1, 2, 3, 4]
+    recipe_before = (run / "recipe.yaml").read_text()
+    events_before = len(events(run))
+
+    refused = finetty("train", "--resume", run.name, "--runs-dir", str(tmp_path), "--set", "method=full",
+                      "--set", "train.learning_rate=1")
+    assert refused.returncode == 2, refused.stderr
+    assert "method" in refused.stderr and "silently train something else" in refused.stderr
+    assert "train.learning_rate" in refused.stderr  # every refused key named in one pass
+    assert "Traceback" not in refused.stderr
+    assert (run / "recipe.yaml").read_text() == recipe_before and len(events(run)) == events_before
+
+    bad = finetty("train", "--resume", run.name, "--runs-dir", str(tmp_path), "--set", "train.max_steps=-3")
+    assert bad.returncode == 2 and "max_steps" in bad.stderr, bad.stderr  # checked as a new recipe is
+    assert (run / "recipe.yaml").read_text() == recipe_before
+
+    longer = finetty("train", "--resume", run.name, "--runs-dir", str(tmp_path), "--set", "train.max_steps=6")
+    assert longer.returncode == 0, longer.stderr
+    assert "step-000004" in longer.stdout and "train.max_steps: 4 -> 6" in longer.stdout
+    found = events(run)
+    changed = [e for e in found if e["type"] == "recipe_changed"]
+    assert len(changed) == 1 and changed[0]["changes"] == {"train.max_steps": {"from": 4, "to": 6}}
+    assert changed[0]["checkpoint"] == "checkpoints/step-000004"
+    after = found[found.index(changed[0]):]
+    assert [e["step"] for e in after if e["type"] == "step"] == [5, 6]
+    assert [e["step"] for e in after if e["type"] == "run_finished"] == [6]
+    assert yaml.safe_load((run / "recipe.yaml").read_text())["train"]["max_steps"] == 6
+    assert rundir.summarize(run).status == "finished"

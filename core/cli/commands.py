@@ -41,12 +41,17 @@ def cmd_train(args) -> int:
 
     runs = paths.runs_dir(args.runs_dir)
     if args.resume:
-        if args.recipe or args.set:
-            raise InputError("--resume", None, "resumes the run's own recipe", "drop the recipe and --set")
+        if args.recipe or args.num_processes is not None:
+            raise InputError("--resume", None, "resumes the run's own recipe and launch",
+                             "drop the recipe and --num-processes (--set may change how long it trains)")
         run_dir = rundir.find(args.resume, runs)
+        # --set on a resume: only keys that leave the checkpoint's meaning alone (launch.RESUME_KEYS)
+        changed = launch.resume_change(run_dir, list(args.set), load_plugins(), runs) if args.set else None
         offset = _events_size(run_dir)  # follow this worker, not the end of the last one
-        launch.start_worker(run_dir, resume=True)
+        launch.start_worker(run_dir, resume=True, changed=changed)
         console.print(f"resuming run [bold]{as_markup(run_dir.name)}[/] from {as_markup(_resume_point(run_dir))}")
+        for key, change in (changed.changes if changed else {}).items():
+            console.print(f"  {as_markup(key)}: {as_markup(change['from'])} -> {as_markup(change['to'])}")
     else:
         if not args.recipe:
             raise InputError(None, "finetty train", "needs a recipe or --resume RUN",
@@ -307,7 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("recipe", nargs="?", help="a recipe .yaml file")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a recipe key, e.g. --set train.max_steps=50 (repeatable)")
-    train.add_argument("--resume", metavar="RUN", help="continue RUN from its newest complete checkpoint")
+    train.add_argument("--resume", metavar="RUN", help="continue RUN from its newest complete checkpoint; with "
+                       "--set only train.max_steps, num_train_epochs, save_steps, logging_steps, eval_steps, "
+                       "save_total_limit, notify and monitor.* may change")
     train.add_argument("--detach", action="store_true", help="start the worker in the background and return")
     train.add_argument("--num-processes", type=int, default=None, metavar="N",
                        help="train on N processes (one per GPU) through accelerate; same as --set launch.num_processes=N")

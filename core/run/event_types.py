@@ -177,6 +177,14 @@ class Shrink(Event):
     checkpoint: str | None
 
 
+class RecipeChanged(Event):
+    """A resume with ``--set`` changed the run's recipe (how long it trains, how often it saves, who is told):
+    written by ``finetty train --resume`` under the run's lock, before the worker starts."""
+
+    changes: dict
+    checkpoint: str | None
+
+
 class Stopped(Event):
     """The worker stopped on request after saving a checkpoint; the run can be resumed."""
 
@@ -205,7 +213,7 @@ class RunFailed(Event):
 EVENT_TYPES: dict[str, type] = {
     "worker_started": WorkerStarted, "download": Download, "data": Data, "warning": Warning, "run_started": RunStarted,
     "step": Step, "eval": Eval, "checkpoint": Checkpoint, "memory": Memory, "watermark": Watermark,
-    "shrink": Shrink, "stopped": Stopped, "run_finished": RunFinished, "run_failed": RunFailed,
+    "shrink": Shrink, "recipe_changed": RecipeChanged, "stopped": Stopped, "run_finished": RunFinished, "run_failed": RunFailed,
 }
 
 #: The events that end a worker's run, and the status each leaves.

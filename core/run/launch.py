@@ -21,8 +21,12 @@ from finetty.core.run import entry, rundir
 from finetty.core.errors import InputError
 
 
-def start_worker(run_dir: Path, resume: bool = False) -> int:
+def start_worker(run_dir: Path, resume: bool = False, changed: "ResumeChange | None" = None) -> int:
     """Start the worker for ``run_dir`` (or, for several processes, the supervisor that launches them); its pid.
+
+    ``changed`` (a resume only, from :func:`resume_change`): the recipe is rewritten and the change recorded
+    as a ``recipe_changed`` event while the lock is held, before the worker exists, so events.jsonl still has
+    one writer at a time and the worker reads the new recipe.
 
     The standby worker takes the run when it can (see :mod:`finetty.core.run.standby`);
     otherwise a fresh process is spawned. Raises RunBusyError if a worker is live."""
@@ -35,6 +39,8 @@ def start_worker(run_dir: Path, resume: bool = False) -> int:
     try:
         # a worker.log planted as a link is refused here, before any process (a standby too) is handed the run
         os.close(paths.open_nofollow(run_dir / rundir.LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT))
+        if changed is not None and changed.changes:
+            _apply_change(run_dir, changed)
         recipe = from_run(run_dir)
         pid = standby.hand_over(run_dir, fd, resume) if standby.enabled() and standby.serves(recipe) else None
         if pid is None:
@@ -42,6 +48,107 @@ def start_worker(run_dir: Path, resume: bool = False) -> int:
     finally:
         os.close(fd)
     return pid
+
+
+# -- resuming with changed keys (finetty train --resume RUN --set KEY=VALUE) --------------------------
+
+#: Recipe keys a resume may change, with or without a sub-key: how long to train and how often to log, evaluate
+#: and save, who is told, how memory is watched. None of them changes what the checkpoint's weights, optimizer
+#: state or data order mean; every other key would make the resume train something else than the run did.
+RESUME_KEYS = ("train.max_steps", "train.num_train_epochs", "train.save_steps", "train.logging_steps",
+               "train.eval_steps", "train.save_total_limit", "notify", "monitor")
+
+
+@dataclass
+class ResumeChange:
+    """A run's recipe with a resume's ``--set`` applied (notify URLs masked), and what changed."""
+
+    recipe_text: str
+    changes: dict
+    """``{key: {"from": old, "to": new}}`` for each key whose value differs"""
+
+
+def _why_fixed(key: str) -> str:
+    top = key.split(".")[0]
+    if top in ("model", "method", "method_options", "quantizer", "quantizer_options", "model_options",
+               "trust_remote_code"):
+        return "the checkpoint holds this model and method's weights; resuming with another would silently " \
+               "train something else"
+    if top in ("dataset", "dataset_options", "data_options", "format", "objective", "objective_options",
+               "chat_template"):
+        return "the checkpoint's position in the data and its loss belong to this data and objective; " \
+               "resuming with others would silently train something else"
+    if top == "launch":
+        return "the checkpoint was written for this launch (processes, sharding); change it in a new run"
+    return "the checkpoint's optimizer, schedule and data order were made with this value; only " \
+           f"{', '.join(RESUME_KEYS)} may change on resume"
+
+
+def resume_change(run_dir: Path, overrides: list[str], registry, runs: Path | None = None) -> ResumeChange:
+    """The run's recipe with ``overrides`` applied, checked as a new recipe is; an InputError (exit 2, nothing
+    written) names each key a resume may not change (:data:`RESUME_KEYS`) and why."""
+    import yaml
+
+    from finetty.core.errors import raise_all
+    from finetty.core.recipe import recipe as recipe_mod
+    from finetty.core.run import notify
+
+    refused = []
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if not any(key == allowed or key.startswith(allowed + ".") for allowed in RESUME_KEYS):
+            refused.append(InputError("--set", key, f"cannot change when resuming run {run_dir.name}: "
+                                      f"{_why_fixed(key)}",
+                                      "drop it, or start a new run with it (finetty train RECIPE --set ...), or "
+                                      f"train on top of this one (model: run:{run_dir.name})"))
+    raise_all(refused)
+    file = run_dir / rundir.RECIPE_FILE
+    before = recipe_mod.from_run(run_dir)
+    data, source = recipe_mod.parse_text(file.read_text(encoding="utf-8"), file)
+    keys = {item.partition("=")[0].strip().split(".")[0] for item in overrides}
+    if "notify" not in keys:
+        data["notify"] = []  # the copy holds them masked; they were checked when the run was made
+    recipe_mod.apply_overrides(data, overrides, source)
+    checked = recipe_mod.validate(data, registry, source, run_dir, check_data=False, check_sources=False,
+                                  runs=runs if runs is not None else run_dir.parent)
+    after = recipe_mod.from_run(run_dir)
+    for key in keys:
+        setattr(after, key, getattr(checked, key))
+    text = after.to_yaml()
+    if "notify" in keys:
+        text = notify.keep_secrets(run_dir, text)  # the real URLs outside the run directory, as at creation
+    new = yaml.safe_load(text)
+    changes = {}
+    for item in overrides:
+        path = item.partition("=")[0].strip().split(".")
+        old_value, new_value = _lookup(before.to_dict(), path), _lookup(new, path)
+        if old_value != new_value:
+            changes[".".join(path)] = {"from": old_value, "to": new_value}
+    return ResumeChange(text, changes)
+
+
+def _lookup(data, path: list[str]):
+    for part in path:
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+def _apply_change(run_dir: Path, changed: ResumeChange) -> None:
+    """Rewrite recipe.yaml (written then renamed, never through a link) and record the change as an event."""
+    from finetty.core.run.events import EventWriter
+
+    latest = rundir.latest_checkpoint(run_dir)
+    tmp = run_dir / (rundir.RECIPE_FILE + ".tmp")
+    tmp.unlink(missing_ok=True)
+    with os.fdopen(paths.open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "w", encoding="utf-8") as handle:
+        handle.write(changed.recipe_text)
+    tmp.replace(run_dir / rundir.RECIPE_FILE)
+    writer = EventWriter(run_dir)
+    try:
+        writer.emit("recipe_changed", changes=changed.changes,
+                    checkpoint=str(latest.relative_to(run_dir)) if latest else None)
+    finally:
+        writer.close()
 
 
 def _spawn(run_dir: Path, fd: int, resume: bool, distributed: bool) -> int:
