@@ -174,3 +174,73 @@ def test_chat_screen(snap_compare, stable, runs_dir, tmp_path, size, identity_ru
         await pilot.pause()
 
     assert snap_compare(app_for(runs_dir, stable, tmp_path, open_run=run), terminal_size=size, run_before=ready)
+
+
+async def _new_run(pilot) -> None:
+    await pilot.press("n")
+    await settle(pilot, lambda: getattr(pilot.app.screen, "recipe", None) is not None
+                 and "records" in str(pilot.app.screen.query_one("#preview-text").render()))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_new_run_method_chosen(snap_compare, stable, runs_dir, tmp_path, size, demo_model):
+    """full chosen: its recommended learning rate loaded and the notice line under the method saying so."""
+    async def ready(pilot):
+        await _new_run(pilot)
+        form = pilot.app.screen
+        form.query_one("#method").value = "full"
+        await settle(pilot, lambda: form.recipe is not None and form.recipe.method == "full")
+        form.query_one("#form").scroll_to_widget(form.query_one("#method").parent, animate=False, top=True)
+        await settle(pilot)
+
+    assert snap_compare(app_for(runs_dir, stable, tmp_path), terminal_size=size, run_before=ready)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_new_run_training_section(snap_compare, stable, runs_dir, tmp_path, size, demo_model):
+    """The Training and Devices sections: every label on one line, whole."""
+    async def ready(pilot):
+        await _new_run(pilot)
+        form = pilot.app.screen
+        form.query_one("#form").scroll_end(animate=False)
+        await settle(pilot)
+
+    assert snap_compare(app_for(runs_dir, stable, tmp_path), terminal_size=size, run_before=ready)
+
+
+@pytest.mark.parametrize("picker", ["model", "dataset", "method", "objective"])  # (quantizer: the same widget)
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_new_run_picker(snap_compare, stable, runs_dir, tmp_path, size, picker, demo_model):
+    """Each picker opens as a bordered modal over the form, titled, every choice whole."""
+    async def ready(pilot):
+        await _new_run(pilot)
+        pilot.app.screen.query_one(f"#{picker}").focus()
+        await pilot.press("enter")
+        await settle(pilot, lambda: type(pilot.app.screen).__name__ == "PickerScreen")
+
+    assert snap_compare(app_for(runs_dir, stable, tmp_path), terminal_size=size, run_before=ready)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_monitor_log_tab(snap_compare, stable, runs_dir, tmp_path, size):
+    run = write_run(runs_dir, "261122-110826-lora-f667", memory_events(recorded()))
+
+    async def ready(pilot):
+        await settle(pilot, lambda: getattr(pilot.app.screen, "history", None) is not None
+                     and pilot.app.screen.history.status == "finished")
+        await pilot.press("l")
+        await settle(pilot)
+
+    assert snap_compare(app_for(runs_dir, stable, tmp_path, open_run=run), terminal_size=size, run_before=ready)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_delete_confirmation(snap_compare, stable, runs_dir, tmp_path, size):
+    make_runs(runs_dir)
+
+    async def ready(pilot):
+        await settle(pilot, lambda: pilot.app.screen.query_one("#runs-table").row_count == 4)
+        await pilot.press("d")
+        await settle(pilot, lambda: type(pilot.app.screen).__name__ == "ConfirmScreen")
+
+    assert snap_compare(app_for(runs_dir, stable, tmp_path), terminal_size=size, run_before=ready)

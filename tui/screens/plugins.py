@@ -16,8 +16,9 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from finetty.core.text import as_text, clean, one_line
 
-#: The table's columns, left to right, as ``finetty plugins`` prints them.
-COLUMNS = ("plugin", "kind", "provides", "distribution", "version", "status")
+#: The table's columns, left to right: ``finetty plugins``'s, the status second (a failed plugin is what a person
+#: opens this screen to find).
+COLUMNS = ("plugin", "status", "kind", "provides", "distribution", "version")
 #: The columns kept when the screen is narrow, first kept first (provides takes what is left).
 PRIORITY = ("plugin", "status", "kind", "provides", "version", "distribution")
 PROVIDES_MIN = 16

@@ -6,7 +6,7 @@ cuts each choice at the field's width. :class:`Picker` keeps ``Select``'s value,
 ``Changed`` message and keys (Enter, space, arrows, a click) and shows the list
 in :class:`PickerScreen` instead: centred, bordered, titled with the field's
 name, every label whole (wrapped at word boundaries) and the field's help below.
-The field itself shows each label shortened at a word boundary.
+The field itself shows the chosen label shortened at a word boundary to its width.
 """
 
 from __future__ import annotations
@@ -89,6 +89,22 @@ class Picker(Select):
         self.title_text = title
         self.help_text = help_text
         super().__init__([(Text(shorten(label, short)), value) for label, value in choices], **kwargs)
+
+    def on_resize(self) -> None:
+        self._fit_label()
+
+    def _watch_value(self, value) -> None:
+        super()._watch_value(value)
+        self._fit_label()
+
+    def _fit_label(self) -> None:
+        """The chosen label as long as the field is wide (at 120 columns more of it), cut at a word."""
+        values = [value for _, value in self._options if value is not Select.BLANK]
+        if self.value not in values or self.size.width <= 0:
+            return
+        label = Text(shorten(self.full_labels[values.index(self.value)], max(self.size.width - 4, 12)))
+        for current in self.query("SelectCurrent"):  # (the field's own line: the arrow takes the rest)
+            current.update(label)
 
     def _watch_expanded(self, expanded: bool) -> None:
         if not expanded:
