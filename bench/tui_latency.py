@@ -60,7 +60,7 @@ MONITOR = ("import sys; from pathlib import Path; from finetty.tui.app import ru
 SCREENS = (
     ("Runs", "start", RUNS_MARK, None),  # filled: the finished run's row (its id)
     ("New run (fresh home)", "fresh", "finetty — new run".encode(), b"Save recipe"),
-    ("Monitor (finished run)", "monitor", "finetty — run ".encode(), b"elapsed"),
+    ("Monitor (finished run)", "monitor", "finetty — run ".encode(), b"finished"),  # (its status, read)
     ("Plugins", b"p", PLUGINS_MARK, (b"every plugin loaded", b"provides")),
     ("Help", F1, b"Keys on Runs", b"Keys on Runs"),
     ("GPUs", b"g", "finetty — GPUs".encode(), (b"No GPU", b"utilisation")),
