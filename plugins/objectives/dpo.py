@@ -13,7 +13,7 @@ among them ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins`` and
 from __future__ import annotations
 
 from finetty.core.plugin_api import Objective, Option, hookimpl, trainer_class
-from finetty.plugins.objectives.trl_common import pair_rows
+from finetty.plugins.objectives.trl_common import pair_rows, trl_config
 
 DPO_OPTIONS = (
     Option("beta", "float", 0.1, "strength of the pull towards the reference model (higher: stay closer)",
@@ -59,22 +59,12 @@ def _dpo_trainer_class():
 
 
 def _training_arguments(args, options: dict, max_length: int, precompute: bool):
-    import dataclasses
-    import enum
-
-    from transformers import TrainingArguments
+    """The run's TrainingArguments as TRL's DPOConfig, with the objective's options."""
     from trl import DPOConfig
 
-    values = {}
-    for f in dataclasses.fields(TrainingArguments):
-        if f.init and not f.name.startswith("_"):
-            value = getattr(args, f.name)
-            values[f.name] = value.value if isinstance(value, enum.Enum) else value
-    values.pop("accelerator_config", None)
-    return DPOConfig(**values, beta=options["beta"], loss_type=[options["loss_type"]],
-                     label_smoothing=options["label_smoothing"], max_length=max_length,
-                     precompute_ref_log_probs=precompute,
-                     dataset_num_proc=None)
+    return trl_config(args, DPOConfig, beta=options["beta"], loss_type=[options["loss_type"]],
+                      label_smoothing=options["label_smoothing"], max_length=max_length,
+                      precompute_ref_log_probs=precompute)
 
 
 def build_trainer(ctx):
