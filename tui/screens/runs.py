@@ -28,6 +28,11 @@ PRIORITY = ("run", "status", "step", "loss", "method", "ETA", "elapsed", "model"
 MODEL_WIDTH = 32
 
 
+def _ellipsis(name: str, most: int) -> str:
+    """A name in at most ``most`` characters, ending in … when it was longer (never silently cut)."""
+    return name if len(name) <= most else name[:most - 1] + "…"
+
+
 class RunsScreen(Screen):
     """The list of runs; Enter opens one."""
 
@@ -93,9 +98,7 @@ class RunsScreen(Screen):
         eta = run.eta
         step = f"{run.step}/{run.total}" if run.total else str(run.step or "-")
         loss = f"{run.loss:.3f}" if run.loss is not None else "-"
-        model = one_line(run.model.rsplit("/", 1)[-1])
-        if len(model) > MODEL_WIDTH:
-            model = model[:MODEL_WIDTH - 1] + "…"
+        model = _ellipsis(one_line(run.model.rsplit("/", 1)[-1]), MODEL_WIDTH)
         return {"run": as_text(run.id, one_line=True), "status": status_text(run.status, one_line(run.label)),
                 "model": Text(model), "method": as_text(rundir.what_runs(run.method, run.extra.get("objective")),
                                                         one_line=True),
@@ -167,8 +170,8 @@ class RunsScreen(Screen):
         for number, entry in enumerate(entries, 1):
             table.add_row(str(number), as_text(entry.id, one_line=True),
                           as_text(rundir.what_runs(entry.method, entry.objective), one_line=True),
-                          as_text(entry.model.rsplit("/", 1)[-1][:20], one_line=True),
-                          as_text(entry.dataset.rsplit("/", 1)[-1][:20], one_line=True), key=entry.id)
+                          as_text(_ellipsis(entry.model.rsplit("/", 1)[-1], 20), one_line=True),
+                          as_text(_ellipsis(entry.dataset.rsplit("/", 1)[-1], 20), one_line=True), key=entry.id)
         ids = [e.id for e in entries]
         if current in ids:
             table.move_cursor(row=ids.index(current))
