@@ -89,7 +89,26 @@ def test_merged_export_card_and_modes(identity_run, tmp_path):
     front = front_matter((out / "README.md").read_text(encoding="utf-8"))
     assert front["library_name"] == "transformers" and not os.path.isabs(front["base_model"])
     assert (out / front["base_model"]).resolve() == inference.base_model_dir(identity_run).resolve()
+    # no JSON file of the export names the base by this machine's path (only the card says where it was):
+    # transformers' config.json leaves out _name_or_path today, and should it come back it must be the card's
+    base_path = str(inference.base_model_dir(identity_run).resolve())
+    for path in out.glob("*.json"):
+        assert base_path not in path.read_text(encoding="utf-8"), path.name
+    assert json.loads((out / "config.json").read_text()).get("_name_or_path", front["base_model"]) == \
+        front["base_model"]
     assert_ordinary_modes(out)
+
+
+def test_config_name_or_path_is_rewritten_to_the_cards_base_where_transformers_wrote_one(tmp_path):
+    """transformers 4.x writes ``_name_or_path`` (the trainer's absolute base folder) into config.json."""
+    with_path, without = tmp_path / "with", tmp_path / "without"
+    for folder, config in ((with_path, {"_name_or_path": "/home/me/.cache/base", "model_type": "llama"}),
+                           (without, {"model_type": "llama"})):
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(config))
+        export._point_adapter_at(folder, "../base")
+    assert json.loads((with_path / "config.json").read_text()) == {"_name_or_path": "../base", "model_type": "llama"}
+    assert json.loads((without / "config.json").read_text()) == {"model_type": "llama"}
 
 
 @pytest.mark.parametrize("base, expected", [

@@ -189,13 +189,18 @@ def base_reference(base_dir: Path, out: Path) -> tuple[str, str | None]:
 
 
 def _point_adapter_at(folder: Path, base: str) -> None:
-    """Rewrite ``adapter_config.json``'s ``base_model_name_or_path`` (PEFT wrote the trainer's absolute path)."""
-    config_path = folder / "adapter_config.json"
-    if not config_path.is_file():
-        return
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["base_model_name_or_path"] = base
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    """Name the base as the card does: ``adapter_config.json``'s ``base_model_name_or_path`` (PEFT wrote the
+    trainer's absolute path) and ``config.json``'s ``_name_or_path`` where transformers wrote one (4.x writes
+    the folder the base was loaded from; 5.x leaves it out)."""
+    for name, key in (("adapter_config.json", "base_model_name_or_path"), ("config.json", "_name_or_path")):
+        config_path = folder / name
+        if not config_path.is_file():
+            continue
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        if key not in config and name == "config.json":
+            continue
+        config[key] = base
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _ordinary_modes(folder: Path) -> None:
