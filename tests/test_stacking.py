@@ -86,9 +86,12 @@ def test_dpo_on_top_of_lora_sft_continues_its_adapter_and_records_the_parent(dpo
     assert started["model_dir"] == _started(parent)["model_dir"]  # the adapter still sits on the demo
     assert started["recipe"]["model"] == f"run:{parent}@final"  # resolved: a resume finds the same parent
     assert len(losses(child)) == DPO_STEPS
-    listed = finetty("runs", "--runs-dir", str(parent.parent), env={"COLUMNS": "200"}, check=True).stdout
-    row = next(line for line in listed.splitlines() if line.startswith(child.name))
-    assert f"\N{LEFTWARDS ARROW} {parent.name}" in row and "lora/dpo" in row
+    chain = f"\N{LEFTWARDS ARROW} {parent.name}"
+    wide = finetty("runs", "--runs-dir", str(parent.parent), env={"COLUMNS": "200"}, check=True).stdout
+    row = next(line for line in wide.splitlines() if line.startswith(child.name))
+    assert chain in row and "lora/dpo" in row  # the model column names the parent
+    narrow = finetty("runs", "--runs-dir", str(parent.parent), env={"COLUMNS": "80"}, check=True).stdout
+    assert f"{child.name} {chain} (continue)" in narrow.splitlines()  # whole below the table at 80 columns
 
 
 def test_after_dpo_chat_gives_the_identity_and_the_chosen_answers_gain_over_the_parent(dpo_stage):

@@ -155,6 +155,12 @@ def _report_end(run_dir: Path, end: dict | None, interrupted: bool = False) -> i
 
 # -- runs, stop, checkpoint, attach ----------------------------------------------------------------
 
+def _one_cell(text):
+    """A cell cut with … rather than wrapped onto a second row (``← PARENT-ID`` would break at the arrow)."""
+    text.no_wrap, text.overflow = True, "ellipsis"
+    return text
+
+
 def cmd_runs(args) -> int:
     runs = rundir.list_runs(paths.runs_dir(args.runs_dir))
     if not runs:
@@ -172,7 +178,7 @@ def cmd_runs(args) -> int:
             today = time.strftime("%Y%m%d") == time.strftime("%Y%m%d", time.localtime(run.started))
             started = time.strftime("%H:%M" if today else "%m-%d", time.localtime(run.started))
         table.add_row(as_text(run.id, one_line=True), as_text(run.label, styles.get(run.status, "")),
-                      as_text(run.origin, one_line=True),
+                      _one_cell(as_text(run.origin, one_line=True)),
                       as_text(rundir.what_runs(run.method, run.extra.get("objective")), one_line=True),
                       f"{run.step}{total}", f"{run.loss:.4f}" if run.loss is not None else "-", started)
     console.print(table)
@@ -190,6 +196,9 @@ def cmd_runs(args) -> int:
         if run.skipped:
             console.print(f"[yellow]{as_markup(run.id, one_line=True)}[/]: skipped {run.skipped} line(s) of "
                           f"events.jsonl that are torn or not an event of the contract (docs/events.md)")
+    for run in runs:  # the chain whole, whatever the terminal's width: the table's model column may be cut
+        if run.parent and run.parent.get("run"):
+            console.print(as_markup(f"{run.id} {run.origin} ({run.parent.get('mode') or '?'})", one_line=True))
     return 0
 
 
