@@ -221,14 +221,16 @@ def test_new_run_picker(snap_compare, stable, runs_dir, tmp_path, size, picker, 
     assert snap_compare(app_for(runs_dir, stable, tmp_path), terminal_size=size, run_before=ready)
 
 
+@pytest.mark.parametrize("key", ["l", "e", "w"], ids=["log", "recipe", "warnings"])
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_monitor_log_tab(snap_compare, stable, runs_dir, tmp_path, size):
+def test_monitor_tab(snap_compare, stable, runs_dir, tmp_path, size, key):
+    """The monitor's other tabs (Checkpoints is test_monitor_screen's; Memory is tests/test_tui_memory.py's)."""
     run = write_run(runs_dir, "261122-110826-lora-f667", memory_events(recorded()))
 
     async def ready(pilot):
         await settle(pilot, lambda: getattr(pilot.app.screen, "history", None) is not None
                      and pilot.app.screen.history.status == "finished")
-        await pilot.press("l")
+        await pilot.press(key)
         await settle(pilot)
 
     assert snap_compare(app_for(runs_dir, stable, tmp_path, open_run=run), terminal_size=size, run_before=ready)
@@ -242,5 +244,15 @@ def test_delete_confirmation(snap_compare, stable, runs_dir, tmp_path, size):
         await settle(pilot, lambda: pilot.app.screen.query_one("#runs-table").row_count == 4)
         await pilot.press("d")
         await settle(pilot, lambda: type(pilot.app.screen).__name__ == "ConfirmScreen")
+
+    assert snap_compare(app_for(runs_dir, stable, tmp_path), terminal_size=size, run_before=ready)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_save_recipe_prompt(snap_compare, stable, runs_dir, tmp_path, size, demo_model):
+    async def ready(pilot):
+        await _new_run(pilot)
+        await pilot.press("ctrl+s")
+        await settle(pilot, lambda: type(pilot.app.screen).__name__ == "PromptScreen")
 
     assert snap_compare(app_for(runs_dir, stable, tmp_path), terminal_size=size, run_before=ready)
