@@ -174,3 +174,41 @@ def test_the_app_shows_the_parent_on_the_runs_detail_line_and_in_the_monitor(run
             assert len(shown[0]) <= stats.content_size.width, "the row fits its panel: nothing wraps or is cut"
 
     run(scenario())
+
+
+def test_a_checkpoint_is_named_by_step_and_what_cannot_be_found_says_what_is_there(identity_run, tmp_path):
+    from finetty.core.errors import InputError
+    from finetty.core.plugin.registry import load_plugins
+    from finetty.core.recipe import recipe as recipe_mod
+
+    runs = tmp_path / "runs"
+    parent = _copy_parent(identity_run, runs)
+    steps = sorted(p.name for p in (parent / "checkpoints").glob("step-*"))
+    registry = load_plugins()
+    number = int(steps[0].removeprefix("step-"))
+    found = recipe_mod.load(RECIPES / "demo-dpo.yaml", [f"model=run:{parent.name}@{number}"], registry, runs=runs)
+    assert found.model == f"run:{parent.resolve()}@{steps[0]}"
+    with pytest.raises(InputError) as refused:
+        recipe_mod.load(RECIPES / "demo-dpo.yaml", [f"model=run:{parent.name}@step-000007"], registry, runs=runs)
+    assert "has no complete checkpoint 'step-000007'" in str(refused.value)
+    assert f"available: {', '.join(steps)}" in str(refused.value)
+    with pytest.raises(InputError) as refused:  # a typo in the id: the nearest one is offered
+        recipe_mod.load(RECIPES / "demo-dpo.yaml", [f"model=run:{parent.name[:-1]}x"], registry, runs=runs)
+    assert f"did you mean run:{parent.name}?" in str(refused.value)
+
+
+def test_a_run_on_top_of_a_full_fine_tuning_run_takes_its_result_as_the_base(tmp_path_factory, tmp_path):
+    from .results_runs import trained
+
+    runs = tmp_path / "runs"
+    parent = _copy_parent(trained("full", tmp_path_factory), runs)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FINETTY_KEEP_IMPORTS", "1")
+        child = inprocess.train(RECIPES / "demo-lora.yaml", runs,
+                                [f"model={parent}", "train.max_steps=2", "train.save_steps=2",
+                                 "train.logging_steps=1"], monkeypatch=patch)
+    started = _started(child)
+    assert started["parent"]["mode"] == "whole" and started["parent"]["method"] == "full"
+    assert Path(started["model_dir"]) == parent.resolve() / "final"  # no copy: the full run's result is the base
+    assert not (child / "base").exists()
+    assert len(losses(child)) == 2
