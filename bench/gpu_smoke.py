@@ -8,8 +8,13 @@ goes through ``python -m finetty.core.cli train RECIPE --runs-dir DIR`` exactly
 as a user runs it, and every number is read from the run's ``events.jsonl``.
 Each check prints one line, ``PASS name: detail``, ``FAIL name: detail`` or
 ``SKIP name: reason``; one check failing (or raising) never stops the others.
-Exit 0 only when nothing failed. With no CUDA device it prints one line and
-exits 0, so the suite can run it on CPU machines (tests/test_gpu_smoke.py).
+A SKIP is for an optional package that is not installed (bitsandbytes,
+flash-attn) or a GPU without bf16, and says so. Exit 0 only when nothing
+failed, the whole within ten minutes (over that is a ``FAIL time`` line).
+With no CUDA device it prints one line and exits 0, so the suite can run it
+on CPU machines; tests/test_gpu_smoke.py also validates every recipe the
+checks train (:func:`smoke_recipes`) as on a GPU, so a renamed recipe key
+fails on a CPU first.
 
 The CUDA out-of-memory check makes the memory really run out: after two
 optimizer steps (and a checkpoint), a ``sitecustomize`` on the worker's
@@ -34,6 +39,8 @@ from pathlib import Path
 
 NO_CUDA = "gpu_smoke: skipped, no CUDA device (torch.cuda.is_available() is False)"
 STEPS = 30
+#: the whole check must fit a first GPU session: ten minutes
+BUDGET_S = 600
 MIB = 1024 ** 2
 
 RESULTS: list[tuple[str, str, str]] = []
@@ -111,11 +118,75 @@ def long_dataset(work: Path) -> Path:
     words = "the model learns a name and a maker from short questions and long answers".split()
     rng = random.Random(0)
     path = work / "long.jsonl"
+    if path.is_file():
+        return path
     with path.open("w", encoding="utf-8") as handle:
         for n in range(256):
             text = " ".join(rng.choice(words) for _ in range(900))
             handle.write(json.dumps({"instruction": f"Say something long, number {n}.", "output": text}) + "\n")
     return path
+
+
+QUANT = {"quant_type": "nf4", "double_quant": True, "compute_dtype": "bfloat16"}
+ESTIMATED = ("lora", "qlora", "full")
+#: more rows than the identity dataset has examples (40): one batch holds them all, packed or not
+EVERYTHING = 64
+
+
+def watermark_recipe(models: dict) -> str:
+    return recipe_text(models["llama"], train={"max_steps": 10},
+                       monitor={"watermark": 0.001, "on_watermark": "checkpoint", "interval_s": 0.5})
+
+
+def oom_recipes(models: dict, data: Path) -> dict[str, str]:
+    """Micro-batch 4 (measured), micro-batch 64 under the cap (fails), the same with auto-shrink (finishes)."""
+    source = {"dataset": str(data), "format": "alpaca"}
+    base = {"max_length": 1024, "max_steps": 3, "per_device_train_batch_size": 4}
+    big = {**base, "per_device_train_batch_size": 64, "max_steps": 5, "save_steps": 2}
+    return {"oom-measure": recipe_text(models["llama"], "full", train=base, **source),
+            "oom-fail": recipe_text(models["llama"], "full", train=big, **source),
+            "oom-shrink": recipe_text(models["llama"], "full", train={**big, "auto_shrink_batch": True}, **source)}
+
+
+def bnb_recipe(models: dict, bits: int) -> str:
+    if bits == 4:
+        return recipe_text(models["llama"], "qlora", quantizer_options=QUANT)
+    return recipe_text(models["llama"], "lora", quantizer="bnb-8bit")
+
+
+def bf16_recipe(models: dict) -> str:
+    return recipe_text(models["qwen2"], train={"bf16": True})
+
+
+def packing_recipe(models: dict, attention: str) -> str:
+    """The packed recipe the packing check loads its model and data from (flash-attention computes in bf16)."""
+    train = {"max_steps": 1, "packing": True, "per_device_train_batch_size": EVERYTHING}
+    if attention != "sdpa":
+        train["bf16"] = True
+    return recipe_text(models["llama"], train=train, model_options={"attn_implementation": attention})
+
+
+def estimate_recipe(models: dict, method: str) -> str:
+    extra = {"quantizer_options": QUANT} if method == "qlora" else {}
+    return recipe_text(models["llama"], method, train={"max_steps": 6}, **extra)
+
+
+def fsdp_recipe(models: dict) -> str:
+    return recipe_text(models["llama"], "full", train={"max_steps": 10},
+                       launch={"num_processes": 1, "distributed_type": "fsdp"})
+
+
+def smoke_recipes(models: dict, work: Path) -> dict[str, str]:
+    """Every recipe the checks train or load, by label: tests/test_gpu_smoke.py validates each on a CPU machine,
+    so a renamed key fails there and not on the first GPU."""
+    recipes = {"watermark": watermark_recipe(models), **oom_recipes(models, long_dataset(work))}
+    recipes.update({f"bnb{bits}": bnb_recipe(models, bits) for bits in (4, 8)})
+    recipes["bf16"] = bf16_recipe(models)
+    recipes.update({f"packing-{attention}": packing_recipe(models, attention)
+                    for attention in ("sdpa", "flash_attention_2")})
+    recipes.update({f"estimate-{method}": estimate_recipe(models, method) for method in ESTIMATED})
+    recipes["fsdp"] = fsdp_recipe(models)
+    return recipes
 
 
 class Runner:
@@ -283,9 +354,7 @@ def check_watermark_sampler(runner: Runner) -> str:
 
 def check_watermark_run(runner: Runner) -> str:
     """In a real run, ``monitor.on_watermark: checkpoint`` under a tiny watermark saves a checkpoint mid-run."""
-    text = recipe_text(runner.models["llama"], train={"max_steps": 10},
-                       monitor={"watermark": 0.001, "on_watermark": "checkpoint", "interval_s": 0.5})
-    done, run = runner.train("watermark", text)
+    done, run = runner.train("watermark", watermark_recipe(runner.models))
     found = finished(done, run)
     crossed = [e for e in found if e["type"] == "watermark" and e["state"] == "crossed"]
     assert crossed, "no watermark crossed event"
@@ -333,15 +402,13 @@ def check_oom(runner: Runner) -> str:
     from finetty.core.run import rundir
 
     # micro-batch 4 of rows near max_length is measured first; the cap is set from its peak
-    data = {"dataset": str(long_dataset(runner.work)), "format": "alpaca"}
-    base = {"max_length": 1024, "max_steps": 3, "per_device_train_batch_size": 4}
-    done, run = runner.train("oom-measure", recipe_text(runner.models["llama"], "full", train=base, **data))
+    recipes = oom_recipes(runner.models, long_dataset(runner.work))
+    done, run = runner.train("oom-measure", recipes["oom-measure"])
     small = peak_reserved(finished(done, run))
     assert small > 0, "the measuring run wrote no torch memory readings"
     cap = int(small * 2.5)
     env = _oom_env(runner, cap, after_steps=2)  # steps 1 and 2 uncapped, step 2 checkpointed, step 3 capped
-    big = {**base, "per_device_train_batch_size": 64, "max_steps": 5, "save_steps": 2}
-    done, run = runner.train("oom-fail", recipe_text(runner.models["llama"], "full", train=big, **data), env)
+    done, run = runner.train("oom-fail", recipes["oom-fail"], env)
     assert run is not None and done.returncode != 0, \
         f"micro-batch 64 under a {cap / MIB:.0f} MiB cap exited {done.returncode}"
     failed = [e for e in events(run) if e["type"] == "run_failed"]
@@ -350,8 +417,7 @@ def check_oom(runner: Runner) -> str:
     assert "peak unknown" not in reason, reason
     kept = [p.name for _, p in rundir.complete_checkpoints(run)]
     assert kept == ["step-000002"] and "step-000002) is intact" in reason, f"checkpoints {kept}: {reason}"
-    shrunk = {**big, "auto_shrink_batch": True}
-    done, run = runner.train("oom-shrink", recipe_text(runner.models["llama"], "full", train=shrunk, **data), env)
+    done, run = runner.train("oom-shrink", recipes["oom-shrink"], env)
     found = finished(done, run)
     shrinks = [e for e in found if e["type"] == "shrink"]
     assert shrinks, "auto_shrink_batch finished without a shrink event"
@@ -362,12 +428,7 @@ def check_oom(runner: Runner) -> str:
 def check_bnb(runner: Runner, bits: int) -> str:
     if not have("bitsandbytes"):
         raise Skip("bitsandbytes is not installed")
-    if bits == 4:
-        text = recipe_text(runner.models["llama"], "qlora",
-                           quantizer_options={"quant_type": "nf4", "double_quant": True, "compute_dtype": "bfloat16"})
-    else:
-        text = recipe_text(runner.models["llama"], "lora", quantizer="bnb-8bit")
-    done, run = runner.train(f"bnb{bits}", text)
+    done, run = runner.train(f"bnb{bits}", bnb_recipe(runner.models, bits))
     finished(done, run)
     return falling(run)
 
@@ -377,53 +438,136 @@ def check_bf16(runner: Runner) -> str:
 
     if not torch.cuda.is_bf16_supported():
         raise Skip(f"{torch.cuda.get_device_name()} has no bf16")
-    done, run = runner.train("bf16", recipe_text(runner.models["qwen2"], train={"bf16": True}))
+    done, run = runner.train("bf16", bf16_recipe(runner.models))
     finished(done, run)
     return "qwen2 " + falling(run)
 
 
-def check_packing(runner: Runner, attention: str) -> str:
-    """The first step's loss, packed and unpacked, over one batch holding every example, must agree.
+def _per_example_losses(model, rows: list[dict], packed: bool, max_length: int, device: str) -> list[float]:
+    """Each example's mean next-token loss (its first label never counts: nothing precedes it unpacked, and
+    packing ignores it), computed one example at a time, or from one packed forward over all of them."""
+    import torch
 
-    Step 1's loss is logged before any update and averages over the same
-    tokens either way (packing drops each example's first label, which
-    unpacked never predicts), so only the attention layout differs.
+    from finetty.core.data.packing import PackedCollator, pack_examples, pack_rows
+
+    def token_losses(logits, labels):
+        return torch.nn.functional.cross_entropy(logits[0, :-1].float(), labels[0, 1:], ignore_index=-100,
+                                                 reduction="none")
+
+    means = [0.0] * len(rows)
+    with torch.no_grad():
+        if not packed:
+            for n, row in enumerate(rows):
+                ids = torch.tensor([row["input_ids"]], device=device)
+                labels = torch.tensor([row["labels"]], device=device)
+                lost = token_losses(model(input_ids=ids, use_cache=False).logits, labels)
+                means[n] = (lost.sum() / (labels[0, 1:] != -100).sum()).item()
+            return means
+        order = [index for group in pack_rows([len(r["input_ids"]) for r in rows], max_length) for index in group]
+        batch = PackedCollator()(pack_examples(rows, max_length))
+        starts = batch["cu_seq_lens_q"].tolist()
+        assert len(starts) - 1 == len(rows), f"{len(starts) - 1} packed examples for {len(rows)}"
+        inputs = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.items() if k != "labels"}
+        labels = batch["labels"].to(device)
+        lost = token_losses(model(**inputs, use_cache=False).logits, labels)
+        counted = labels[0, 1:] != -100
+        for index, a, b in zip(order, starts[:-1], starts[1:], strict=True):
+            # labels a+1..b-1 belong to this example; the logits at t predict label t+1, so lost[a..b-2]
+            means[index] = (lost[a:b - 1].sum() / counted[a:b - 1].sum()).item()
+    return means
+
+
+def packed_and_alone(recipe_file: Path, device: str) -> tuple[str, list[float], list[float], list[float] | None]:
+    """``(packed path, per-example losses alone, the same packed, alone again under sdpa)`` for a packing
+    recipe's model and data, loaded as the worker loads them (its ``model_options.attn_implementation``
+    included). The last is None under sdpa itself; under another kernel it measures how far two correct
+    kernels round apart in the run's dtype, the noise a packed loss may differ by."""
+    from finetty.core.data import packing as packing_mod
+    from finetty.core.data import reading as data_mod
+    from finetty.core.data.tokenize import tokenize_examples
+    from finetty.core.model import loading as models
+    from finetty.core.plugin.registry import load_plugins
+    from finetty.core.recipe import recipe as recipe_mod
+
+    registry = load_plugins()
+    recipe = recipe_mod.load(recipe_file, [], registry)
+    entries = data_mod.parse_dataset(recipe.dataset, Path.cwd())
+    found = data_mod.read_data(entries, recipe.format, registry.data_formats,
+                               registry.objectives[recipe.objective].accepts, recipe.objective,
+                               recipe.dataset_options, recipe.data_options, seed=recipe.train.get("seed", 42),
+                               train=recipe.train)
+    model_dir = Path(recipe.model)
+    tokenizer = models.load_tokenizer(model_dir, recipe.trust_remote_code, recipe.chat_template)
+    max_length = recipe.train["max_length"]
+    rows = tokenize_examples(found.examples, tokenizer, max_length, recipe.train["truncation"],
+                             recipe.objective_options.get("train_on", "assistant"), lambda message: None)
+    model = models.load_model(model_dir, models.weights_dtype(recipe.train, recipe.model_options),
+                              attn_implementation=recipe.model_options["attn_implementation"]).to(device).eval()
+    path = packing_mod.packed_path(model.config._attn_implementation)
+    alone = _per_example_losses(model, rows, packed=False, max_length=max_length, device=device)
+    implementation = model.config._attn_implementation
+    rounding = None
+    if implementation not in packing_mod.REPLACED:
+        model.set_attn_implementation("sdpa")
+        rounding = _per_example_losses(model, rows, packed=False, max_length=max_length, device=device)
+        model.set_attn_implementation(implementation)
+    packing_mod.use_packed_attention(model)  # split sdpa: finetty's attention; varlen: the model as it is
+    together = _per_example_losses(model, rows, packed=True, max_length=max_length, device=device)
+    if path == packing_mod.SPLIT_SDPA:
+        packing_mod.check_boundaries_seen(model)
+    return path, alone, together, rounding
+
+
+def check_packing(runner: Runner, attention: str) -> str:
+    """Per-example losses of one packed forward over every identity example equal those of each example alone.
+
+    The model and its data come from a recipe with ``model_options.attn_implementation: attention`` (the
+    validator checks it against this machine), through finetty's own loading, tokenizing and packing; for
+    sdpa the packed forward runs finetty's split sdpa, for flash_attention_2 flash-attention's varlen kernel
+    (:func:`finetty.core.data.packing.packed_path`). An example that saw another one, or a boundary off by a
+    token, changes that example's loss. A one-step ``finetty train`` of the same recipe must finish too.
     """
     if attention == "flash_attention_2" and not have("flash_attn"):
         raise Skip("flash-attn is not installed")
-    everything = 64  # the identity dataset has 40 examples: one batch, packed or not
-    first = {}
-    for packing in (False, True):
-        train = {"max_steps": 1, "packing": packing, "per_device_train_batch_size": everything}
-        extra = {}
-        if attention != "sdpa":
-            train["bf16"] = True  # flash-attention runs in half precision only
-            extra["model_options"] = {"attn_implementation": attention}
-        done, run = runner.train(f"{attention}-packing-{packing}", recipe_text(runner.models["llama"], train=train,
-                                                                               **extra))
-        if run is None and done.returncode == 2 and extra:
-            refusal = (done.stderr or done.stdout).strip().splitlines()[-1:]
-            raise Skip(f"the recipe validator refuses model_options.attn_implementation: {' '.join(refusal)}")
-        finished(done, run)
-        first[packing] = losses(run)[1]
-    gap = abs(first[True] - first[False])
-    tolerance = 2e-2 if attention != "sdpa" else 2e-3
-    assert gap <= tolerance * abs(first[False]), \
-        f"first loss unpacked {first[False]:.5f}, packed {first[True]:.5f} (tolerance {tolerance:.0%})"
-    return f"first loss unpacked {first[False]:.5f}, packed {first[True]:.5f}"
+    from finetty.core.data import packing as packing_mod
+
+    done, run = runner.train(f"packing-{attention}", packing_recipe(runner.models, attention))
+    finished(done, run)
+    path, alone, together, rounding = packed_and_alone(run.parent.parent / "recipe.yaml", "cuda")
+    expected = packing_mod.SPLIT_SDPA if attention == "sdpa" else packing_mod.VARLEN
+    assert path == expected, f"packing took the {path} path under {attention}, not {expected}"
+    gaps = relative_gaps(alone, together)
+    # float32 sdpa agrees to rounding; a half-precision kernel may differ by what two correct kernels differ by.
+    # An example that sees its neighbour in the row moves its loss by about 1e-2 (the tiny random model), so
+    # the mean gap is held near the noise, well below that.
+    worst_allowed, mean_allowed = 1e-4, 1e-4
+    noise = ""
+    if rounding is not None:
+        floor = relative_gaps(alone, rounding)
+        worst_allowed = max(3 * max(floor), 5e-3)
+        mean_allowed = max(3 * sum(floor) / len(floor), 2e-3)
+        noise = f"; {attention} vs sdpa alone: worst {max(floor):.1e}, mean {sum(floor) / len(floor):.1e}"
+    worst = max(range(len(gaps)), key=gaps.__getitem__)
+    mean = sum(gaps) / len(gaps)
+    summary = (f"{len(alone)} examples, {path} path: relative gap packed vs alone worst {gaps[worst]:.1e} "
+               f"(example {worst}: {alone[worst]:.5f} alone, {together[worst]:.5f} packed), mean {mean:.1e}{noise}")
+    assert gaps[worst] <= worst_allowed and mean <= mean_allowed, \
+        f"{summary} (allowed: worst {worst_allowed:.0e}, mean {mean_allowed:.0e})"
+    return summary + "; finetty train finished"
+
+
+def relative_gaps(reference: list[float], other: list[float]) -> list[float]:
+    return [abs(a - b) / max(abs(a), 1e-6) for a, b in zip(reference, other, strict=True)]
 
 
 def check_estimate(runner: Runner) -> str:
     """``finetty estimate`` against the peak the run measured: the ratio must stay within 0.5..3."""
-    quant = {"quant_type": "nf4", "double_quant": True, "compute_dtype": "bfloat16"}
     ratios = []
-    for method in ("lora", "qlora", "full"):
+    for method in ESTIMATED:
         if method == "qlora" and not have("bitsandbytes"):
             ratios.append("qlora skipped (no bitsandbytes)")
             continue
-        extra = {"quantizer_options": quant} if method == "qlora" else {}
-        text = recipe_text(runner.models["llama"], method, train={"max_steps": 6}, **extra)
-        done, run = runner.train(f"estimate-{method}", text)
+        done, run = runner.train(f"estimate-{method}", estimate_recipe(runner.models, method))
         measured, how = peak_process(finished(done, run))
         estimated = runner.cli("estimate", str(run.parent.parent / "recipe.yaml"), "--json")
         assert estimated.stdout.strip(), f"estimate printed nothing: {estimated.stderr.strip()[-200:]}"
@@ -436,11 +580,19 @@ def check_estimate(runner: Runner) -> str:
 
 
 def check_fsdp(runner: Runner) -> str:
-    text = recipe_text(runner.models["llama"], "full", train={"max_steps": 10},
-                       launch={"num_processes": 1, "distributed_type": "fsdp"})
-    done, run = runner.train("fsdp", text)
-    finished(done, run)
-    return falling(run)
+    """``launch.distributed_type: fsdp`` on one GPU trains through accelerate's launcher, its loss falling.
+
+    A run under the launcher's supervisor writes its ranks' output to worker.log
+    with a ``[rank N]`` prefix; a run that never saw the launcher trained as a
+    plain single process and proved nothing about FSDP, so that is a failure.
+    """
+    done, run = runner.train("fsdp", fsdp_recipe(runner.models))
+    found = finished(done, run)
+    log = (run / "worker.log").read_text(encoding="utf-8", errors="replace")
+    assert "[rank 0] " in log, ("the run trained as one plain process, not through accelerate's FSDP launcher "
+                                "(a run goes through the launcher only when is_distributed(launch) is true)")
+    started = [e for e in found if e["type"] == "run_started"]
+    return f"{falling(run)}; world size {started[-1].get('world_size') if started else '?'}"
 
 
 def main() -> int:
@@ -458,6 +610,9 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("FINETTY_HOME", str(work / "home"))
+    # every run in a worker of its own: a standby worker, started before the OOM check's PYTHONPATH, would
+    # train without its memory cap, and NVML's per-process reading must be the run's alone
+    os.environ["FINETTY_STANDBY"] = "0"
     started = time.monotonic()
     try:
         runner = Runner(work, build_models(work))
@@ -476,6 +631,9 @@ def main() -> int:
     finally:
         if not args.keep and not args.work:
             shutil.rmtree(work, ignore_errors=True)
+    took = time.monotonic() - started
+    if took > BUDGET_S:
+        report("FAIL", "time", f"the checks took {took:.0f}s, over the {BUDGET_S}s budget")
     failed = [name for status, name, _ in RESULTS if status == "FAIL"]
     counts = {s: sum(1 for r in RESULTS if r[0] == s) for s in ("PASS", "FAIL", "SKIP")}
     print(f"gpu_smoke: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped "
