@@ -19,6 +19,7 @@ import pytest
 from . import inprocess
 from .conftest import RECIPES, events, finetty, losses
 from .results_runs import chat_answer
+from .test_thirdparty_plugin import thirdparty  # noqa: F401 (the fixture: a quantizer with a dequantize step)
 
 DPO_STEPS = 8
 
@@ -212,3 +213,30 @@ def test_a_run_on_top_of_a_full_fine_tuning_run_takes_its_result_as_the_base(tmp
     assert Path(started["model_dir"]) == parent.resolve() / "final"  # no copy: the full run's result is the base
     assert not (child / "base").exists()
     assert len(losses(child)) == 2
+
+
+def test_an_adapter_on_a_quantized_base_is_merged_through_the_quantizers_dequantize(thirdparty, demo_model, tmp_path):
+    """The parent trained LoRA on a third-party quantizer (half-linear: bfloat16-stored linears); another method on
+    top merges it into the dequantized base, which then computes what the parent computed."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from finetty.core.results import inference
+
+    registry, _ = thirdparty
+    runs = tmp_path / "runs"
+    short = ["train.max_steps=2", "train.save_steps=2", "train.logging_steps=1", "train.max_length=96"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FINETTY_KEEP_IMPORTS", "1")
+        parent = inprocess.train(RECIPES / "demo-lora.yaml", runs, ["quantizer=half-linear", *short],
+                                 monkeypatch=patch, registry=registry)
+        child = inprocess.train(RECIPES / "demo-ia3.yaml", runs, [f"model=run:{parent.name}", *short],
+                                monkeypatch=patch, registry=registry)
+    assert _started(child)["parent"]["mode"] == "merge"
+    tuned = inference.load(parent, registry=registry).model
+    merged = AutoModelForCausalLM.from_pretrained(str(child / "base")).eval()
+    assert {p.dtype for p in merged.parameters()} == {torch.float32}
+    ids = torch.tensor([[1, 5, 9, 14, 3, 7, 11, 2]])
+    with torch.no_grad():
+        want, got = tuned(input_ids=ids).logits, merged(input_ids=ids).logits
+    assert torch.allclose(want, got, atol=1e-4), (want - got).abs().max()
