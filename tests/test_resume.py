@@ -106,3 +106,28 @@ def test_resume_with_set_trains_longer_and_records_the_change(tmp_path, demo_mod
     assert [e["step"] for e in after if e["type"] == "run_finished"] == [6]
     assert yaml.safe_load((run / "recipe.yaml").read_text())["train"]["max_steps"] == 6
     assert rundir.summarize(run).status == "finished"
+
+
+def test_resume_change_keeps_notify_secrets_out_of_the_run(tmp_path, demo_model):
+    """--set notify=... on a resume: the new password is kept outside the run directory, as at creation; the
+    recipe and the recipe_changed event hold it masked; monitor.* changes with it."""
+    from finetty.core.plugin.registry import load_plugins
+    from finetty.core.recipe import recipe as recipe_mod
+    from finetty.core.run import launch, notify
+
+    registry = load_plugins()
+    recipe = recipe_mod.load(RECIPES / "demo-lora.yaml", ['notify=["json://me:old-secret@127.0.0.1:9/a"]'], registry)
+    run = rundir.create(tmp_path, recipe.method, recipe.to_yaml())
+    change = launch.resume_change(run, ["monitor.watermark=0.8", 'notify=["json://me:new-secret@127.0.0.1:9/b"]'],
+                                  registry, tmp_path)
+    assert set(change.changes) == {"monitor.watermark", "notify"}
+    assert change.changes["monitor.watermark"] == {"from": 0.9, "to": 0.8}
+    assert "secret" not in repr(change.changes) and "127.0.0.1:9/b" in change.changes["notify"]["to"][0]
+    assert notify.recipe_urls(run) == ["json://me:old-secret@127.0.0.1:9/a"]  # nothing kept before the lock
+
+    launch._apply_change(run, change)
+    assert notify.recipe_urls(run)[0].startswith("json://me:new-secret@127.0.0.1:9/b")
+    for name in ("recipe.yaml", "events.jsonl"):
+        assert "secret" not in (run / name).read_text(), name
+    assert recipe_mod.from_run(run).monitor["watermark"] == 0.8
+    assert [e["changes"] for e in events(run) if e["type"] == "recipe_changed"] == [change.changes]

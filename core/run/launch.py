@@ -21,7 +21,7 @@ from finetty.core.run import entry, rundir
 from finetty.core.errors import InputError
 
 
-def start_worker(run_dir: Path, resume: bool = False, changed: "ResumeChange | None" = None) -> int:
+def start_worker(run_dir: Path, resume: bool = False, changed: ResumeChange | None = None) -> int:
     """Start the worker for ``run_dir`` (or, for several processes, the supervisor that launches them); its pid.
 
     ``changed`` (a resume only, from :func:`resume_change`): the recipe is rewritten and the change recorded
@@ -64,8 +64,11 @@ class ResumeChange:
     """A run's recipe with a resume's ``--set`` applied (notify URLs masked), and what changed."""
 
     recipe_text: str
+    """the new recipe, notify URLs as given (:func:`_apply_change` keeps them outside the run and masks them)"""
     changes: dict
-    """``{key: {"from": old, "to": new}}`` for each key whose value differs"""
+    """``{key: {"from": old, "to": new}}`` for each key whose value differs, notify URLs masked"""
+    notify: bool = False
+    """``--set notify=...`` was given: the run's kept notify URLs are replaced"""
 
 
 def _why_fixed(key: str) -> str:
@@ -90,8 +93,8 @@ def resume_change(run_dir: Path, overrides: list[str], registry, runs: Path | No
     import yaml
 
     from finetty.core.errors import raise_all
+    from finetty.core.recipe import notify_urls
     from finetty.core.recipe import recipe as recipe_mod
-    from finetty.core.run import notify
 
     refused = []
     for item in overrides:
@@ -115,16 +118,14 @@ def resume_change(run_dir: Path, overrides: list[str], registry, runs: Path | No
     for key in keys:
         setattr(after, key, getattr(checked, key))
     text = after.to_yaml()
-    if "notify" in keys:
-        text = notify.keep_secrets(run_dir, text)  # the real URLs outside the run directory, as at creation
-    new = yaml.safe_load(text)
+    new = yaml.safe_load(notify_urls.split_recipe_text(text)[0] if "notify" in keys else text)
     changes = {}
     for item in overrides:
         path = item.partition("=")[0].strip().split(".")
         old_value, new_value = _lookup(before.to_dict(), path), _lookup(new, path)
         if old_value != new_value:
             changes[".".join(path)] = {"from": old_value, "to": new_value}
-    return ResumeChange(text, changes)
+    return ResumeChange(text, changes, notify="notify" in keys)
 
 
 def _lookup(data, path: list[str]):
@@ -135,13 +136,16 @@ def _lookup(data, path: list[str]):
 
 def _apply_change(run_dir: Path, changed: ResumeChange) -> None:
     """Rewrite recipe.yaml (written then renamed, never through a link) and record the change as an event."""
+    from finetty.core.run import notify
     from finetty.core.run.events import EventWriter
 
     latest = rundir.latest_checkpoint(run_dir)
+    # only now, under the lock: a resume refused because a worker is live leaves the kept URLs as they were
+    text = notify.keep_secrets(run_dir, changed.recipe_text) if changed.notify else changed.recipe_text
     tmp = run_dir / (rundir.RECIPE_FILE + ".tmp")
     tmp.unlink(missing_ok=True)
     with os.fdopen(paths.open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "w", encoding="utf-8") as handle:
-        handle.write(changed.recipe_text)
+        handle.write(text)
     tmp.replace(run_dir / rundir.RECIPE_FILE)
     writer = EventWriter(run_dir)
     try:
