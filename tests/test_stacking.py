@@ -168,7 +168,7 @@ def test_the_app_shows_the_parent_on_the_runs_detail_line_and_in_the_monitor(run
             await pilot.press("enter")
             await until(pilot, lambda: isinstance(app.screen, MonitorScreen))
             stats = app.screen.query_one("#monitor-stats", Static)
-            short = f"\N{LEFTWARDS ARROW} lora-sft-9b8d"  # (the id without its date and time)
+            short = "\N{LEFTWARDS ARROW} lora-sft-9b8d"  # (the id without its date and time)
             await until(pilot, lambda: short in str(stats.render()), what="the monitor's model row")
             shown = [line.rstrip() for line in str(stats.render()).splitlines() if line.startswith("model")]
             assert shown and shown[0].endswith(short)
@@ -215,7 +215,7 @@ def test_a_run_on_top_of_a_full_fine_tuning_run_takes_its_result_as_the_base(tmp
     assert len(losses(child)) == 2
 
 
-def test_an_adapter_on_a_quantized_base_is_merged_through_the_quantizers_dequantize(thirdparty, demo_model, tmp_path):
+def test_an_adapter_on_a_quantized_base_is_merged_through_the_quantizers_dequantize(request, demo_model, tmp_path):
     """The parent trained LoRA on a third-party quantizer (half-linear: bfloat16-stored linears); another method on
     top merges it into the dequantized base, which then computes what the parent computed."""
     import torch
@@ -223,7 +223,7 @@ def test_an_adapter_on_a_quantized_base_is_merged_through_the_quantizers_dequant
 
     from finetty.core.results import inference
 
-    registry, _ = thirdparty
+    registry, _ = request.getfixturevalue("thirdparty")
     runs = tmp_path / "runs"
     short = ["train.max_steps=2", "train.save_steps=2", "train.logging_steps=1", "train.max_length=96"]
     with pytest.MonkeyPatch.context() as patch:
