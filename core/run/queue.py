@@ -188,7 +188,7 @@ def _start(runs: Path, entry: Entry) -> Path:
     from finetty.core.plugin.registry import load_plugins
 
     data, source = recipe_mod.parse_text(entry.recipe, None)
-    recipe = recipe_mod.validate(data, load_plugins(), source, Path.cwd())
+    recipe = recipe_mod.validate(data, load_plugins(), source, Path.cwd(), runs=runs)
     run_dir = rundir.create(runs, recipe.method, recipe.to_yaml())
     launch.start_worker(run_dir)
     return run_dir

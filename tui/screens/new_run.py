@@ -402,7 +402,7 @@ class NewRunScreen(Screen):
 
         try:
             recipe = recipe_mod.validate(copy.deepcopy(data), self.app.registry, recipe_mod.parse_text('', None)[1],
-                                         self.base_dir, check_data=False)
+                                         self.base_dir, check_data=False, runs=self.app.runs)
         except InputError as exc:
             self.app.call_from_thread(self._show_problem, f"{exc.problem}" + (f" ({exc.fix})" if exc.fix else ""),
                                       field_for(exc.place))
@@ -565,7 +565,7 @@ class NewRunScreen(Screen):
         runs = self.app.runs
         try:
             recipe = recipe_mod.validate(copy.deepcopy(data), self.app.registry, recipe_mod.parse_text('', None)[1],
-                                         self.base_dir, check_data=True)
+                                         self.base_dir, check_data=True, runs=self.app.runs)
             if how == "queue":
                 entry = queue.add(runs, recipe)
                 queue.ensure_runner(runs)
