@@ -123,3 +123,36 @@ def test_the_status_line_is_a_cross_when_the_preview_says_the_data_cannot_train(
             assert not form.query_one("#launch", Button).disabled
 
     asyncio.run(scenario())
+
+
+def test_a_picker_opens_as_a_modal_and_enter_chooses(runs_dir, tmp_path):
+    """Enter on the method field opens the choices in a bordered modal over the form (the footer and buttons are
+    not drawn over); arrows and Enter choose, Escape keeps the current choice."""
+    from textual.widgets import OptionList
+
+    from finetty.tui.widgets.picker import PickerScreen
+
+    async def scenario():
+        app = make_app(runs_dir, base_dir=tmp_path)
+        async with app.run_test(size=(80, 24)) as pilot:
+            form = await open_form(pilot, app)
+            await until(pilot, lambda: form.recipe is not None)
+            method = form.query_one("#method")
+            method.focus()
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, PickerScreen))
+            options = app.screen.query_one(OptionList)
+            labels = [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
+            assert labels == method.full_labels and labels[options.highlighted].startswith("lora  (")
+            await pilot.press("escape")
+            await until(pilot, lambda: app.screen is form)
+            assert method.value == "lora"
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, PickerScreen))
+            wanted = next(i for i, label in enumerate(labels) if label.startswith("full  ("))
+            app.screen.query_one(OptionList).highlighted = wanted
+            await pilot.press("enter")
+            await until(pilot, lambda: app.screen is form and form.recipe is not None and form.recipe.method == "full")
+            assert method.has_focus and form.recipe.train["learning_rate"] == 1e-3
+
+    asyncio.run(scenario())
