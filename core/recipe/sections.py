@@ -43,8 +43,12 @@ LAUNCH_OPTIONS = (
 
 
 def is_distributed(launch: dict | None) -> bool:
+    """True when the run goes through accelerate's launcher: several processes or machines, or FSDP/DeepSpeed asked
+    for even on one process (FSDP on one GPU shards nothing but can offload; trained without its launcher it would
+    silently be a plain run)."""
     launch = launch or {}
-    return int(launch.get("num_processes", 1)) > 1 or int(launch.get("num_machines", 1)) > 1
+    return (int(launch.get("num_processes", 1)) > 1 or int(launch.get("num_machines", 1)) > 1
+            or launch.get("distributed_type", "ddp") in ("fsdp", "deepspeed"))
 
 
 POLICIES = ("warn", "checkpoint", "stop", "shrink")

@@ -112,7 +112,7 @@ def _device() -> str:
 def _check_engine(recipe) -> None:
     """FSDP and DeepSpeed need an accelerator (accelerate refuses them on the CPU); say so in one line."""
     kind = recipe.launch.get("distributed_type", "ddp")
-    if distributed.world_size() <= 1 or kind == "ddp":
+    if kind == "ddp":  # fsdp and deepspeed go through accelerate's launcher even on one process (is_distributed)
         return
     import torch
 
