@@ -87,6 +87,8 @@ def test_dpo_on_top_of_lora_sft_continues_its_adapter_and_records_the_parent(dpo
     assert started["model_dir"] == _started(parent)["model_dir"]  # the adapter still sits on the demo
     assert started["recipe"]["model"] == f"run:{parent}@final"  # resolved: a resume finds the same parent
     assert len(losses(child)) == DPO_STEPS
+    said = [e["message"] for e in events(child) if e["type"] == "warning"]
+    assert not [m for m in said if "adapter trained further" in m], said  # demo-dpo's LoRA options are demo-lora's
     chain = f"\N{LEFTWARDS ARROW} {parent.name}"
     wide = finetty("runs", "--runs-dir", str(parent.parent), env={"COLUMNS": "200"}, check=True).stdout
     row = next(line for line in wide.splitlines() if line.startswith(child.name))

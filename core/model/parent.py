@@ -64,6 +64,8 @@ class Parent:
     objective: str
     quantizer: str
     quantizer_options: dict
+    method_options: dict
+    """the options the parent's method ran with (an adapter trained further keeps them)"""
     train: dict
     """the parent's ``train`` section (its compute dtype loads its base as it trained)"""
     base: str
@@ -288,7 +290,8 @@ def resolve(spec: str, runs: Path, base_dir: Path, registry, method: str | None,
     base = str(source) if mode == "whole" else base_of(run, registry, depth)
     found = Parent(run=run.name, path=run, checkpoint=label, source=source, method=_what(data)[0],
                    objective=_what(data)[1], quantizer=str(data.get("quantizer") or "none"),
-                   quantizer_options=dict(data.get("quantizer_options") or {}), train=dict(data.get("train") or {}),
+                   quantizer_options=dict(data.get("quantizer_options") or {}),
+                   method_options=dict(data.get("method_options") or {}), train=dict(data.get("train") or {}),
                    base=base, mode=mode)
     if not check_base:
         return found

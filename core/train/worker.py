@@ -340,6 +340,9 @@ def _train(run_dir: Path, events: EventWriter, requests: Requests, resume: bool,
 
     transformers.set_seed(recipe.train.get("seed", 42))
     stacked = _setup_parent(recipe, registry, run_dir)
+    if stacked and stacked[0].mode == "continue" and stacked[0].method_options != recipe.method_options:
+        events.emit("warning", message=f"method_options are those of the adapter trained further "
+                                       f"({stacked[0].method_options}), not the recipe's")
     model_dir, tokenizer, model, method = _setup_model(recipe, registry, events, stacked)
     train_records, eval_records = _setup_data(recipe, registry, events)
     args = _training_arguments(recipe, run_dir, bool(eval_records))
