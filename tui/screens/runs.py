@@ -51,8 +51,7 @@ class RunsScreen(Screen):
         Binding("c", "chat", "Chat", id="runs.chat", tooltip="chat with the run's result or newest checkpoint"),
         Binding("t", "results", "Results", id="runs.results", tooltip="eval, export and serve the run's result"),
         Binding("p", "app.plugins", "Plugins", id="runs.plugins"),
-        Binding("g", "app.gpus", "GPUs", id="runs.gpus", tooltip="every GPU here: memory, processes, runs on it",
-                show=False),  # (F1 and the palette list it: at 80 columns the footer has no room left)
+        Binding("g", "app.gpus", "GPUs", id="runs.gpus", tooltip="every GPU here: memory, processes, runs on it"),
         Binding("left_square_bracket", "queue_move(-1)", "Queue: earlier", id="runs.queue_up", show=False),
         Binding("right_square_bracket", "queue_move(1)", "Queue: later", id="runs.queue_down", show=False),
         Binding("x", "queue_remove", "Queue: remove", id="runs.queue_remove", show=False),
