@@ -122,7 +122,7 @@ class ChatScreen(Screen):
             yield ChatPane("base", id="pane-base")
             yield ChatPane("tuned", id="pane-tuned")
         yield Input(placeholder="Ask something (Enter sends)", id="chat-input")
-        yield Footer()
+        yield Footer(compact=True)  # every key whole at 80 columns
 
     def on_mount(self) -> None:
         for name, title in (("temperature", "temp"), ("top-p", "top-p"), ("max-new-tokens", "tokens"),
