@@ -167,7 +167,7 @@ def test_unknown_model_is_a_clear_input_error(tmp_path):
     recipe.model = "nobody/nothing-7b"
     with pytest.raises(InputError) as info:
         estimate_mod.estimate(recipe, gpus=[])
-    assert "nobody/nothing-7b" in str(info.value) and "huggingface-cli download" in str(info.value)
+    assert "nobody/nothing-7b" in str(info.value) and "finetty pull nobody/nothing-7b" in str(info.value)
 
 
 def test_without_a_gpu_the_verdict_is_about_the_hosts_memory():

@@ -96,7 +96,8 @@ def find_config(model: str, base_dir: Path | None = None) -> tuple[dict, str]:
 
     raise InputError(None, f"model {model!r}", "has no config.json here: it is not a model folder, not in the local "
                      "Hugging Face cache and not one of the configs finetty ships",
-                     f"download it first (huggingface-cli download {model} config.json) or give a folder; "
+                     f"download it first (finetty pull {model}: the model's files into the Hugging Face cache, "
+                     f"where training finds them) or give a folder; "
                      f"known without download: {', '.join(known_models())}")
 
 
