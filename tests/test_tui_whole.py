@@ -179,5 +179,13 @@ def test_every_screen_shows_its_words_whole(monkeypatch, runs_dir, tmp_path, siz
                                        f"Monitor tab {tab}")
                 checked.append("monitor")
 
+                # the GPU view (g on Runs): its footer
+                await pilot.press("escape")
+                await settle(pilot, lambda: type(app.screen).__name__ == "RunsScreen")
+                await pilot.press("g")
+                await settle(pilot, lambda: type(app.screen).__name__ == "GpuScreen")
+                await expect_whole(pilot, footer_words(app.screen), "GPU view")
+                checked.append("gpus")
+
     asyncio.run(scenario())
-    assert checked == ["runs", "confirm", "plugins", "new run", "monitor"]
+    assert checked == ["runs", "confirm", "plugins", "new run", "monitor", "gpus"]
