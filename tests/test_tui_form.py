@@ -5,7 +5,18 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from finetty.tui.form import PATH, Field, FieldError, FormState, field_for, from_recipe, to_recipe, widget_for
+from finetty.tui.form import (
+    PATH,
+    Field,
+    FieldError,
+    FormState,
+    extra_line,
+    field_for,
+    from_recipe,
+    to_recipe,
+    uncarried,
+    widget_for,
+)
 
 from .conftest import RECIPES
 
@@ -33,6 +44,34 @@ def test_every_recipe_survives_the_form_and_back(path):
         assert back.get(key) == expected.get(key), key
     train = {k: v for k, v in (recipe.get("train") or {}).items() if v is not False}
     assert back["train"] == train
+    for key, value in expected.items():  # every key of the recipe, not only those above
+        assert back.get(key) == (train if key == "train" else value), key
+
+
+#: Keys the form has no field for, as a recipe gives them.
+EXTRA = {"chat_template": "chatml", "data_options": {"placeholders": False},
+         "monitor": {"watermark": 0.9, "on_watermark": "warn"}, "notify": ["ntfy://finetty-test"]}
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_keys_the_form_has_no_field_for_go_through_it_unchanged(path):
+    recipe = {**yaml.safe_load(path.read_text()), **EXTRA}
+    recipe["model_options"] = {**(recipe.get("model_options") or {}), "device_map": "auto"}
+    state = from_recipe(recipe, KNOWN_MODELS, KNOWN_DATASETS)
+    back = to_recipe(state)
+    for key, value in EXTRA.items():
+        assert back[key] == value, key
+    assert back["model_options"]["device_map"] == "auto"
+    assert extra_line(state.extra) == ("also from the recipe: chat_template, data_options, "
+                                       "monitor, notify, model_options.device_map")
+    back["notify"].append("changed")  # the recipe's own values are not shared with the form's output
+    assert to_recipe(state)["notify"] == ["ntfy://finetty-test"]
+
+
+def test_an_option_the_chosen_component_does_not_declare_cannot_be_carried():
+    recipe = {"method": "lora", "method_options": {"r": 8, "rank": 4}, "objective_options": {"beta": 0.1}}
+    assert uncarried(recipe, {"method": {"r", "lora_alpha"}, "objective": {"beta"}}) == ["method_options.rank"]
+    assert extra_line({}) == ""
 
 
 def test_a_model_or_dataset_not_in_the_pickers_goes_to_its_path_field():

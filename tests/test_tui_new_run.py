@@ -156,3 +156,56 @@ def test_a_picker_opens_as_a_modal_and_enter_chooses(runs_dir, tmp_path):
             assert method.has_focus and form.recipe.train["learning_rate"] == 1e-3
 
     asyncio.run(scenario())
+
+
+def test_a_recipe_opened_in_the_form_keeps_the_keys_it_has_no_field_for(runs_dir, tmp_path):
+    """chat_template, data_options, monitor and notify have no field: the form says it keeps them, checks them
+    with the rest, and the recipe it saves holds them unchanged."""
+    from textual.widgets import Input, Static
+
+    from finetty.tui.screens.new_run import STARTER, NewRunScreen, PromptScreen
+
+    extra = {"chat_template": "chatml", "data_options": {"placeholders": False},
+             "monitor": {"watermark": 0.8, "on_watermark": "checkpoint"}, "notify": ["ntfy://finetty-test"]}
+
+    async def scenario():
+        app = make_app(runs_dir, base_dir=tmp_path)
+        async with app.run_test(size=(80, 24)) as pilot:
+            app.new_run({**STARTER, **extra})
+            await until(pilot, lambda: isinstance(app.screen, NewRunScreen) and app.screen.recipe is not None)
+            form = app.screen
+            line = form.query_one("#form-extra", Static)
+            assert line.display and str(line.render()) == ("also from the recipe: chat_template, "
+                                                           "data_options, monitor, notify")
+            assert line.size.height == 1  # whole at 80 columns
+            assert form.recipe.chat_template == "chatml" and form.recipe.data_options == {"placeholders": False}
+            assert form.recipe.monitor["on_watermark"] == "checkpoint"
+            assert form.recipe.monitor["watermark"] == 0.8 and len(form.recipe.notify) == 1
+            await pilot.press("ctrl+s")
+            await until(pilot, lambda: isinstance(app.screen, PromptScreen))
+            app.screen.query_one("#prompt-input", Input).value = "kept.yaml"
+            await pilot.press("enter")
+            await until(pilot, lambda: (tmp_path / "kept.yaml").is_file())
+            saved = yaml.safe_load((tmp_path / "kept.yaml").read_text())
+            for key, value in extra.items():
+                assert saved[key] == value, key
+            assert saved["method_options"].items() >= STARTER["method_options"].items()
+
+    asyncio.run(scenario())
+
+
+def test_an_option_the_recipes_method_does_not_declare_is_refused_not_dropped(runs_dir, tmp_path):
+    from textual.widgets import Button, Static
+
+    from finetty.tui.screens.new_run import STARTER, NewRunScreen
+
+    async def scenario():
+        app = make_app(runs_dir, base_dir=tmp_path)
+        async with app.run_test(size=(80, 24)) as pilot:
+            app.new_run({**STARTER, "method_options": {**STARTER["method_options"], "rank": 4}})
+            await until(pilot, lambda: isinstance(app.screen, NewRunScreen) and app.screen.problem is not None)
+            form = app.screen
+            assert "method_options.rank has no field" in str(form.query_one("#form-status", Static).render())
+            assert form.recipe is None and form.query_one("#launch", Button).disabled
+
+    asyncio.run(scenario())

@@ -12,6 +12,7 @@ validator's complaint points at. A field whose text cannot be read raises
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,10 @@ TRAIN_KEYS = {name for name, _, _ in TRAIN_FIELDS}
 COMPONENTS = ("method", "quantizer", "objective")
 #: launch settings the form shows itself; the others of a starting recipe are kept as they were.
 SHOWN_LAUNCH = ("num_processes", "distributed_type", "zero_stage")
+#: The recipe keys the form has fields for; any other key of a starting recipe is carried through unchanged.
+FORM_KEYS = ("model", "dataset", "trust_remote_code", "dataset_options", "format", "model_options",
+             *(f"{kind}{suffix}" for kind in COMPONENTS for suffix in ("", "_options")), "train", "launch")
+MODEL_OPTION_NAMES = tuple(o.name for o in MODEL_OPTIONS)
 
 
 class FieldError(ValueError):
@@ -121,6 +126,10 @@ class FormState:
     engine: str = "ddp"
     launch: dict = field(default_factory=dict)
     """launch settings of the starting recipe that the form does not show"""
+    extra: dict = field(default_factory=dict)
+    """the starting recipe's keys the form has no field for (``chat_template``, ``notify``, a ``model_options``
+    name it does not show...), carried unchanged into the recipe it launches or saves: a form that dropped them
+    would train something other than the recipe it was opened with"""
 
 
 def _mapping(field_id: str, raw: str) -> dict:
@@ -147,6 +156,7 @@ def to_recipe(state: FormState) -> dict:
     defaults = {f"model_options.{o.name}": o.default for o in MODEL_OPTIONS}
     model_options = {key.partition(".")[2]: value for key, (_, value) in values.items()
                      if key in defaults and value not in (None, defaults[key])}
+    model_options = {**(state.extra.get("model_options") or {}), **model_options}
     if model_options:  # (the defaults are left out: a saved recipe says only what was chosen)
         out["model_options"] = model_options
     for kind in COMPONENTS:
@@ -166,7 +176,33 @@ def to_recipe(state: FormState) -> dict:
             launch["zero_stage"] = int(stage)
     if launch:
         out["launch"] = launch
+    out.update((key, copy.deepcopy(value)) for key, value in state.extra.items() if key != "model_options")
     return out
+
+
+def extra_keys(recipe: dict) -> dict:
+    """The keys of ``recipe`` the form has no field for: other top-level keys whole, and the ``model_options``
+    names it does not show (under ``model_options``)."""
+    extra = {key: copy.deepcopy(value) for key, value in recipe.items() if key not in FORM_KEYS}
+    hidden = {name: value for name, value in (recipe.get("model_options") or {}).items()
+              if name not in MODEL_OPTION_NAMES}
+    if hidden:
+        extra["model_options"] = copy.deepcopy(hidden)
+    return extra
+
+
+def extra_line(extra: dict) -> str:
+    """``also from the recipe: chat_template, notify, model_options.device_map`` (empty when there is nothing)."""
+    names = [key for key in extra if key != "model_options"]
+    names += [f"model_options.{name}" for name in extra.get("model_options") or {}]
+    return "also from the recipe: " + ", ".join(names) if names else ""
+
+
+def uncarried(recipe: dict, shown: dict[str, set[str]]) -> list[str]:
+    """The component option keys of ``recipe`` with no field in the form (``shown``: the option names each
+    component kind shows), as ``method_options.name``: the form cannot carry them, so it refuses them."""
+    return [f"{kind}_options.{name}" for kind in COMPONENTS
+            for name in (recipe.get(f"{kind}_options") or {}) if name not in shown.get(kind, set())]
 
 
 def engine_value(launch: dict) -> str:
@@ -189,7 +225,8 @@ def from_recipe(recipe: dict, known_models: set[str], known_datasets: set[str]) 
               for name in types if name in train]
     for kind in (*COMPONENTS, "model"):
         fields += [Field(f"opt-{kind}-{name}", f"{kind}_options.{name}", picked=True, value=value)
-                   for name, value in (recipe.get(f"{kind}_options") or {}).items()]
+                   for name, value in (recipe.get(f"{kind}_options") or {}).items()
+                   if kind != "model" or name in MODEL_OPTION_NAMES]
     more = {k: v for k, v in train.items() if k not in TRAIN_KEYS}
     launch = dict(recipe.get("launch") or {})
     return FormState(
@@ -201,7 +238,8 @@ def from_recipe(recipe: dict, known_models: set[str], known_datasets: set[str]) 
         format=recipe.get("format", "auto"),
         components={kind: recipe.get(kind) for kind in COMPONENTS},
         fields=fields, train_more=to_text(more) if more else "",
-        processes=int(launch.get("num_processes", 1) or 1), engine=engine_value(launch), launch=launch)
+        processes=int(launch.get("num_processes", 1) or 1), engine=engine_value(launch), launch=launch,
+        extra=extra_keys(recipe))
 
 
 def field_for(place: str | None) -> str | None:

@@ -32,6 +32,7 @@ from ..form import (
     TRAIN_KEYS,
     FieldError,
     FormState,
+    extra_line,
     field_for,
     field_values,
     from_recipe,
@@ -39,6 +40,7 @@ from ..form import (
     recommendation_notice,
     to_recipe,
     to_text,
+    uncarried,
     widget_for,
     with_train_more,
 )
@@ -153,6 +155,11 @@ class NewRunScreen(Screen):
         """field values as the form last set them (see :func:`finetty.tui.form.recommend`)"""
         self.data_problem: str | None = None
         """the preview's complaint about the data of ``preview_key`` (the status line shows it too)"""
+        self.extra: dict = {}
+        """the starting recipe's keys the form has no field for: carried unchanged (see FormState.extra)"""
+        self.uncarried: list[str] = []
+        """the starting recipe's option keys the form cannot carry: the form refuses until another choice drops
+        them (a form that dropped them in silence would train something other than the recipe)"""
 
     # -- building the form ---------------------------------------------------------------------------
 
@@ -168,9 +175,12 @@ class NewRunScreen(Screen):
         models_list.append(("a model folder…", PATH))
         sets.append(("a file or folder…", PATH))
         values = {f.key: f.value for f in state.fields}
+        self.extra = state.extra
         yield Header()
         yield Static(id="form-status")
         with VerticalScroll(id="form"):
+            also = extra_line(self.extra)
+            yield Static(Text(clean(also), style="italic"), id="form-extra", classes="notice")
             yield Static("Model", classes="section")
             yield self._row("model", Picker(models_list, value=state.model, allow_blank=False, id="model",
                                             compact=True, title="model"))
@@ -263,6 +273,10 @@ class NewRunScreen(Screen):
             await self._build_options(key, self.start.get(f"{key}_options") or {})
         self._sync_path_rows()
         self.query_one("#method-notice").display = False
+        self.query_one("#form-extra").display = bool(self.extra)
+        shown = {key: {f.id.removeprefix(f"opt-{key}-") for f in self.query_one(f"#{key}-options").query(OptionField)}
+                 for key in ("method", "quantizer", "objective")}
+        self.uncarried = uncarried(self.start, shown)
         self._given = field_values(self.form_state())
         self.query_one("#launch", Button).focus()
         self.call_after_refresh(self._validate)
@@ -307,7 +321,7 @@ class NewRunScreen(Screen):
             fields=[f.field() for f in self.query(OptionField) if f.id != "trust_remote_code"],
             train_more=text("train-more"), processes=processes if isinstance(processes, int) else 1,
             engine=str(self.query_one("#launch-engine", Select).value),
-            launch=dict(self.start.get("launch") or {}))
+            launch=dict(self.start.get("launch") or {}), extra=self.extra)
 
     def form(self) -> dict:
         """The form as a recipe mapping (raises FieldError naming the field whose text is not a value)."""
@@ -387,6 +401,13 @@ class NewRunScreen(Screen):
         notice.display = bool(text)
 
     def _validate(self) -> None:
+        kept = [key for key in self.uncarried
+                if self.query_one(f"#{key.partition('_')[0]}", Select).value == self.start.get(key.partition("_")[0])]
+        if kept:
+            self._show_problem(f"the recipe's {', '.join(kept)} has no field in this form (the chosen component "
+                               "declares no such option), so it cannot be carried: fix the recipe, or choose "
+                               "another component", None)
+            return
         try:
             data = self.form()
         except FieldError as exc:
