@@ -98,8 +98,21 @@ def check_out(out: Path) -> Path:
     return out
 
 
-def export(run_dir: Path, out: Path, checkpoint: str | None = None, merge: bool = False,
-           registry=None) -> ExportResult:
+@dataclass
+class Target:
+    """What an export reads (the run, its recipe and method, the checkpoint chosen) and where it writes."""
+    run_dir: Path
+    out: Path
+    registry: object
+    recipe: object
+    method: object
+    label: str
+    source: Path
+    notes: list[str]
+
+
+def target(run_dir: Path, out: Path, checkpoint: str | None, registry=None) -> Target:
+    """The checks every export starts with (folder form, GGUF): ``out`` new and outside the result it exports."""
     run_dir = Path(run_dir)
     out = check_out(out)
     registry = inference._registry(registry)
@@ -109,6 +122,14 @@ def export(run_dir: Path, out: Path, checkpoint: str | None = None, merge: bool 
     if out.resolve().is_relative_to(source.resolve()):
         raise InputError("--out", str(out), f"is inside the folder being exported ({source})",
                          "export to a folder outside the run's result")
+    return Target(run_dir, out, registry, recipe, method, label, source, notes)
+
+
+def export(run_dir: Path, out: Path, checkpoint: str | None = None, merge: bool = False,
+           registry=None) -> ExportResult:
+    found = target(run_dir, out, checkpoint, registry)
+    run_dir, out, registry, recipe, method = found.run_dir, found.out, found.registry, found.recipe, found.method
+    label, source, notes = found.label, found.source, found.notes
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()

@@ -402,19 +402,12 @@ def export_gguf(run_dir: Path, out: Path, checkpoint: str | None = None, quant: 
     import time
 
     from finetty.core.model import loading as models
-    from finetty.core.recipe import recipe as recipe_mod
     from finetty.core.results import export, inference, ollama
 
-    run_dir = Path(run_dir)
     quant = check_quant(quant)
-    out = export.check_out(out)
-    registry = inference._registry(registry)
-    recipe = recipe_mod.from_run(run_dir)
-    method = inference._method(recipe, registry, run_dir)
-    label, source, notes = inference.resolve_target(run_dir, checkpoint)
-    if out.resolve().is_relative_to(source.resolve()):
-        raise InputError("--out", str(out), f"is inside the folder being exported ({source})",
-                         "export to a folder outside the run's result")
+    found = export.target(run_dir, out, checkpoint, registry)
+    run_dir, out, registry, recipe, method = found.run_dir, found.out, found.registry, found.recipe, found.method
+    label, source, notes = found.label, found.source, found.notes
     if not method.whole_model and not method.mergeable:
         raise InputError(run_dir / "recipe.yaml", f"method {method.name}",
                          "cannot be merged into its base (its weights are not a change to the base's weights), "
