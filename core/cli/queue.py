@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from finetty.core import paths
@@ -29,11 +30,19 @@ def cmd_queue(args) -> int:
         registry = load_plugins()
         # as `finetty train`: what the recipe names on the Hub is downloaded now, with a progress bar, so the
         # queue runner (which never goes online) finds it in the cache
-        fetch_for_recipe(recipe_mod.load(args.target, list(args.set), registry, check_sources=False), args.target)
-        recipe = recipe_mod.load(args.target, list(args.set), registry, runs=runs)
-        entry = queue.add(runs, recipe)
+        draft = recipe_mod.load(args.target, list(args.set), registry, check_sources=False)
+        fetch_for_recipe(draft, args.target)
+        # model: run:latest... stays unresolved until the entry starts (a stage queued before it may make it)
+        stacked = queue.stacking(runs, draft, registry, args.target)
+        stand_in = [f"{key}={json.dumps(value)}" for key, value in (stacked.changes if stacked else {}).items()]
+        recipe = recipe_mod.load(args.target, [*args.set, *stand_in], registry, runs=runs)
+        entry = queue.add(runs, recipe, stacked)
         console.print(f"queued [bold]{as_markup(entry.id)}[/]: "
-                      f"{as_markup(rundir.what_runs(recipe.method, recipe.objective))} on {as_markup(recipe.model)}")
+                      f"{as_markup(rundir.what_runs(recipe.method, recipe.objective))} on {as_markup(entry.model)}")
+        if stacked is not None:
+            on = (f"the run of {stacked.after}" if stacked.after else f"run {stacked.parent_run}"
+                  if stacked.parent_run else "the newest finished one")
+            console.print(f"  {as_markup(entry.model)} is resolved when it starts: {as_markup(on)}")
         if not args.no_start:
             queue.ensure_runner(runs)
         return 0

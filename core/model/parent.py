@@ -150,18 +150,48 @@ def _checkpoints(run: Path) -> list[str]:
                   if p.name.startswith("step-") and (p / paths.CHECKPOINT_MARKER).is_file())
 
 
-def _latest(runs: Path, what: str | None, file, place) -> Path:
-    """The newest finished run (the latest ``final/``), of method/objective ``what`` when given."""
+def latest(spec: object) -> tuple[str | None, str | None] | None:
+    """``(what, checkpoint)`` of a ``run:latest[:what][@checkpoint]`` spec (``("lora/sft", None)``), else None.
+
+    The queue keeps such a spec unresolved until its entry starts: "latest" then means the run just before."""
+    if not isinstance(spec, str) or not spec.strip().startswith(PREFIX + LATEST):
+        return None
+    who, sep, checkpoint = spec.strip()[len(PREFIX):].rpartition("@")
+    if not sep:
+        who, checkpoint = spec.strip()[len(PREFIX):], None
+    if who != LATEST and not who.startswith(LATEST + ":"):
+        return None
+    return who[len(LATEST) + 1:] or None, checkpoint
+
+
+def trains(what: str | None, method: str, objective: str) -> bool:
+    """True when a run of ``method``/``objective`` is what ``run:latest:WHAT`` looks for (any run for None)."""
+    return what in (None, method, f"{method}/{objective}")
+
+
+def planned_mode(data: dict, name: str, registry, method: str | None, quantizer: str | None, file=None,
+                 place: str | None = "key model") -> str | None:
+    """How a run of ``method`` on ``quantizer`` would start from a run of the recipe ``data`` that has not run
+    yet (a queued entry, called ``name``): the same checks and refusals as for a finished parent."""
+    return _mode(data, name, registry, method, quantizer, file, place)
+
+
+def newest(runs: Path, what: str | None) -> Path | None:
+    """The newest finished run (the latest ``final/``), of method/objective ``what`` when given; None if none."""
     found = []
     for run in runs.iterdir() if runs.is_dir() else ():
         final = run / paths.RUN_FINAL
         if not ((run / paths.RUN_RECIPE).is_file() and final.is_dir()):
             continue
-        method, objective = _what(_recipe(run))
-        if what in (None, method, f"{method}/{objective}"):
+        if trains(what, *_what(_recipe(run))):
             found.append((final.stat().st_mtime, run.name, run))
-    if found:
-        return max(found)[2]
+    return max(found)[2] if found else None
+
+
+def _latest(runs: Path, what: str | None, file, place) -> Path:
+    found = newest(runs, what)
+    if found is not None:
+        return found
     kind = f" that trained {what}" if what else ""
     raise InputError(file, place, f"there is no finished run{kind} in {runs}",
                      "train one first (for example finetty train recipes/demo-lora.yaml), or name a run: "
@@ -211,13 +241,13 @@ def _source(run: Path, checkpoint: str | None, named: str, file, place) -> tuple
                      f"it has no complete checkpoint; use its result: run:{named}")
 
 
-def _mode(data: dict, run: Path, registry, method: str | None, quantizer: str | None, file, place) -> str | None:
+def _mode(data: dict, name: str, registry, method: str | None, quantizer: str | None, file, place) -> str | None:
     """How a run of ``method`` on ``quantizer`` starts from the parent (see the module docstring), or a refusal."""
     parent_method, _ = _what(data)
     parent_quantizer = str(data.get("quantizer") or "none")
     found = registry.methods.get(parent_method)
     if found is None:
-        raise InputError(file, place, f"run {run.name!r} trained with method {parent_method!r}, which is not "
+        raise InputError(file, place, f"run {name!r} trained with method {parent_method!r}, which is not "
                          "installed, so its result cannot be loaded", "install the plugin that provides it "
                          "(see `finetty plugins`)")
     if found.whole_model:
@@ -227,11 +257,11 @@ def _mode(data: dict, run: Path, registry, method: str | None, quantizer: str | 
     if found.kind == "peft" and method == parent_method and (quantizer or "none") == parent_quantizer:
         return "continue"
     if found.kind != "peft":
-        raise InputError(file, place, f"run {run.name!r} trained {parent_method!r}, which adds modules of its own "
+        raise InputError(file, place, f"run {name!r} trained {parent_method!r}, which adds modules of its own "
                          f"that can neither be merged into the base nor loaded for more training",
                          f"train on its base instead (model: {data.get('model')})")
     if not found.mergeable:
-        raise InputError(file, place, f"run {run.name!r} trained a {parent_method!r} adapter, which cannot be "
+        raise InputError(file, place, f"run {name!r} trained a {parent_method!r} adapter, which cannot be "
                          f"merged into its base, and this recipe trains {method!r}",
                          f"use method: {parent_method}"
                          + (f" with quantizer: {parent_quantizer}" if parent_quantizer != "none" else "")
@@ -239,7 +269,7 @@ def _mode(data: dict, run: Path, registry, method: str | None, quantizer: str | 
     if parent_quantizer != "none":
         stored = registry.quantizers.get(parent_quantizer)
         if stored is None or stored.dequantize is None:
-            raise InputError(file, place, f"run {run.name!r} trained its {parent_method!r} adapter on a "
+            raise InputError(file, place, f"run {name!r} trained its {parent_method!r} adapter on a "
                              f"{parent_quantizer!r} base, which offers no dequantize step, so it cannot be merged "
                              f"for {method!r} to train on top", f"use method: {parent_method} with quantizer: "
                              f"{parent_quantizer} to train that adapter further")
@@ -286,7 +316,7 @@ def resolve(spec: str, runs: Path, base_dir: Path, registry, method: str | None,
     run = run.resolve()
     label, source = _source(run, checkpoint, named, recipe_file, place)
     data = _recipe(run)
-    mode = _mode(data, run, registry, method, quantizer, recipe_file, place)
+    mode = _mode(data, run.name, registry, method, quantizer, recipe_file, place)
     base = str(source) if mode == "whole" else base_of(run, registry, depth)
     found = Parent(run=run.name, path=run, checkpoint=label, source=source, method=_what(data)[0],
                    objective=_what(data)[1], quantizer=str(data.get("quantizer") or "none"),

@@ -7,6 +7,11 @@ and command, instead of hanging), and every file is owner-only. An entry
 holds an already validated recipe; its run directory is created only when it
 starts, so a queued run is never mistaken for a lost one.
 
+A recipe that trains on top of ``model: run:latest[:what]`` keeps that spec
+unresolved (:func:`stacking`): queued after a recipe that trains ``what``, it
+starts from the run that entry leaves, not from whichever run was newest when
+it was queued (SFT then DPO, queued one after the other).
+
 :func:`advance` starts the first entry when no worker in the runs directory is
 live (the GPUs are free): the run before it has finished, failed or stopped.
 :func:`run_forever` calls it until the queue is empty and its last run has
@@ -55,6 +60,11 @@ class Entry:
     added: float
     objective: str = "sft"
     """(queues written before the objective was shown hold none: they trained sft, the default)"""
+    after: str | None = None
+    """the earlier entry whose run this one trains on top of (its model is ``run:latest...``)"""
+    parent_run: str | None = None
+    """the run it starts from: the run ``after`` became when it started, or the live run it was queued after;
+    None with no ``after``: ``run:latest...`` is resolved against the finished runs when it starts"""
 
 
 @dataclass
@@ -66,6 +76,8 @@ class QueueState:
     """run ids the queue started, oldest first"""
     last_error: str | None = None
     """why the last entry could not start (it was dropped)"""
+    ran: dict[str, str] = field(default_factory=dict)
+    """entry id -> the run id it started as (what a stacked entry's ``after`` became)"""
 
 
 def _read(runs: Path) -> QueueState:
@@ -79,7 +91,9 @@ def _read(runs: Path) -> QueueState:
             entries.append(Entry(**{k: item[k] for k in Entry.__dataclass_fields__ if k in item}))
         except (KeyError, TypeError):
             continue
-    return QueueState(entries, list(data.get("started", [])), data.get("last_error"))
+    ran = data.get("ran")
+    return QueueState(entries, list(data.get("started", [])), data.get("last_error"),
+                      dict(ran) if isinstance(ran, dict) else {})
 
 
 def _write(runs: Path, state: QueueState) -> None:
@@ -138,11 +152,117 @@ def read(runs: Path) -> QueueState:
     return _read(runs)
 
 
-def add(runs: Path, recipe) -> Entry:
-    """Queue a validated :class:`~finetty.core.recipe.recipe.Recipe`; returns its entry."""
+@dataclass(frozen=True)
+class Stacking:
+    """How a queued recipe with ``model: run:latest[:what]`` is checked now and resolved when it starts."""
+
+    spec: str
+    """the model as written, kept in the queued recipe"""
+    after: str | None
+    """the queued entry whose run it will train on top of"""
+    parent_run: str | None
+    """the live run it will train on top of (queued while that run trains)"""
+    changes: dict
+    """recipe keys to check it with now, in place of the run that does not exist yet: that run's own base
+    (``model``) and chat template; empty when a finished run stands in"""
+
+
+def _recipe_of(text: str) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        data = None
+    return data if isinstance(data, dict) else {}
+
+
+def _run_recipe(runs: Path, run_id: str) -> dict:
+    try:
+        return _recipe_of((runs / run_id / rundir.RECIPE_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return {}
+
+
+def _stand_in(runs: Path, data: dict, entry: Entry | None, entries: list[Entry]) -> dict:
+    """``model`` and ``chat_template`` to check a recipe with that trains on top of a run of ``data`` not yet
+    finished: the model that run stands on (followed down a chain of queued stages)."""
+    from finetty.core.model import parent
+
+    template = data.get("chat_template")
+    for _ in range(len(entries) + 2):  # (each step goes one queued stage down; a loop is cut)
+        model = data.get("model")
+        if entry is None or parent.latest(model) is None:
+            break
+        if entry.parent_run:
+            data, entry = _run_recipe(runs, entry.parent_run), None
+        else:
+            entry = next((e for e in entries if e.id == entry.after), None)
+            if entry is None:
+                break
+            data = _recipe_of(entry.recipe)
+        template = template or data.get("chat_template")
+    changes = {"model": data.get("model")}
+    if template:
+        changes["chat_template"] = template
+    return changes
+
+
+def _changes(draft, stand_in: dict) -> dict:
+    if draft.chat_template:
+        stand_in.pop("chat_template", None)
+    return stand_in
+
+
+def stacking(runs: Path, draft, registry, file=None) -> Stacking | None:
+    """For a recipe whose model is ``run:latest[:what]`` (``draft``: checked without its sources), what it will
+    train on top of once queued; None for any other model (checked and resolved now, as ``finetty train`` does).
+
+    The newest stage that trains ``what`` wins: a queued entry, else a live run (the queue waits for it), else
+    the newest finished run; with none of them it is refused, naming why. Starting from a stage that has not
+    run yet is checked as starting from a finished one would be (:func:`finetty.core.model.parent.planned_mode`).
+    """
+    from finetty.core.errors import InputError
+    from finetty.core.model import parent
+
+    found = parent.latest(draft.model)
+    if found is None:
+        return None
+    what, _ = found
+    state = read(runs)
+    for entry in reversed(state.entries):
+        if parent.trains(what, entry.method, entry.objective):
+            data = _recipe_of(entry.recipe)
+            parent.planned_mode(data, f"{entry.id} (queued)", registry, draft.method, draft.quantizer, file)
+            return Stacking(draft.model, entry.id, None, _changes(draft, _stand_in(runs, data, entry, state.entries)))
+    for run_id in sorted(live_runs(runs), reverse=True):
+        data = _run_recipe(runs, run_id)
+        if parent.trains(what, str(data.get("method") or "?"), str(data.get("objective") or "sft")):
+            parent.planned_mode(data, run_id, registry, draft.method, draft.quantizer, file)
+            return Stacking(draft.model, None, run_id, _changes(draft, _stand_in(runs, data, None, state.entries)))
+    if parent.newest(runs, what) is None:
+        kind = f" that trained {what}" if what else ""
+        raise InputError(file, "key model", f"{draft.model} names the newest run{kind}, and there is no finished "
+                         f"run{kind} in {runs}, none training now and none queued",
+                         "queue the recipe that trains it first (for example finetty queue add "
+                         "recipes/demo-lora.yaml), or name a run: run:ID as `finetty runs` lists it")
+    return Stacking(draft.model, None, None, {})
+
+
+def add(runs: Path, recipe, stacked: Stacking | None = None) -> Entry:
+    """Queue a validated :class:`~finetty.core.recipe.recipe.Recipe`; returns its entry.
+
+    With ``stacked`` (:func:`stacking`), the recipe keeps its ``run:latest...`` model, resolved when it starts."""
+    from dataclasses import replace
+
+    if stacked is not None:
+        # (a chat template that only stood in for the parent's own is not kept: the parent's tokenizer has it)
+        recipe = replace(recipe, model=stacked.spec,
+                         **({"chat_template": None} if "chat_template" in stacked.changes else {}))
     entry = Entry(id=f"q-{secrets.token_hex(3)}", recipe=recipe.to_yaml(), model=str(recipe.model),
                   method=str(recipe.method), dataset=str(recipe.dataset), added=round(time.time(), 3),
-                  objective=str(recipe.objective))
+                  objective=str(recipe.objective), after=stacked.after if stacked else None,
+                  parent_run=stacked.parent_run if stacked else None)
     with _locked(runs) as state:
         state.entries.append(entry)
     return entry
@@ -181,6 +301,23 @@ def live_runs(runs: Path) -> list[str]:
     return [p.name for p in runs.iterdir() if (p / rundir.RECIPE_FILE).is_file() and rundir.is_live(p)]
 
 
+def _pin_parent(entry: Entry, data: dict) -> None:
+    """A stacked entry's ``run:latest...`` as the run it was queued after (checked by the recipe's validation:
+    a stage that failed left no result, and this one is dropped saying so); left for validation to resolve
+    against the newest finished run when it was queued after none."""
+    from finetty.core.errors import InputError
+    from finetty.core.model import parent
+
+    found = parent.latest(data.get("model"))
+    if found is None or not (entry.after or entry.parent_run):
+        return
+    if not entry.parent_run:
+        raise InputError(None, "key model", f"it trains on top of the run of queue entry {entry.after}, which never "
+                         "started (it was removed, dropped, or moved after this one)",
+                         "queue the stages again, in order")
+    data["model"] = f"{parent.PREFIX}{entry.parent_run}" + (f"@{found[1]}" if found[1] else "")
+
+
 def _start(runs: Path, entry: Entry) -> Path:
     """Check the entry's recipe again (files may have moved since) and start its worker."""
     from finetty.core.run import launch
@@ -188,6 +325,7 @@ def _start(runs: Path, entry: Entry) -> Path:
     from finetty.core.plugin.registry import load_plugins
 
     data, source = recipe_mod.parse_text(entry.recipe, None)
+    _pin_parent(entry, data)
     recipe = recipe_mod.validate(data, load_plugins(), source, Path.cwd(), runs=runs)
     run_dir = rundir.create(runs, recipe.method, recipe.to_yaml())
     launch.start_worker(run_dir)
@@ -216,6 +354,10 @@ def advance(runs: Path, start: Callable[[Path, Entry], Path] = _start,
                 state.last_error = "; ".join(reason for reason, _ in dropped)
                 continue
             state.started.append(run_dir.name)
+            state.ran[entry.id] = run_dir.name
+            for later in state.entries:  # (the stages queued to train on top of it start from this run)
+                if later.after == entry.id:
+                    later.parent_run = run_dir.name
             state.last_error = "; ".join(reason for reason, _ in dropped) or None
             break
     for reason, entry in dropped:  # (outside the lock: a slow endpoint never holds up the queue's commands)
