@@ -82,6 +82,8 @@ class RunHistory:
     epoch: float | None = None
     checkpoints: list[tuple[int, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    downloads: list[dict] = field(default_factory=list)
+    """the run's ``download`` events: what it took from the Hugging Face cache (shown above the worker's log)"""
     recipe: dict = field(default_factory=dict)
     device: str | None = None
     trainable: int | None = None
@@ -140,6 +142,8 @@ class RunHistory:
                 self.checkpoints.append((int(step or 0), str(event.get("path", ""))))
             elif kind == "warning":
                 self.warnings.append(str(event.get("message", "")))
+            elif kind == "download":
+                self.downloads.append(event)
             elif kind == "memory":
                 self._memory(event)
             elif kind == "watermark":

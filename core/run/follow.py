@@ -124,16 +124,22 @@ def _show(progress: Progress, task, event: dict, ended: dict | None) -> dict | N
                                          f"format {event.get('format')} ({how}), {event.get('train_records')} "
                                          f"train / {event.get('eval_records')} eval", one_line=True))
     elif kind == "download":
-        size = event.get("bytes")
-        size = f", {size / 1e6:.1f} MB" if isinstance(size, (int, float)) else ""
-        progress.console.print(as_markup(f"  {event.get('kind')}: {event.get('repo')} at "
-                                         f"{str(event.get('commit'))[:12]} ({event.get('files')} files{size}) "
-                                         "from the Hugging Face cache", one_line=True))
+        progress.console.print(as_markup(f"  {download_line(event)}", one_line=True))
     elif kind in TERMINAL:
         if kind == "run_finished":
             progress.update(task, description="finished", completed=event.get("step"))
         return event
     return ended
+
+
+def download_line(event: dict) -> str:
+    """A ``download`` event as one line of plain text (untrusted: escape it before markup), for the terminal
+    and the app's monitor alike: ``model: org/name at 0123456789ab (5 files, 1.2 MB) from the Hugging Face
+    cache``."""
+    size = event.get("bytes")
+    size = f", {size / 1e6:.1f} MB" if isinstance(size, (int, float)) else ""
+    return (f"{event.get('kind')}: {event.get('repo')} at {str(event.get('commit'))[:12]} "
+            f"({event.get('files')} files{size}) from the Hugging Face cache")
 
 
 def _say_skipped(console: Console, count: int) -> None:

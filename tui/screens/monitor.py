@@ -15,6 +15,7 @@ from textual.widgets import Footer, Header, OptionList, Static, TabbedContent, T
 from textual.widgets.option_list import Option
 
 from finetty.core.run import rundir
+from finetty.core.run.follow import download_line
 from finetty.core.text import clean, one_line
 
 from ..history import RunFollower
@@ -184,7 +185,10 @@ class MonitorScreen(Screen):
         self.query_one(MemoryGauges).show(sorted(history.gpus.values(), key=lambda g: g.index), history.host,
                                           history.watermark, history.watermark_policy)
         self._draw_checkpoints()
-        log = Text("\n".join(one_line(line) for line in self._log[-12:]) or "(the worker's log is empty)",
+        log = Text()
+        for event in history.downloads:  # (what it took from the hub, fetched before the worker started)
+            log.append(one_line(download_line(event)) + "\n", style="dim")
+        log.append("\n".join(one_line(line) for line in self._log[-12:]) or "(the worker's log is empty)",
                    style="red" if summary.status in ("failed", "lost") else "")
         self.query_one("#log-tail", Static).update(log)
         self.query_one("#recipe-text", Static).update(Text(clean(self._recipe_text or "")))
