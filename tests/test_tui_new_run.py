@@ -209,3 +209,42 @@ def test_an_option_the_recipes_method_does_not_declare_is_refused_not_dropped(ru
             assert form.recipe is None and form.query_one("#launch", Button).disabled
 
     asyncio.run(scenario())
+
+
+def test_the_cache_scan_runs_off_the_main_loop_and_fills_the_pickers_after(runs_dir, tmp_path, monkeypatch):
+    """A slow scan (held on an Event) leaves the form usable: the pickers say scanning…, a key moves the focus,
+    the form validates; when the scan ends the dataset picker offers what it found."""
+    import threading
+
+    from textual.widgets import Static
+
+    from finetty.tui.screens import new_run
+
+    release = threading.Event()
+
+    def slow_files(folder):
+        assert release.wait(30), "the test never released the scan"
+        return ["slow.jsonl"]
+
+    monkeypatch.setattr(new_run, "local_data_files", slow_files)
+
+    async def scenario():
+        app = make_app(runs_dir, base_dir=tmp_path)
+        async with app.run_test(size=(80, 24)) as pilot:
+            try:
+                form = await open_form(pilot, app)
+                scanning = form.query_one("#dataset-scanning", Static)
+                await until(pilot, lambda: form.recipe is not None, what="the form to validate while scanning")
+                assert scanning.display and str(scanning.render()) == "scanning…"
+                before = app.focused
+                await pilot.press("tab")
+                assert app.focused is not before
+                dataset = form.query_one("#dataset")
+                assert not any(label.startswith("slow.jsonl") for label in dataset.full_labels)
+            finally:
+                release.set()
+            await until(pilot, lambda: not scanning.display, what="the scan to end")
+            assert "slow.jsonl  (file here)" in dataset.full_labels and dataset.value == "identity"
+            assert not form.query_one("#model-scanning").display
+
+    asyncio.run(scenario())

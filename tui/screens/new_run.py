@@ -83,6 +83,9 @@ def process_choices(gpus: int) -> list[tuple[str, int]]:
     return [(f"{n}  ({label(n)})", n) for n in sorted({1, gpus} | {n for n in (2, 4, 8) if n < gpus})]
 
 
+#: What the model and dataset pickers say beside them until the cache scan has filled them.
+SCANNING = "scanning…"
+
 DEFAULT_HINT = "Tab/shift+Tab: next/previous field · Enter: open a picker · ctrl+l: launch"
 
 
@@ -167,10 +170,8 @@ class NewRunScreen(Screen):
         registry = self.app.registry
         start = self.start
         models_list = [("tiny-demo  (built-in demo, random weights)", demo.NAME)]
-        models_list += [(as_text(name, one_line=True), name) for name in models.cached_hub_models()]  # (folder names)
         sets = [(f"{name}  (built-in: {info[2]})", name) for name, info in data_mod.BUILTIN.items()]
-        sets += [(as_text(f"{name}  (file here)", one_line=True), name) for name in local_data_files(self.base_dir)]
-        sets += [(as_text(f"{name}  (hub cache)", one_line=True), name) for name in hub_datasets()]
+        # (the hub cache and the data files here are scanned by a worker after the first frame: see _scan)
         state = from_recipe({"model": demo.NAME, **start}, {v for _, v in models_list}, {v for _, v in sets})
         models_list.append(("a model folder…", PATH))
         sets.append(("a file or folder…", PATH))
@@ -183,7 +184,8 @@ class NewRunScreen(Screen):
             yield Static(Text(clean(also), style="italic"), id="form-extra", classes="notice")
             yield Static("Model", classes="section")
             yield self._row("model", Picker(models_list, value=state.model, allow_blank=False, id="model",
-                                            compact=True, title="model"))
+                                            compact=True, title="model"),
+                            Static(SCANNING, id="model-scanning", classes="scanning"))
             yield self._row("folder", Input(state.model_path, id="model-path", compact=True,
                                             placeholder="path to a model folder (→ completes)",
                                             suggester=PathSuggester(base=self.base_dir)), row_id="model-path-row")
@@ -198,7 +200,8 @@ class NewRunScreen(Screen):
 
             yield Static("Data", classes="section")
             yield self._row("dataset", Picker(sets, value=state.dataset, allow_blank=False, id="dataset",
-                                              compact=True, title="dataset"))
+                                              compact=True, title="dataset"),
+                            Static(SCANNING, id="dataset-scanning", classes="scanning"))
             yield self._row("path", Input(state.dataset_path, id="dataset-path", compact=True,
                                           placeholder="path to a .jsonl/.json/.csv/.parquet/.txt file or folder",
                                           suggester=PathSuggester(tuple(data_mod.DATA_SUFFIXES), self.base_dir)),
@@ -264,11 +267,44 @@ class NewRunScreen(Screen):
 
         return visible_gpus()
 
-    def _row(self, label: str, widget, row_id: str | None = None) -> Horizontal:
-        return Horizontal(Label(label), widget, classes="field", id=row_id)
+    def _row(self, label: str, widget, *more, row_id: str | None = None) -> Horizontal:
+        return Horizontal(Label(label), widget, *more, classes="field", id=row_id)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="scan")
+    def _scan(self) -> None:
+        """List the hub cache's models and datasets and the data files here, off the main loop (a large cache
+        or a slow disk takes seconds, and the form is usable meanwhile: its pickers say "scanning…")."""
+        found = {"models": [], "files": [], "datasets": []}
+        try:
+            found["models"] = models.cached_hub_models()
+            found["files"] = local_data_files(self.base_dir)
+            found["datasets"] = hub_datasets()
+        finally:  # (a failed scan still ends the "scanning…": the built-ins and the path fields are there)
+            self.app.call_from_thread(self._fill_pickers, found)
+
+    def _fill_pickers(self, found: dict) -> None:
+        """The scanned choices into the model and dataset pickers; a model or dataset the starting recipe named
+        that the scan found moves from its path field into the picker (unless the person changed the path)."""
+        models_list = [("tiny-demo  (built-in demo, random weights)", demo.NAME)]
+        models_list += [(as_text(name, one_line=True), name) for name in found["models"]]  # (folder names)
+        models_list.append(("a model folder…", PATH))
+        sets = [(f"{name}  (built-in: {info[2]})", name) for name, info in data_mod.BUILTIN.items()]
+        sets += [(as_text(f"{name}  (file here)", one_line=True), name) for name in found["files"]]
+        sets += [(as_text(f"{name}  (hub cache)", one_line=True), name) for name in found["datasets"]]
+        sets.append(("a file or folder…", PATH))
+        for key, choices in (("model", models_list), ("dataset", sets)):
+            picker = self.query_one(f"#{key}", Picker)
+            picker.set_choices(choices)
+            path = self.query_one(f"#{key}-path", Input)
+            wanted = self.start.get(key)
+            if picker.value == PATH and path.value == str(wanted) and wanted in {v for _, v in choices}:
+                picker.value = wanted
+                path.value = ""
+            self.query_one(f"#{key}-scanning").display = False
 
     async def on_mount(self) -> None:
         self.app.warm_standby()  # the heavy imports start now, in a process of their own, while the form is filled in
+        self._scan()
         for key in ("method", "quantizer", "objective"):
             await self._build_options(key, self.start.get(f"{key}_options") or {})
         self._sync_path_rows()

@@ -88,7 +88,22 @@ class Picker(Select):
         self.full_labels = [label for label, _ in choices]
         self.title_text = title
         self.help_text = help_text
+        self._short = short
         super().__init__([(Text(shorten(label, short)), value) for label, value in choices], **kwargs)
+
+    def set_choices(self, options: Iterable[tuple[str, Any]]) -> None:
+        """Replace the choices (a list filled later, as a cache scan ends), keeping the chosen value when it is
+        still offered; no ``Changed`` is posted unless the value had to change."""
+        choices = [(label.plain if isinstance(label, Text) else str(label), value) for label, value in options]
+        kept = self.value
+        with self.prevent(Select.Changed):
+            self.full_labels = [label for label, _ in choices]
+            self.set_options([(Text(shorten(label, self._short)), value) for label, value in choices])
+            if kept in {value for _, value in choices}:
+                self.value = kept
+        if self.value != kept:
+            self.post_message(Select.Changed(self, self.value))
+        self._fit_label()
 
     def on_resize(self) -> None:
         self._fit_label()
