@@ -23,7 +23,8 @@ def test_the_log_tab_shows_each_hub_download_of_the_run(runs_dir):
         {"ts": ts, "type": "download", "kind": "dataset", "repo": "org/identity", "revision": "v1",
          "commit": "fedcba9876543210", "files": 1},
     ]
-    run_dir = write_run(runs_dir, "261122-110826-lora-f667", events[:1] + downloads + events[1:])
+    resumed = dict(downloads[0], ts=ts + 1)  # a resumed run sets up again and names the same snapshot
+    run_dir = write_run(runs_dir, "261122-110826-lora-f667", events[:1] + downloads + [resumed] + events[1:])
 
     async def scenario():
         app = make_app(runs_dir, open_run=run_dir)
@@ -36,9 +37,10 @@ def test_the_log_tab_shows_each_hub_download_of_the_run(runs_dir):
             assert monitor.query_one("#monitor-tabs").active == "log"
             shown = str(monitor.query_one("#log-tail").render())
             lines = shown.splitlines()
-            assert lines[0] == ("model: org/tiny[red]-model at 0123456789ab (3 files, 1.5 MB) "
+            assert sum(line.startswith("model: ") for line in lines) == 1
+            assert lines[1] == ("model: org/tiny[red]-model at 0123456789ab (3 files, 1.5 MB) "
                                 "from the Hugging Face cache")  # markup shown as characters, the escape sequence dropped
-            assert lines[1] == "dataset: org/identity at fedcba987654 (1 files) from the Hugging Face cache"
+            assert lines[0] == "dataset: org/identity at fedcba987654 (1 files) from the Hugging Face cache"
             assert "\x1b" not in shown and len(lines) > 2  # the worker's log follows
 
     run(scenario())
