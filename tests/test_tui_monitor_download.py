@@ -1,4 +1,5 @@
-"""The monitor shows what a run took from the Hugging Face hub (its ``download`` events), as the terminal does.
+"""The monitor and the Runs detail show what a run took from the Hugging Face hub (its ``download`` events), as
+the terminal does.
 
 A recorded run with a model and a dataset download event, fed to the monitor; the hub id is untrusted text
 (markup and a control sequence in it must reach the screen as plain characters).
@@ -38,9 +39,15 @@ def test_the_log_tab_shows_each_hub_download_of_the_run(runs_dir):
             shown = str(monitor.query_one("#log-tail").render())
             lines = shown.splitlines()
             assert sum(line.startswith("model: ") for line in lines) == 1
-            assert lines[1] == ("model: org/tiny[red]-model at 0123456789ab (3 files, 1.5 MB) "
+            assert lines[0] == ("model: org/tiny[red]-model at 0123456789ab (3 files, 1.5 MB) "
                                 "from the Hugging Face cache")  # markup shown as characters, the escape sequence dropped
-            assert lines[0] == "dataset: org/identity at fedcba987654 (1 files) from the Hugging Face cache"
+            assert lines[1] == "dataset: org/identity at fedcba987654 (1 files) from the Hugging Face cache"
             assert "\x1b" not in shown and len(lines) > 2  # the worker's log follows
+            await pilot.press("escape")  # the Runs screen: its detail line names the snapshots too
+            await until(pilot, lambda: "Hugging Face cache" in str(app.screen.query_one("#run-detail").render()),
+                        what="the Runs detail")
+            detail = str(app.screen.query_one("#run-detail").render()).splitlines()
+            assert "model: org/tiny[red]-model at 0123456789ab (3 files, 1.5 MB) from the Hugging Face cache" in detail
+            assert "dataset: org/identity at fedcba987654 (1 files) from the Hugging Face cache" in detail
 
     run(scenario())

@@ -82,9 +82,6 @@ class RunHistory:
     epoch: float | None = None
     checkpoints: list[tuple[int, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    downloads: list[dict] = field(default_factory=list)
-    """the run's ``download`` events, the latest per repo: what it took from the Hugging Face cache (shown above
-    the worker's log)"""
     recipe: dict = field(default_factory=dict)
     device: str | None = None
     trainable: int | None = None
@@ -143,12 +140,6 @@ class RunHistory:
                 self.checkpoints.append((int(step or 0), str(event.get("path", ""))))
             elif kind == "warning":
                 self.warnings.append(str(event.get("message", "")))
-            elif kind == "download":  # (a resumed run sets up again: the same snapshot is named once)
-                same = [d for d in self.downloads if (d.get("kind"), d.get("repo")) == (event.get("kind"),
-                                                                                       event.get("repo"))]
-                for old in same:
-                    self.downloads.remove(old)
-                self.downloads.append(event)
             elif kind == "memory":
                 self._memory(event)
             elif kind == "watermark":

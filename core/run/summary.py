@@ -32,7 +32,8 @@ from finetty.core.run.status import label, run_status, stall_after
 RECENT_STEPS = 20
 """step events the ETA's pace is measured over"""
 INDEX_FILE = "summary.json"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
+"""(2: the summary keeps the run's hub downloads; an index of 1 did not fold them and is read again)"""
 INDEX_EVERY = 2.0
 """seconds between the worker's rewrites of the index"""
 READ_CHUNK = 4 * 1024 * 1024
@@ -147,6 +148,9 @@ def apply_events(summary: RunSummary, events: list[dict]) -> None:
                 del recent[:-RECENT_STEPS]
         elif kind == "checkpoint":
             summary.checkpoints += 1
+        elif kind == "download":  # what it took from the hub; a resumed run names a repo again: the latest is kept
+            keep = {k: event.get(k) for k in ("kind", "repo", "revision", "commit", "files", "bytes")}
+            summary.extra.setdefault("downloads", {})[f"{keep['kind']} {keep['repo']}"] = keep
         elif kind in TERMINAL:
             summary.phase = TERMINAL[kind]
             summary.end = event

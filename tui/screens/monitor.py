@@ -186,7 +186,7 @@ class MonitorScreen(Screen):
                                           history.watermark, history.watermark_policy)
         self._draw_checkpoints()
         log = Text()
-        for event in history.downloads:  # (what it took from the hub, fetched before the worker started)
+        for event in summary.extra.get("downloads", {}).values():  # (what it took from the hub, before it began)
             log.append(one_line(download_line(event)) + "\n", style="dim")
         log.append("\n".join(one_line(line) for line in self._log[-12:]) or "(the worker's log is empty)",
                    style="red" if summary.status in ("failed", "lost") else "")

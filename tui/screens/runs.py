@@ -14,6 +14,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from finetty.core.run import rundir
+from finetty.core.run.follow import download_line
 from finetty.core.text import as_markup, as_text, clean, one_line
 
 from .confirm import ConfirmScreen
@@ -200,6 +201,8 @@ class RunsScreen(Screen):
             text.append(f" · ran {self._cells(run)['elapsed']}")
         if run.started:
             text.append(f" · started {time.strftime('%Y-%m-%d %H:%M', time.localtime(run.started))}", style="dim")
+        for event in run.extra.get("downloads", {}).values():  # (the hub snapshot it trained on)
+            text.append(f"\n{one_line(download_line(event))}", style="dim")
         if run.reason and run.status in ("failed", "lost", "stopped"):
             text.append(f"\n{clean(run.reason)}", style="red" if run.status != "stopped" else "yellow")
         if run.status in ("failed", "lost"):
