@@ -50,6 +50,41 @@ def fetch_for_recipe(recipe, recipe_path) -> list[Path]:
     return fetch(refs, recipe_path)
 
 
+def fetch_json(ref, place: str, out=None, every: float = 0.1) -> int:
+    """Download ``ref`` printing one JSON object a line, for a program reading the output (the app's New run
+    screen): ``{"repo", "kind", "files_done", "files_total", "bytes_done", "bytes_total"}`` as the download goes
+    (at most one per ``every`` seconds, the last always), then ``{"done": true, "folder"}``; a refusal is one
+    ``{"error", "problem", "fix"}`` line and exit code 2. Nothing is drawn for a person."""
+    import json
+    import sys
+    import time
+
+    from finetty.core.data import hub
+    from finetty.core.errors import EXIT_BAD_INPUT, InputError
+
+    out = out or sys.stdout
+    last = [0.0]
+
+    def say(fields: dict) -> None:
+        out.write(json.dumps(fields) + "\n")
+        out.flush()
+
+    def show(state: dict) -> None:
+        now = time.monotonic()
+        complete = state["bytes_total"] and state["bytes_done"] >= state["bytes_total"]
+        if now - last[0] >= every or complete:
+            last[0] = now
+            say({"repo": ref.describe(), "kind": ref.kind, **state})
+
+    try:
+        folder = hub.download(ref, show, "finetty pull", place)
+    except InputError as exc:
+        say({"error": str(exc), "problem": exc.problem, "fix": exc.fix})
+        return EXIT_BAD_INPUT
+    say({"done": True, "repo": ref.describe(), "kind": ref.kind, "folder": str(folder)})
+    return 0
+
+
 def cmd_pull(args) -> int:
     from finetty.core.data import hub
     from finetty.core.errors import InputError
@@ -64,6 +99,8 @@ def cmd_pull(args) -> int:
         raise InputError("finetty pull", "--revision", f"{args.revision!r} contradicts {args.repo!r}",
                          "give the revision once")
     ref = hub.HubRef(kind, repo_id, args.revision or revision, code=args.code)
+    if args.progress_json:
+        return fetch_json(ref, f"{kind} {repo_id}")
     (folder,) = fetch([(ref, f"{kind} {repo_id}")])
     print(folder)  # (the snapshot folder alone on stdout, for scripts)
     return 0
@@ -76,3 +113,6 @@ def add_commands(add) -> None:
     pull.add_argument("--dataset", action="store_true", help="the id names a dataset, not a model")
     pull.add_argument("--code", action="store_true",
                       help="fetch the repository's Python files too (for a model with trust_remote_code)")
+    pull.add_argument("--progress-json", action="store_true",
+                      help="print one JSON object a line (repo, files and bytes done and in all; then done and "
+                           "folder, or error) instead of the progress bar: for programs reading the output")

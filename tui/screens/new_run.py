@@ -160,6 +160,8 @@ class NewRunScreen(Screen):
         """the preview's complaint about the data of ``preview_key`` (the status line shows it too)"""
         self.extra: dict = {}
         """the starting recipe's keys the form has no field for: carried unchanged (see FormState.extra)"""
+        self.missing: list = []
+        """``(HubRef, place)`` of the form's hub model and dataset that the cache lacks: launching downloads them"""
         self.uncarried: list[str] = []
         """the starting recipe's option keys the form cannot carry: the form refuses until another choice drops
         them (a form that dropped them in silence would train something other than the recipe)"""
@@ -189,6 +191,7 @@ class NewRunScreen(Screen):
             yield self._row("folder", Input(state.model_path, id="model-path", compact=True,
                                             placeholder="path to a model folder (→ completes)",
                                             suggester=PathSuggester(base=self.base_dir)), row_id="model-path-row")
+            yield Static(id="model-download", classes="download")
             yield OptionField("trust_remote_code", "trust remote code", "bool", False,
                               "run Python code that ships with the model folder (asked again at launch; "
                               "only for code you trust)", value=state.trust_remote_code,
@@ -206,6 +209,7 @@ class NewRunScreen(Screen):
                                           placeholder="path to a .jsonl/.json/.csv/.parquet/.txt file or folder",
                                           suggester=PathSuggester(tuple(data_mod.DATA_SUFFIXES), self.base_dir)),
                             row_id="dataset-path-row")
+            yield Static(id="dataset-download", classes="download")
             yield self._row("dataset options", Input(state.dataset_options,
                                                      id="dataset_options", compact=True,
                                                      tooltip="{placeholder: value} for built-in datasets"))
@@ -310,6 +314,8 @@ class NewRunScreen(Screen):
         self._sync_path_rows()
         self.query_one("#method-notice").display = False
         self.query_one("#form-extra").display = bool(self.extra)
+        for line in self.query(".download"):
+            line.display = False
         shown = {key: {f.id.removeprefix(f"opt-{key}-") for f in self.query_one(f"#{key}-options").query(OptionField)}
                  for key in ("method", "quantizer", "objective")}
         self.uncarried = uncarried(self.start, shown)
@@ -454,9 +460,16 @@ class NewRunScreen(Screen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="validate")
     def _check(self, data: dict) -> None:
+        from finetty.core.data import hub
         from finetty.core.errors import InputError
         from finetty.core.recipe import recipe as recipe_mod
 
+        missing = [(ref, place) for ref, place in hub.recipe_refs(data["model"], data["dataset"], self.base_dir,
+                                                                  code=bool(data.get("trust_remote_code")))
+                   if hub.cached(ref) is None]
+        if missing:  # (validating would only say "not in the cache": launching downloads it instead)
+            self.app.call_from_thread(self._show_missing, missing)
+            return
         try:
             recipe = recipe_mod.validate(copy.deepcopy(data), self.app.registry, recipe_mod.parse_text('', None)[1],
                                          self.base_dir, check_data=False, runs=self.app.runs)
@@ -489,9 +502,30 @@ class NewRunScreen(Screen):
         self.query_one("#launch", Button).disabled = True
         self.query_one("#queue", Button).disabled = True
 
+    def _show_missing(self, missing: list) -> None:
+        """The form names hub repositories the cache lacks: launching (or queueing) downloads them first."""
+        self.recipe = None
+        self.problem = None
+        self.missing = missing
+        self._mark(None)
+        names = ", ".join(f"{ref.describe()} ({ref.kind})" for ref, _ in missing)
+        status = Text("⬇ ", style="bold yellow")
+        status.append(one_line(f"{names} not in the hub cache: Launch or Queue downloads it first"))
+        self.query_one("#form-status", Static).update(status)
+        for ref, _ in missing:
+            line = self.query_one(f"#{ref.kind}-download", Static)
+            line.update(Text(one_line(f"{ref.describe()}: downloads from the Hub at launch"), style="dim"))
+            line.display = True
+        downloading = any(w.group == "download" and w.is_running for w in self.workers)
+        self.query_one("#launch", Button).disabled = downloading
+        self.query_one("#queue", Button).disabled = downloading
+
     def _show_valid(self, recipe, data: dict, estimate: Text) -> None:
         self.recipe = recipe
         self.problem = None
+        self.missing = []
+        for line in self.query(".download"):
+            line.display = bool(str(line.render()).startswith("✓"))  # (a finished download says so until launch)
         self._mark(None)
         status = Text("✓ ", style="bold green")
         steps = recipe.train.get("max_steps")
@@ -590,7 +624,8 @@ class NewRunScreen(Screen):
         self._submit("queue")
 
     def _submit(self, how: str) -> None:
-        if self.recipe is None:
+        download = self.recipe is None and bool(self.missing)
+        if self.recipe is None and not download:
             self.notify(self.problem or "the form is being checked", title="Not ready", severity="error")
             return
         try:
@@ -598,18 +633,25 @@ class NewRunScreen(Screen):
         except FieldError as exc:
             self.notify(exc.problem, severity="error")
             return
-        if not self.recipe.trust_remote_code:
+
+        def go() -> None:
             self.query_one("#launch", Button).disabled = True
-            self._start(data, how)
+            self.query_one("#queue", Button).disabled = True
+            if download:
+                self._download(data, list(self.missing), how)
+            else:
+                self._start(data, how)
+
+        if not (data.get("trust_remote_code") if download else self.recipe.trust_remote_code):
+            go()
             return
 
         def answered(yes: bool | None) -> None:
             if yes:
-                self.query_one("#launch", Button).disabled = True
-                self._start(data, how)
+                go()
 
         self.app.push_screen(ConfirmScreen(
-            f"{self.recipe.model} will run with trust_remote_code: the Python code that ships with the model "
+            f"{data['model']} will run with trust_remote_code: the Python code that ships with the model "
             f"runs in the worker, with your permissions.\nOnly go on if you trust where it came from.",
             yes="Launch" if how == "launch" else "Queue"), answered)
 
@@ -636,10 +678,78 @@ class NewRunScreen(Screen):
             return
         self.app.call_from_thread(self._started, run_dir, f"started {run_dir.name}")
 
+    @work(thread=True, exclusive=True, exit_on_error=False, group="download")
+    def _download(self, data: dict, missing: list, how: str) -> None:
+        """Each missing hub repository downloaded by ``finetty pull --progress-json`` in a child process (the app
+        never imports what a download needs beyond huggingface_hub's cache API, and a stuck transfer cannot stall
+        it), its progress on the line under the field; then the launch goes on as if the cache had held them."""
+        worker = get_current_worker()
+        for ref, _place in missing:
+            command = [sys.executable, "-m", "finetty.core.cli", "pull", ref.describe(), "--progress-json"]
+            command += ["--dataset"] if ref.kind == "dataset" else []
+            command += ["--code"] if ref.code else []
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                       cwd=self.base_dir)
+            refusal, other = None, ""
+            for line in process.stdout:
+                if worker.is_cancelled:
+                    process.kill()
+                    process.wait()
+                    return
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    other = line.strip() or other  # (a traceback's last line, if the child failed otherwise)
+                    continue
+                if not isinstance(message, dict):
+                    continue
+                if "error" in message:
+                    refusal = message
+                elif not message.get("done"):
+                    self.app.call_from_thread(self._show_download, ref.kind, message)
+            process.wait()
+            if refusal is not None or process.returncode != 0:
+                said = str(refusal["error"]) if refusal else (other or f"finetty pull exited {process.returncode}")
+                self.app.call_from_thread(self._download_failed, ref.kind, said)
+                return
+            self.app.call_from_thread(self._download_done, ref)
+        self.app.call_from_thread(self._downloaded, data, how)
+
+    def _show_download(self, kind: str, progress: dict) -> None:
+        from rich.filesize import decimal
+
+        done, total = int(progress.get("bytes_done") or 0), int(progress.get("bytes_total") or 0)
+        text = Text("⬇ ", style="bold")
+        text.append(one_line(progress.get("repo", "")))
+        text.append(f": {decimal(done)}" + (f" of {decimal(total)} ({100 * done // total}%)" if total else ""))
+        if progress.get("files_total"):
+            text.append(f" · {progress.get('files_done', 0)}/{progress['files_total']} files", style="dim")
+        line = self.query_one(f"#{kind}-download", Static)
+        line.update(text)
+        line.display = True
+
+    def _download_done(self, ref) -> None:
+        line = self.query_one(f"#{ref.kind}-download", Static)
+        line.update(Text("✓ " + one_line(f"{ref.describe()}: in the hub cache"), style="green"))
+        line.display = True
+
+    def _download_failed(self, kind: str, said: str) -> None:
+        """The refusal (gated, offline, unknown) as the field's error: the line under it and the status say it."""
+        line = self.query_one(f"#{kind}-download", Static)
+        line.update(Text("✗ " + clean(said), style="red"))
+        line.display = True
+        self._show_problem(said, kind)
+        self.notify(clean(said), title="Not downloaded", severity="error")
+
+    def _downloaded(self, data: dict, how: str) -> None:
+        self.missing = []
+        self._start(data, how)
+
     def _failed(self, exc: Exception) -> None:
         from finetty.core.errors import InputError
 
         self.query_one("#launch", Button).disabled = False
+        self.query_one("#queue", Button).disabled = False
         if isinstance(exc, InputError):
             self._show_problem(str(exc), field_for(exc.place))
         self.notify(str(exc), title="Not started", severity="error")
