@@ -60,7 +60,7 @@ def test_a_queued_dpo_stage_trains_on_top_of_the_lora_run_queued_before_it(older
     runs = older_lora.parent
     assert _queue(runs, "demo-lora.yaml") == 0
     assert _queue(runs, "demo-dpo.yaml") == 0
-    said = capsys.readouterr().out
+    said = " ".join(capsys.readouterr().out.split())  # (rich wraps at the terminal's width)
     lora_entry, dpo_entry = queue.read(runs).entries
     assert dpo_entry.model == "run:latest:lora/sft" and dpo_entry.after == lora_entry.id
     assert "model: run:latest:lora/sft" in dpo_entry.recipe  # kept unresolved, not the older run's path
@@ -111,3 +111,23 @@ def test_a_latest_stage_queued_on_a_finished_run_resolves_when_it_starts_and_run
     latest, named = queue.read(runs).entries
     assert latest.model == "run:latest:lora/sft" and latest.after is None and latest.parent_run is None
     assert named.model == f"run:{older_lora.resolve()}@final" and named.after is None  # checked and resolved now
+
+
+def test_a_latest_stage_queued_while_its_first_stage_trains_starts_from_that_run(tmp_path, demo_model, capsys):
+    import os
+
+    from finetty.core.run import rundir
+
+    runs = tmp_path / "runs"
+    training = rundir.create(runs, "lora", "model: tiny-demo\ndataset: identity\nmethod: lora\nobjective: sft\n")
+    lock = rundir.acquire_lock(training)  # its worker is alive: the queue waits for it
+    try:
+        assert _queue(runs, "demo-dpo.yaml") == 0
+    finally:
+        os.close(lock)
+    (entry,) = queue.read(runs).entries
+    assert entry.parent_run == training.name and entry.after is None
+    assert f"resolved when it starts: run {training.name}" in " ".join(capsys.readouterr().out.split())  # (rich wraps)
+    data: dict = {"model": "run:latest:lora/sft@final"}
+    queue._pin_parent(entry, data)  # when it starts: that run, whatever finished meanwhile
+    assert data["model"] == f"run:{training.name}@final"
