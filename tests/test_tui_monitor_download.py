@@ -40,14 +40,15 @@ def test_the_log_tab_shows_each_hub_download_of_the_run(runs_dir):
             lines = shown.splitlines()
             assert sum(line.startswith("model: ") for line in lines) == 1
             assert lines[0] == ("model: org/tiny[red]-model at 0123456789ab (3 files, 1.5 MB) "
-                                "from the Hugging Face cache")  # markup shown as characters, the escape sequence dropped
+                                "from the Hugging Face cache")  # markup as characters, the escape sequence dropped
             assert lines[1] == "dataset: org/identity at fedcba987654 (1 files) from the Hugging Face cache"
             assert "\x1b" not in shown and len(lines) > 2  # the worker's log follows
             await pilot.press("escape")  # the Runs screen: its detail line names the snapshots too
             await until(pilot, lambda: "Hugging Face cache" in str(app.screen.query_one("#run-detail").render()),
                         what="the Runs detail")
             detail = str(app.screen.query_one("#run-detail").render()).splitlines()
-            assert "model: org/tiny[red]-model at 0123456789ab (3 files, 1.5 MB) from the Hugging Face cache" in detail
+            assert ("model: org/tiny[red]-model at 0123456789ab (3 files, 1.5 MB) from the Hugging Face cache"
+                    in detail)
             assert "dataset: org/identity at fedcba987654 (1 files) from the Hugging Face cache" in detail
 
     run(scenario())

@@ -209,6 +209,7 @@ def _stand_in(runs: Path, data: dict, entry: Entry | None, entries: list[Entry])
 
 
 def _changes(draft, stand_in: dict) -> dict:
+    """The stand-in keys for ``draft``: a chat template the recipe names itself is its own, never replaced."""
     if draft.chat_template:
         stand_in.pop("chat_template", None)
     return stand_in
