@@ -131,3 +131,33 @@ def test_a_latest_stage_queued_while_its_first_stage_trains_starts_from_that_run
     data: dict = {"model": "run:latest:lora/sft@final"}
     queue._pin_parent(entry, data)  # when it starts: that run, whatever finished meanwhile
     assert data["model"] == f"run:{training.name}@final"
+
+
+def test_the_new_run_form_queues_a_latest_stage_unresolved_after_the_queued_lora_stage(older_lora, tmp_path,
+                                                                                         monkeypatch):
+    import asyncio
+
+    import yaml
+
+    from finetty.core.recipe import recipe as recipe_mod
+    from finetty.tui.screens.new_run import NewRunScreen
+
+    from .test_tui_app import make_app, until
+
+    runs = older_lora.parent
+    monkeypatch.setattr(queue, "ensure_runner", lambda runs_dir: None)  # (queued only: nothing trains here)
+    first = queue.add(runs, recipe_mod.load(RECIPES / "demo-lora.yaml", [], load_plugins(), check_data=False))
+    dpo = yaml.safe_load((RECIPES / "demo-dpo.yaml").read_text())
+
+    async def scenario():
+        app = make_app(runs, base_dir=tmp_path)
+        async with app.run_test(size=(100, 30)) as pilot:
+            app.new_run(dpo)
+            await until(pilot, lambda: isinstance(app.screen, NewRunScreen) and app.screen.recipe is not None,
+                        what="the form checked (against the older run, the newest finished one now)")
+            await pilot.press("ctrl+o")
+            await until(pilot, lambda: len(queue.read(runs).entries) == 2, what="the DPO stage queued")
+
+    asyncio.run(scenario())
+    queued = queue.read(runs).entries[1]
+    assert queued.model == "run:latest:lora/sft" and queued.after == first.id  # not the older run's path

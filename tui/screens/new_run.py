@@ -663,10 +663,16 @@ class NewRunScreen(Screen):
 
         runs = self.app.runs
         try:
-            recipe = recipe_mod.validate(copy.deepcopy(data), self.app.registry, recipe_mod.parse_text('', None)[1],
+            stacked = None
+            if how == "queue":  # (model: run:latest... stays unresolved until the entry starts, as in the CLI)
+                draft = recipe_mod.validate(copy.deepcopy(data), self.app.registry, recipe_mod.parse_text('', None)[1],
+                                            self.base_dir, check_sources=False)
+                stacked = queue.stacking(runs, draft, self.app.registry)
+            recipe = recipe_mod.validate({**copy.deepcopy(data), **(stacked.changes if stacked else {})},
+                                         self.app.registry, recipe_mod.parse_text('', None)[1],
                                          self.base_dir, check_data=True, runs=self.app.runs)
             if how == "queue":
-                entry = queue.add(runs, recipe)
+                entry = queue.add(runs, recipe, stacked)
                 queue.ensure_runner(runs)
                 self.app.call_from_thread(self._started, None, f"queued {entry.id}: it starts when nothing "
                                                                 f"else trains")
