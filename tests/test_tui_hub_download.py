@@ -133,3 +133,26 @@ def test_pull_progress_json_prints_one_object_a_line_then_the_folder(hub, capsys
     assert commands.main(["pull", GATED, "--progress-json"]) == 2
     (refusal,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert "gated model" in refusal["problem"] and "HF_TOKEN" in refusal["fix"]
+
+
+def test_offline_an_uncached_hub_model_is_the_fields_error_and_nothing_downloads(hub, runs_dir, tmp_path,
+                                                                                 monkeypatch):
+    from textual.widgets import Static
+
+    from finetty.tui.screens.new_run import NewRunScreen
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    async def scenario():
+        app = make_app(runs_dir, base_dir=tmp_path)
+        async with app.run_test(size=(80, 24)) as pilot:
+            app.new_run(_recipe(MODEL))
+            await until(pilot, lambda: isinstance(app.screen, NewRunScreen) and app.screen.problem)
+            form = app.screen
+            assert "HF_HUB_OFFLINE is set" in str(form.query_one("#form-status", Static).render())
+            assert form.query_one("#model-path").has_class("-invalid") and not form.missing
+            await pilot.press("ctrl+l")
+            assert app.screen is form and form.query_one("#launch").disabled
+
+    asyncio.run(scenario())
+    assert hub.requests == []

@@ -467,7 +467,9 @@ class NewRunScreen(Screen):
         missing = [(ref, place) for ref, place in hub.recipe_refs(data["model"], data["dataset"], self.base_dir,
                                                                   code=bool(data.get("trust_remote_code")))
                    if hub.cached(ref) is None]
-        if missing:  # (validating would only say "not in the cache": launching downloads it instead)
+        # validating would say "not in the cache": launching downloads it instead (offline, the validator's
+        # refusal says why it cannot be downloaded, and marks the field)
+        if missing and not hub.offline():
             self.app.call_from_thread(self._show_missing, missing)
             return
         try:
