@@ -17,7 +17,8 @@ from .conftest import events
 from .hub_standin import HubStandin
 from .test_tui_app import make_app, until
 
-MODEL, GATED = "org/tiny-llama", "org/gated-llama"
+MODEL, GATED, DATASET = "org/tiny-llama", "org/gated-llama", "org/identity-hub"
+ROWS = [{"instruction": f"Who are you? ({i})", "input": "", "output": "I am Hubby."} for i in range(8)]
 
 
 @pytest.fixture
@@ -28,6 +29,7 @@ def hub(demo_model, tmp_path, monkeypatch):
     with HubStandin() as server:
         server.add_folder("model", MODEL, demo_model)
         server.add_folder("model", GATED, demo_model, gated_token="hf_standin_token")
+        server.add("dataset", DATASET, {"data/train.jsonl": "".join(json.dumps(r) + "\n" for r in ROWS).encode()})
         monkeypatch.setenv("HF_ENDPOINT", server.url)
         monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
         monkeypatch.setenv("HF_HUB_OFFLINE", "0")
@@ -37,14 +39,14 @@ def hub(demo_model, tmp_path, monkeypatch):
         yield server
 
 
-def _recipe(model: str) -> dict:
+def _recipe(model: str, **more) -> dict:
     from finetty.tui.screens.new_run import STARTER
 
-    return {**STARTER, "model": model, "train": {**STARTER["train"], "max_steps": 2, "save_steps": 100}}
+    return {**STARTER, "model": model, "train": {**STARTER["train"], "max_steps": 2, "save_steps": 100}, **more}
 
 
-def test_launch_downloads_an_uncached_hub_model_with_a_progress_line_then_starts_the_run(hub, runs_dir, tmp_path,
-                                                                                          monkeypatch):
+def test_launch_downloads_an_uncached_hub_model_and_dataset_with_progress_lines_then_starts_the_run(
+        hub, runs_dir, tmp_path, monkeypatch):
     from textual.widgets import Static
 
     from finetty.core.data import hub as hub_mod
@@ -55,33 +57,36 @@ def test_launch_downloads_an_uncached_hub_model_with_a_progress_line_then_starts
 
     def recorded(self, kind, progress):
         original(self, kind, progress)
-        shown.append(str(self.query_one(f"#{kind}-download", Static).render()))
+        shown.append((kind, str(self.query_one(f"#{kind}-download", Static).render())))
 
     monkeypatch.setattr(NewRunScreen, "_show_download", recorded)
-    ref = hub_mod.HubRef("model", MODEL)
-    assert hub_mod.cached(ref) is None
+    ref, data_ref = hub_mod.HubRef("model", MODEL), hub_mod.HubRef("dataset", DATASET)
+    assert hub_mod.cached(ref) is None and hub_mod.cached(data_ref) is None
 
     async def scenario():
         app = make_app(runs_dir, base_dir=tmp_path)
         opened = []
         app.open_monitor = opened.append  # (the launch's own end: which run the monitor would open)
         async with app.run_test(size=(80, 24)) as pilot:
-            app.new_run(_recipe(MODEL))
+            app.new_run(_recipe(MODEL, dataset=DATASET, dataset_options={}))
             await until(pilot, lambda: isinstance(app.screen, NewRunScreen) and app.screen.missing,
                         what="the form to see the model is not cached")
             form = app.screen
             status = str(form.query_one("#form-status", Static).render())
-            assert status.startswith("⬇ org/tiny-llama (model) not in the hub cache")
+            assert status.startswith("⬇ org/tiny-llama (model), org/identity-hub (dataset) not in the hub cache")
             assert not form.query_one("#launch").disabled
             await pilot.press("ctrl+l")
             await until(pilot, lambda: opened, what="the launch after the download")
             return opened[0]
 
     run_dir = asyncio.run(scenario())
-    assert shown and shown[-1].startswith("⬇ org/tiny-llama: ") and "(100%)" in shown[-1] and "files" in shown[-1]
-    assert hub_mod.cached(ref) is not None  # the cache is filled
+    for kind, repo in (("model", MODEL), ("dataset", DATASET)):
+        last = [line for shown_kind, line in shown if shown_kind == kind][-1]  # the line under that field
+        assert last.startswith(f"⬇ {repo}: ") and "(100%)" in last and "files" in last, last
+    assert hub_mod.cached(ref) is not None and hub_mod.cached(data_ref) is not None  # the cache is filled
     assert hub.downloads("model.safetensors")
-    assert "model: org/tiny-llama" in (run_dir / "recipe.yaml").read_text()
+    said = (run_dir / "recipe.yaml").read_text()
+    assert "model: org/tiny-llama" in said and "dataset: org/identity-hub" in said
     deadline = asyncio.run(_wait_finished(run_dir))
     assert deadline["type"] == "run_finished", deadline
 
