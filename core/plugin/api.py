@@ -139,7 +139,8 @@ class Method:
             object.__setattr__(self, "kind", "modules" if self.freezes_base else "whole")
         elif self.kind not in METHOD_KINDS:
             raise ValueError(f"method {self.name!r}: kind {self.kind!r} is not one of {METHOD_KINDS}")
-        names = {option.name for option in self.options}
+        # options of another type are the registry's to report (it names the plugin): only names are read here
+        names = {getattr(option, "name", None) for option in self.options} - {None}
         for key in self.recommended:
             section, _, name = key.partition(".")
             if not name or section not in ("train", "method_options") or (section == "method_options"
