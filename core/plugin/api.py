@@ -140,7 +140,7 @@ class Method:
         elif self.kind not in METHOD_KINDS:
             raise ValueError(f"method {self.name!r}: kind {self.kind!r} is not one of {METHOD_KINDS}")
         # options of another type are the registry's to report (it names the plugin): only names are read here
-        names = {getattr(option, "name", None) for option in self.options} - {None}
+        names = {name for name in (getattr(option, "name", None) for option in self.options) if isinstance(name, str)}
         for key in self.recommended:
             section, _, name = key.partition(".")
             if not name or section not in ("train", "method_options") or (section == "method_options"
