@@ -103,6 +103,20 @@ _RESOLVE = re.compile(r"^/(?:(datasets|models)/)?([^/]+/[^/]+)/resolve/([^/]+)/(
 _API = re.compile(r"^/api/(models|datasets)/([^/]+/[^/]+?)(?:/(revision|tree|preupload|commit)/([^/]+)(/.*)?)?$")
 
 
+def go_online(server: HubStandin, monkeypatch, tmp_path: Path) -> None:
+    """Point huggingface_hub at ``server``, online, with an empty cache under ``tmp_path`` and no token.
+
+    huggingface_hub read conftest's ``HF_HUB_OFFLINE=1`` into its constants at import: set there too."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
 class _Handler(BaseHTTPRequestHandler):
     hub: HubStandin
     protocol_version = "HTTP/1.1"

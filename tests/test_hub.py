@@ -22,7 +22,7 @@ from finetty.core.errors import InputError
 from finetty.core.run.event_types import problem
 
 from .conftest import events, losses, write_recipe
-from .hub_standin import HubStandin
+from .hub_standin import HubStandin, go_online
 from .inprocess import train
 
 MODEL, DATASET, GATED, TOKEN = "org/tiny-llama", "org/identity-hub", "org/gated-llama", "hf_standin_token"
@@ -38,20 +38,12 @@ def jsonl(rows) -> bytes:
 @pytest.fixture
 def standin(demo_model, tmp_path, monkeypatch):
     """The stand-in Hub with the demo model, a dataset and a gated model; an empty hub cache; online."""
-    import huggingface_hub.constants
-
     with HubStandin() as server:
         server.add_folder("model", MODEL, demo_model)
         server.add_folder("model", GATED, demo_model, gated_token=TOKEN)
         server.add("dataset", DATASET, {"README.md": b"# identity, on the hub\n",
                                         "data/train.jsonl": jsonl(TRAIN_ROWS), "data/test.jsonl": jsonl(TEST_ROWS)})
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-        # huggingface_hub read HF_HUB_OFFLINE=1 (conftest's) at its import; this test is online
-        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        go_online(server, monkeypatch, tmp_path)
         yield server
 
 

@@ -14,7 +14,7 @@ import json
 import pytest
 
 from .conftest import events
-from .hub_standin import HubStandin
+from .hub_standin import HubStandin, go_online
 from .test_tui_app import make_app, until
 
 MODEL, GATED, DATASET = "org/tiny-llama", "org/gated-llama", "org/identity-hub"
@@ -24,18 +24,11 @@ ROWS = [{"instruction": f"Who are you? ({i})", "input": "", "output": "I am Hubb
 @pytest.fixture
 def hub(demo_model, tmp_path, monkeypatch):
     """The stand-in Hub serving the demo model, openly and gated; an empty hub cache; online."""
-    import huggingface_hub.constants
-
     with HubStandin() as server:
         server.add_folder("model", MODEL, demo_model)
         server.add_folder("model", GATED, demo_model, gated_token="hf_standin_token")
         server.add("dataset", DATASET, {"data/train.jsonl": "".join(json.dumps(r) + "\n" for r in ROWS).encode()})
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        go_online(server, monkeypatch, tmp_path)
         yield server
 
 

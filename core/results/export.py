@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,15 +126,30 @@ def target(run_dir: Path, out: Path, checkpoint: str | None, registry=None) -> T
     return Target(run_dir, out, registry, recipe, method, label, source, notes)
 
 
+@contextmanager
+def writing(out: Path):
+    """Yield ``out.partial`` to write an export into; on success it gets ordinary file modes and becomes ``out``
+    (a folder :func:`check_out` found empty or missing), on any failure it is removed: never half an export."""
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    try:
+        yield partial
+        _ordinary_modes(partial)
+        if out.exists():
+            out.rmdir()  # (checked empty by check_out)
+        os.rename(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
 def export(run_dir: Path, out: Path, checkpoint: str | None = None, merge: bool = False,
            registry=None) -> ExportResult:
     found = target(run_dir, out, checkpoint, registry)
     run_dir, out, registry, recipe, method = found.run_dir, found.out, found.registry, found.recipe, found.method
     label, source, notes = found.label, found.source, found.notes
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
-    try:
+    with writing(out) as partial:
         merged = False
         if merge and method.whole_model:
             notes.append(f"method {method.name} already produces a whole model: exported as is (nothing to merge)")
@@ -156,13 +172,6 @@ def export(run_dir: Path, out: Path, checkpoint: str | None = None, merge: bool 
         (partial / CARD).write_text(model_card(run_dir, recipe, method, label, merged, base, base_note),
                                     encoding="utf-8")
         files = sorted(set(files) | {CARD})
-        _ordinary_modes(partial)
-        if out.exists():
-            out.rmdir()  # (checked empty above)
-        os.rename(partial, out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return ExportResult(out, merged, label, method.name, whole_model=method.whole_model,
                         files=sorted(files + [PROVENANCE]), notes=notes)
 

@@ -397,7 +397,6 @@ def export_gguf(run_dir: Path, out: Path, checkpoint: str | None = None, quant: 
                 registry=None) -> GGUFExport:
     """The run's result (or a checkpoint) merged into its base and written to ``out/model.gguf``, with an
     Ollama ``Modelfile`` and the model card; through ``out.partial``, as :func:`export.export` writes."""
-    import os
     import shutil
     import time
 
@@ -413,10 +412,7 @@ def export_gguf(run_dir: Path, out: Path, checkpoint: str | None = None, quant: 
                          "cannot be merged into its base (its weights are not a change to the base's weights), "
                          "and a GGUF file holds one plain model", "export it in adapter form, without --gguf")
     check_architecture(inference.base_model_dir(run_dir, recipe))
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
-    try:
+    with export.writing(out) as partial:
         work = partial / ".merged"
         work.mkdir()
         base_dir = inference.base_model_dir(run_dir, recipe)
@@ -439,13 +435,6 @@ def export_gguf(run_dir: Path, out: Path, checkpoint: str | None = None, quant: 
         card = export.model_card(run_dir, recipe, method, label, not method.whole_model, base, base_note)
         card = card.rstrip("\n") + "\n\n" + card_section(quant, modelfile.template, method.whole_model)
         (partial / export.CARD).write_text(card, encoding="utf-8")
-        export._ordinary_modes(partial)
-        if out.exists():
-            out.rmdir()  # (checked empty above)
-        os.rename(partial, out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     converted.path = out / FILE_NAME
     files = sorted([FILE_NAME, "Modelfile", export.PROVENANCE, export.CARD])
     return GGUFExport(out, converted, label, method.name, modelfile.template, files,
