@@ -212,7 +212,7 @@ class NewRunScreen(Screen):
             yield Static(id="dataset-download", classes="download")
             yield self._row("dataset options", Input(state.dataset_options,
                                                      id="dataset_options", compact=True,
-                                                     tooltip="{placeholder: value} for built-in datasets"))
+                                                     tooltip="{name: value}: fills {{name}} fields in any dataset"))
             formats = [("auto  (detect from the first record)", "auto")]
             formats += [(f"{n}  ({f.summary})", n) for n, f in registry.data_formats.items()]
             yield self._row("format", Picker(formats, value=state.format, allow_blank=False,
