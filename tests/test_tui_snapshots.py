@@ -12,10 +12,11 @@ import copy
 import fcntl
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
-from .tui_runs import FROZEN, make_runs, memory_events, recorded, upto, with_broken_plugin, workers_done, write_run
+from .tui_runs import FROZEN, START, make_runs, memory_events, recorded, upto, with_broken_plugin, workers_done, write_run
 
 SIZES = [(80, 24), (120, 40)]
 PLUGINS = "formats,full,lora,sft"
@@ -256,3 +257,115 @@ def test_save_recipe_prompt(snap_compare, stable, runs_dir, tmp_path, size, demo
         await settle(pilot, lambda: type(pilot.app.screen).__name__ == "PromptScreen")
 
     assert snap_compare(app_for(runs_dir, stable, tmp_path), terminal_size=size, run_before=ready)
+
+
+
+PROCESSES = {
+    4242: ("alice", "/home/alice/.venv/bin/python -m finetty.core.train.worker "
+                    "/home/alice/runs/261122-130000-lora-sft-1234/recipe.yaml"),
+    5151: ("bob", "/usr/bin/python3 -m vllm.entrypoints.openai.api_server --model Qwen/Qwen2.5-7B-Instruct"),
+    6161: ("carol", "python -m ipykernel_launcher -f /home/carol/.local/share/jupyter/runtime/kernel-1f2e.json"),
+}
+"""the fake GPUs' processes as psutil would describe them (user, command): fixed, none of this machine's"""
+
+
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """Two 24 GiB GPUs that NVML reads with fixed numbers and processes: GPU0 above the 90% watermark, shared
+    by a finetty worker's rank (a child of this process: what a live run held here is found by) and bob's
+    server; GPU1 nearly free. Nothing of the machine's own GPUs or processes reaches a picture."""
+    import os
+
+    from finetty.core.memory import gpu
+
+    from .fake_nvml import GIB, FakeNvml
+
+    def describe(pid: int) -> tuple[str, str, tuple[int, ...]]:
+        user, command = PROCESSES.get(pid, ("?", "?"))
+        return user, command, (os.getpid(),) if pid == 4242 else ()
+
+    monkeypatch.setattr(gpu, "_describe", describe)
+    return FakeNvml([{0: (int(22.5 * GIB), 24 * GIB, 97), 1: (3 * GIB, 24 * GIB, 4)}],
+                    names={0: "NVIDIA L4", 1: "NVIDIA L4"},
+                    processes={0: [(4242, 19 * GIB), (5151, int(2.5 * GIB))], 1: [(6161, 3 * GIB)]})
+
+
+def steady_memory_events() -> list[dict]:
+    """tui_runs.memory_events at a steady pace (a step every 1.5 s), so that the crossing at step 45 is drawn
+    where it happened on the chart rather than in the recorded run's last second; each watermark event carries
+    its step, as the worker's do."""
+    out, ts, step = [], START, 0
+    for event in copy.deepcopy(memory_events(recorded())):
+        if event["type"] == "step":
+            step = event["step"]
+            ts = START + 5 + 1.5 * step
+        elif event["type"] != "run_started":
+            ts += 0.01
+        event["ts"] = ts
+        if event["type"] == "watermark":
+            event["step"] = step
+        out.append(event)
+    return out
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_monitor_memory_tab(snap_compare, stable, runs_dir, tmp_path, size, fake_gpus):
+    """m: GPU0's memory over the run against the 90% watermark, the crossing at step 45 (policy checkpoint)
+    marked and listed, the run's own share, and the processes NVML lists on that GPU now, commands cut to fit."""
+    run = write_run(runs_dir, "261122-110826-lora-f667", steady_memory_events())
+
+    async def ready(pilot):
+        await settle(pilot, lambda: getattr(pilot.app.screen, "history", None) is not None
+                     and pilot.app.screen.history.status == "finished")
+        await pilot.press("m")
+        monitor = pilot.app.screen
+        await settle(pilot, lambda: monitor.query("#memory-gpu-0 ProcessTable")
+                     and monitor.query_one("#memory-gpu-0 ProcessTable").rows_shown)
+
+    assert snap_compare(app_for(runs_dir, stable, tmp_path, open_run=run, nvml_lib=fake_gpus), terminal_size=size,
+                        run_before=ready)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_gpu_view(snap_compare, stable, runs_dir, tmp_path, size, fake_gpus):
+    """g on Runs: each GPU's gauge against the watermark, its utilisation, the finetty run training on it (a
+    live run whose worker, this process, is the parent of GPU0's first process), its processes, which GPU is
+    under the watermark."""
+    from finetty.core.run import rundir
+
+    make_runs(runs_dir)
+    live = write_run(runs_dir, "261122-130000-lora-sft-1234", upto(40))
+    with open(live / rundir.LOCK_FILE, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rundir.record_holder(lock.fileno())
+
+        async def ready(pilot):
+            await settle(pilot, lambda: pilot.app.screen.query_one("#runs-table").row_count == 5)
+            await pilot.press("g")
+            await settle(pilot, lambda: type(pilot.app.screen).__name__ == "GpuScreen"
+                         and len([t for t in pilot.app.screen.query("ProcessTable") if t.rows_shown]) == 2)
+
+        assert snap_compare(app_for(runs_dir, stable, tmp_path, nvml_lib=fake_gpus), terminal_size=size,
+                            run_before=ready)
+
+
+@pytest.mark.parametrize("tab", ["tab-export", "tab-serve"], ids=["export", "serve"])
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_results_tab(snap_compare, stable, runs_dir, tmp_path, size, tab):
+    """The Results screen's Export and Serve tabs before anything starts (tests/test_tui_results.py has the Eval
+    tab's; x and v would start an export or a server, so the tab is chosen directly): the kinds of export, the
+    default folder showing its end (the run and the kind), the port, what serving offers."""
+    from textual.widgets import TabbedContent
+
+    run = write_run(runs_dir, "261122-110826-lora-f667", recorded())
+    app = app_for(runs_dir, stable, tmp_path)
+    app.base_dir = Path("/home/alice/finetuning")  # (the default export folder is drawn; nothing is written)
+
+    async def ready(pilot):
+        await settle(pilot, lambda: pilot.app.screen.query_one("#runs-table").row_count == 1)
+        pilot.app.open_results(run)
+        await settle(pilot, lambda: type(pilot.app.screen).__name__ == "ResultsScreen")
+        pilot.app.screen.query_one("#results-tabs", TabbedContent).active = tab
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=size, run_before=ready)

@@ -218,6 +218,19 @@ class ResultsScreen(Screen):
     def _kind_changed(self) -> None:
         self._default_out()
 
+    @on(TabbedContent.TabActivated, "#results-tabs")
+    def _tab_shown(self, event: TabbedContent.TabActivated) -> None:
+        """A folder longer than its field shows its end: the run and the kind tell one export from another, the
+        start is the working folder (filled while the tab was hidden, the field could not scroll then)."""
+        if event.pane.id == "tab-export":
+            self.call_after_refresh(self._folder_end)
+
+    def _folder_end(self) -> None:
+        field = self.query_one("#export-out", Input)
+        end = len(field.value)
+        field.cursor_position = 0  # (moving the cursor is what scrolls an Input; it is at the end already)
+        field.cursor_position = end
+
     def _busy(self, job: str, busy: bool) -> None:
         self.query_one(f"#{job}-start", Button).disabled = busy
         bar = self.query_one(f"#{job}-progress", ProgressBar)

@@ -26,6 +26,8 @@ GIB = 1024 ** 3
 #: the least width of the command column: a command is cut (with an ellipsis) to what the table's width leaves
 #: beside the other columns, so the table never scrolls sideways
 LEAST_COMMAND = 16
+#: the most process rows a table shows before it scrolls (and its vertical scrollbar takes two columns)
+MOST_ROWS = 11
 
 
 def gib(value: int | None) -> str:
@@ -140,8 +142,8 @@ class ProcessTable(DataTable):
     Set :meth:`show` with objects that have ``pid``, ``user``, ``used`` and ``command`` and a
     ``{pid: label}`` of the ones to mark (this run's, or which run a process trains)."""
 
-    DEFAULT_CSS = """
-    ProcessTable { height: auto; max-height: 12; width: 1fr; }
+    DEFAULT_CSS = f"""
+    ProcessTable {{ height: auto; max-height: {MOST_ROWS + 1}; width: 1fr; }}
     """
 
     def __init__(self, *, runs_column: bool = False, id: str | None = None, classes: str | None = None):
@@ -149,21 +151,39 @@ class ProcessTable(DataTable):
         self.runs_column = runs_column
         self.rows_shown: list[tuple[int, str, str, str, str]] | None = None
         """(pid, user, memory, run label, command) as shown, for tests and for skipping a redraw"""
-        for name in ["pid", "user", "GPU mem"] + (["run"] if runs_column else []) + ["command"]:
+        self._given: tuple[list, dict[int, str]] | None = None
+        """the last :meth:`show`'s processes and labels: cut again to the new width when the table resizes"""
+        self._add_columns()
+
+    def _add_columns(self) -> None:
+        for name in ["pid", "user", "GPU mem"] + (["run"] if self.runs_column else []) + ["command"]:
             self.add_column(name, key=name)
 
     def show(self, processes: Iterable, labels: dict[int, str] | None = None) -> None:
-        labels = labels or {}
+        self._given = (list(processes), dict(labels or {}))
+        self._fill()
+
+    def on_resize(self) -> None:
+        """A table filled before its first layout (or on a narrower screen) cut its commands to a width it no
+        longer has: cut them again to this one (nothing is redrawn when the cut comes out the same)."""
+        if self._given is not None:
+            self._fill()
+
+    def _fill(self) -> None:
+        processes, labels = self._given
         rows = [(int(p.pid), one_line(p.user)[:12], gib(p.used), one_line(labels.get(p.pid, "")),
                  short_command(one_line(p.command))) for p in processes]
         columns = [("pid", 0), ("user", 1), ("GPU mem", 2)] + ([("run", 3)] if self.runs_column else [])
-        beside = sum(max([len(name)] + [len(str(row[i])) for row in rows]) + 2 for name, i in columns)
-        most = max(LEAST_COMMAND, (self.size.width or 80) - beside - 3)
+        padding = 2 * self.cell_padding  # each column's cells are padded on both sides
+        beside = sum(max([len(name)] + [len(str(row[i])) for row in rows]) + padding for name, i in columns)
+        scrollbar = self.styles.scrollbar_size_vertical if len(rows) > MOST_ROWS else 0
+        most = max(LEAST_COMMAND, (self.size.width or 80) - beside - padding - scrollbar)
         rows = [row[:4] + ((row[4][: most - 1] + "…") if len(row[4]) > most else row[4],) for row in rows]
         if rows == self.rows_shown:
             return
         self.rows_shown = rows
-        self.clear()
+        self.clear(columns=True)  # (a column keeps the widest width it ever had: a wider cut would stay drawn)
+        self._add_columns()
         for pid, user, used, label, command in rows:
             mine = bool(label)
             cells = [Text(str(pid), style="bold cyan" if mine else ""), Text(user), Text(used, justify="right")]
