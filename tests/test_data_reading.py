@@ -2,7 +2,7 @@
 
 Each fixture is a small dataset written for these tests in one of the layouts
 people bring (LLaMA-Factory's sharegpt with tools, preference pairs, KTO
-labels, mapped columns, dataset_info.json, placeholders). The reader is the
+labels, mapped columns, dataset_info.json, {{name}} fields). The reader is the
 one the recipe validator, ``finetty data``, the app's preview and the worker
 all call, so what is asserted here is what trains.
 """
@@ -172,12 +172,12 @@ def test_a_mixture_of_two_datasets_with_weights_is_reported():
     assert [m["examples"] for m in counted.mixture] == [2, 3]
 
 
-def test_placeholders_in_any_file_and_an_unfilled_one_is_refused():
+def test_fields_in_any_file_are_filled_and_an_unfilled_one_is_refused():
     found = read("identity-llamafactory.json", options={"name": "Ada", "author": "the lab"})
     assert found.examples[0][-1]["content"] == "I am Ada, built by the lab."
     with pytest.raises(InputError) as refused:
         read("identity-llamafactory.json", options={"name": "Ada"})
-    assert "holds the placeholder {{author}}, which has no value" in str(refused.value)
+    assert "holds {{author}}, which dataset_options does not fill" in str(refused.value)
     assert refused.value.place == "record 0" and "dataset_options: {author: ...}" in str(refused.value)
 
 

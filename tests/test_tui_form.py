@@ -49,7 +49,7 @@ def test_every_recipe_survives_the_form_and_back(path):
 
 
 #: Keys the form has no field for, as a recipe gives them.
-EXTRA = {"chat_template": "chatml", "data_options": {"placeholders": False},
+EXTRA = {"chat_template": "chatml", "data_options": {"fill": False},
          "monitor": {"watermark": 0.9, "on_watermark": "warn"}, "notify": ["ntfy://finetty-test"]}
 
 

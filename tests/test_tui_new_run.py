@@ -165,7 +165,7 @@ def test_a_recipe_opened_in_the_form_keeps_the_keys_it_has_no_field_for(runs_dir
 
     from finetty.tui.screens.new_run import STARTER, NewRunScreen, PromptScreen
 
-    extra = {"chat_template": "chatml", "data_options": {"placeholders": False},
+    extra = {"chat_template": "chatml", "data_options": {"fill": False},
              "monitor": {"watermark": 0.8, "on_watermark": "checkpoint"}, "notify": ["ntfy://finetty-test"]}
 
     async def scenario():
@@ -178,7 +178,7 @@ def test_a_recipe_opened_in_the_form_keeps_the_keys_it_has_no_field_for(runs_dir
             assert line.display and str(line.render()) == ("also from the recipe: chat_template, "
                                                            "data_options, monitor, notify")
             assert line.size.height == 1  # whole at 80 columns
-            assert form.recipe.chat_template == "chatml" and form.recipe.data_options == {"placeholders": False}
+            assert form.recipe.chat_template == "chatml" and form.recipe.data_options == {"fill": False}
             assert form.recipe.monitor["on_watermark"] == "checkpoint"
             assert form.recipe.monitor["watermark"] == 0.8 and len(form.recipe.notify) == 1
             await pilot.press("ctrl+s")

@@ -400,7 +400,7 @@ DATA_OPTIONS = (
     Option("seed", "int", None, "the seed that samples mixtures (default: train.seed)", nullable=True),
     Option("streaming", "bool", False, "read the data as training goes, for data larger than memory "
            "(needs train.max_steps)"),
-    Option("placeholders", "bool|list", True, "which {{name}} / {name} placeholders dataset_options fill: "
+    Option("fill", "bool|list", True, "which of the data's {{name}} / {name} fields dataset_options fill: "
            "true: every one (a {{name}} without a value is refused); false: none, the data's braces "
            "(Jinja, templates) train as written; [name, author]: only those"),
 )
@@ -568,11 +568,11 @@ def check_data_options(value: Any, recipe_file=None) -> dict:
         if problem == "is not a known option":
             raise InputError(recipe_file, f"key data_options.{key}", f"{key!r} is not a data option", fix)
         raise InputError(recipe_file, f"key data_options.{key}", f"{key} {problem}", fix)
-    names = value.get("placeholders")
+    names = value.get("fill")
     if isinstance(names, list):
         bad = next((n for n in names if not isinstance(n, str) or not re.fullmatch(r"[A-Za-z_]\w*", n)), None)
         if bad is not None:
-            raise InputError(recipe_file, "key data_options.placeholders", f"{bad!r} is not a placeholder name",
+            raise InputError(recipe_file, "key data_options.fill", f"{bad!r} is not a field name",
                              "list names as they appear between the braces, for example [name, author]")
     return dict(value)
 
@@ -583,13 +583,13 @@ _DOUBLE = re.compile(r"\{\{\s*([A-Za-z_]\w*)\s*\}\}")
 _SINGLE = re.compile(r"\{([A-Za-z_]\w*)\}")
 
 
-def fill_placeholders(value: Any, options: dict, where: tuple, only: bool | list = True) -> Any:
+def fill_fields(value: Any, options: dict, where: tuple, only: bool | list = True) -> Any:
     """``{{name}}`` (LLaMA-Factory's identity.json) and ``{name}`` (finetty's) filled from ``dataset_options``.
 
     A ``{{name}}`` with no value is refused: trained literally, it would teach
     the model to say "{{name}}". A single-brace ``{name}`` with no value is
     left alone, since braces are common in real text (code, JSON). ``only``
-    is ``data_options.placeholders``: ``False`` fills nothing (data that holds
+    is ``data_options.fill``: ``False`` fills nothing (data that holds
     Jinja or other templates trains as written), a list fills those names and
     leaves every other brace as it is.
     """
@@ -601,9 +601,9 @@ def fill_placeholders(value: Any, options: dict, where: tuple, only: bool | list
             if isinstance(only, list) and name not in only:
                 return match.group(0)
             if name not in options:
-                raise InputError(where[0], where[1], f"holds the placeholder {{{{{name}}}}}, which has no value",
-                                 f"give it one: dataset_options: {{{name}: ...}}; or, to train the braces as "
-                                 "written (Jinja text), data_options: {placeholders: false}")
+                raise InputError(where[0], where[1], f"holds {{{{{name}}}}}, which dataset_options does not fill",
+                                 f"give it a value: dataset_options: {{{name}: ...}}; or, to train the braces as "
+                                 "written (Jinja text), data_options: {fill: false}")
             return str(options[name])
 
         def single(match):
@@ -613,9 +613,9 @@ def fill_placeholders(value: Any, options: dict, where: tuple, only: bool | list
 
         return _SINGLE.sub(single, _DOUBLE.sub(double, value))
     if isinstance(value, dict):
-        return {k: fill_placeholders(v, options, where, only) for k, v in value.items()}
+        return {k: fill_fields(v, options, where, only) for k, v in value.items()}
     if isinstance(value, list):
-        return [fill_placeholders(v, options, where, only) for v in value]
+        return [fill_fields(v, options, where, only) for v in value]
     return value
 
 
@@ -765,16 +765,16 @@ def _refuse_kind(data_format, accepts, objective: str, objectives: dict, where: 
 
 
 def _raw_rows(entry: DataEntry, ctx: dict, limit: int | None = None) -> Iterator[tuple[Path, str, dict]]:
-    """An entry's records with null columns dropped and placeholders filled (as data_options.placeholders
+    """An entry's records with null columns dropped and ``{{name}}`` fields filled (as data_options.fill
     says), as they are read."""
-    only = ctx["data_options"].get("placeholders", True)
+    only = ctx["data_options"].get("fill", True)
     reader = _hub_records(entry.source) if entry.source.hub_id and not entry.source.files else \
         iter_records(entry.source)
     for count, (path, place, record) in enumerate(reader):
         if limit is not None and count >= limit:
             return
         record = {k: v for k, v in record.items() if v is not None}
-        yield path, place, fill_placeholders(record, ctx["options"], (path, place), only)
+        yield path, place, fill_fields(record, ctx["options"], (path, place), only)
 
 
 def _mapped_row(record: dict, entry: DataEntry, ignore: set) -> dict:
@@ -942,7 +942,7 @@ def check_streaming(train: dict, recipe_file=None) -> None:
 class ExampleStream:
     """The worker's examples under ``data_options.streaming``: each pass reads the files again, record by record.
 
-    Records go through the same mapping, placeholders, conversion and
+    Records go through the same mapping, field filling, conversion and
     refusals as :func:`read_data`, with the format it found in each dataset's
     first records. Several datasets are interleaved at random by their weights
     (seeded) until each is read through.

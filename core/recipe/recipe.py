@@ -40,7 +40,7 @@ class Recipe:
     path/dataset_info.json#name, a mapping with path: and how to read it (format, columns, tags, weight,
     samples, system, ignore_columns), or a list of those to mix (see finetty.core.data.reading)"""
     dataset_options: dict = field(default_factory=dict)
-    """values for the {{placeholders}} and {placeholders} of any dataset (identity: name, author)"""
+    """values that fill the {{name}} and {name} fields of any dataset (identity: name, author)"""
     data_options: dict = field(default_factory=dict)
     """ignore_columns, a default system prompt, the mixture's seed (finetty.core.data.reading.DATA_OPTIONS)"""
     format: str = "auto"

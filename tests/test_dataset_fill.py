@@ -1,6 +1,6 @@
-"""``data_options.placeholders``: data that holds Jinja (or any ``{{word}}``) trains as written when asked.
+"""``data_options.fill``: data that holds Jinja (or any ``{{word}}``) trains as written when asked.
 
-By default every ``{{word}}`` in a dataset is a placeholder ``dataset_options``
+By default every ``{{word}}`` in a dataset is a field ``dataset_options``
 must fill (LLaMA-Factory's identity.json), and one without a value is refused;
 a dataset *about* templates would be refused or filled wrongly. The opt-out
 leaves every brace as it is, or fills only the names it lists.
@@ -46,30 +46,31 @@ def test_without_the_opt_out_the_refusal_names_it(jinja_data):
         read(jinja_data, options={"name": "Ada"})
     message = str(refused.value)
     assert refused.value.place == "line 1"
-    assert "holds the placeholder {{greeting}}, which has no value" in message
-    assert "data_options: {placeholders: false}" in message
+    assert "holds {{greeting}}, which dataset_options does not fill" in message
+    assert "dataset_options: {greeting: ...}" in message
+    assert "data_options: {fill: false}" in message
 
 
-def test_placeholders_false_keeps_every_brace_and_a_list_fills_only_its_names(jinja_data):
-    assert answers(read(jinja_data, {"name": "Ada"}, {"placeholders": False})) == {JINJA}
-    only_name = answers(read(jinja_data, {"name": "Ada", "greeting": "Hi"}, {"placeholders": ["name"]}))
+def test_fill_false_keeps_every_brace_and_a_list_fills_only_its_fields(jinja_data):
+    assert answers(read(jinja_data, {"name": "Ada"}, {"fill": False})) == {JINJA}
+    only_name = answers(read(jinja_data, {"name": "Ada", "greeting": "Hi"}, {"fill": ["name"]}))
     assert only_name == {JINJA.replace("{{name}}", "Ada")}
-    # a listed name with no value is still refused: the list says it is a placeholder
-    with pytest.raises(InputError, match="holds the placeholder {{name}}, which has no value"):
-        read(jinja_data, {}, {"placeholders": ["name"]})
+    # a listed name with no value is still refused: the list says it is a field to fill
+    with pytest.raises(InputError, match="holds {{name}}, which dataset_options does not fill"):
+        read(jinja_data, {}, {"fill": ["name"]})
     # the default fills every one, both brace styles
     assert answers(read(jinja_data, {"name": "Ada", "greeting": "Hi"})) == {
         "Write Hi, Ada! in the template and render it with greeting set."}
 
 
 def test_the_option_is_typed_and_listed():
-    option = next(o for o in reading.DATA_OPTIONS if o.name == "placeholders")
+    option = next(o for o in reading.DATA_OPTIONS if o.name == "fill")
     assert option.default is True and option.type == "bool|list"
-    assert reading.check_data_options({"placeholders": ["name", "author"]}) == {"placeholders": ["name", "author"]}
-    with pytest.raises(InputError, match="placeholders must be a bool or list, not str 'no'"):
-        reading.check_data_options({"placeholders": "no"})
-    with pytest.raises(InputError, match="'a b' is not a placeholder name"):
-        reading.check_data_options({"placeholders": ["a b"]})
+    assert reading.check_data_options({"fill": ["name", "author"]}) == {"fill": ["name", "author"]}
+    with pytest.raises(InputError, match="fill must be a bool or list, not str 'no'"):
+        reading.check_data_options({"fill": "no"})
+    with pytest.raises(InputError, match="'a b' is not a field name"):
+        reading.check_data_options({"fill": ["a b"]})
 
 
 def test_jinja_text_trains_unchanged_with_the_opt_out(jinja_data, tmp_path, demo_model, monkeypatch):
@@ -81,7 +82,7 @@ def test_jinja_text_trains_unchanged_with_the_opt_out(jinja_data, tmp_path, demo
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text((RECIPES / "demo-lora.yaml").read_text())
-    inprocess.train(recipe, tmp_path / "runs", [f"dataset={jinja_data}", "data_options.placeholders=false",
+    inprocess.train(recipe, tmp_path / "runs", [f"dataset={jinja_data}", "data_options.fill=false",
                                                 "train.max_steps=1", "train.save_steps=10"],
                     monkeypatch=monkeypatch, before_save=before_save)
     assert len(seen["texts"]) == 8
@@ -94,5 +95,5 @@ def test_finetty_plugins_options_lists_the_data_options(capsys):
     assert commands.main(["plugins", "--options"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     listed = out[out.index("data_options: how the datasets are read"):]
-    assert "placeholders (bool|list, default True): which {{name}} / {name} placeholders" in listed
+    assert "fill (bool|list, default True): which of the data's {{name}} / {name} fields" in listed
     assert "[name, author]: only those" in listed  # (printed as text, not taken for markup)
