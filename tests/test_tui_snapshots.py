@@ -98,6 +98,15 @@ async def settle(pilot, condition=lambda: True, timeout: float = 20.0) -> None:
     await pilot.pause()
 
 
+async def shown(pilot, screen: str, timeout: float = 20.0):
+    """The screen named ``screen`` once it is mounted (for a key or a query that needs it, before settling)."""
+    deadline = time.monotonic() + timeout
+    while type(pilot.app.screen).__name__ != screen or not pilot.app.screen.is_mounted:
+        assert time.monotonic() < deadline, f"{screen} did not open"
+        await pilot.pause(0.05)
+    return pilot.app.screen
+
+
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_runs_screen(snap_compare, stable, runs_dir, tmp_path, size):
     """Every status, a 120-step run and a long model name: each cell whole, or its column left out."""
@@ -315,11 +324,9 @@ def test_monitor_memory_tab(snap_compare, stable, runs_dir, tmp_path, size, fake
     run = write_run(runs_dir, "261122-110826-lora-f667", steady_memory_events())
 
     async def ready(pilot):
-        await settle(pilot, lambda: getattr(pilot.app.screen, "history", None) is not None
-                     and pilot.app.screen.history.status == "finished")
+        monitor = await shown(pilot, "MonitorScreen")
         await pilot.press("m")
-        monitor = pilot.app.screen
-        await settle(pilot, lambda: monitor.query("#memory-gpu-0 ProcessTable")
+        await settle(pilot, lambda: monitor.history.status == "finished" and monitor.query("#memory-gpu-0 ProcessTable")
                      and monitor.query_one("#memory-gpu-0 ProcessTable").rows_shown)
 
     assert snap_compare(app_for(runs_dir, stable, tmp_path, open_run=run, nvml_lib=fake_gpus), terminal_size=size,
@@ -362,9 +369,8 @@ def test_results_tab(snap_compare, stable, runs_dir, tmp_path, size, tab):
     app.base_dir = Path("/home/alice/finetuning")  # (the default export folder is drawn; nothing is written)
 
     async def ready(pilot):
-        await settle(pilot, lambda: pilot.app.screen.query_one("#runs-table").row_count == 1)
         pilot.app.open_results(run)
-        await settle(pilot, lambda: type(pilot.app.screen).__name__ == "ResultsScreen")
+        await shown(pilot, "ResultsScreen")
         pilot.app.screen.query_one("#results-tabs", TabbedContent).active = tab
         await settle(pilot)
 

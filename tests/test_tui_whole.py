@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from .test_tui_snapshots import SIZES, app_for, every_status
+from .test_tui_snapshots import SIZES, app_for, every_status, fake_gpus  # noqa: F401 (a fixture)
 from .tui_runs import memory_events, recorded, with_broken_plugin, workers_done, write_run
 
 
@@ -82,13 +82,15 @@ async def settle(pilot, condition=lambda: True, timeout: float = 30.0) -> None:
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_every_screen_shows_its_words_whole(monkeypatch, runs_dir, tmp_path, size):
-    from textual.widgets import DataTable
+def test_every_screen_shows_its_words_whole(monkeypatch, runs_dir, tmp_path, size, fake_gpus):  # noqa: F811
+    from textual.widgets import DataTable, TabbedContent
 
     from finetty.tui.screens.help import HelpScreen
     from finetty.tui.screens.monitor import MonitorScreen
     from finetty.tui.screens.new_run import NewRunScreen
     from finetty.tui.screens.plugins import PluginsScreen
+    from finetty.tui.screens.results import ResultsScreen
+    from finetty.tui.widgets.memory_chart import ProcessTable
     from finetty.tui.widgets.picker import PickerScreen
 
     monkeypatch.setenv("FINETTY_LOAD_PLUGINS", "formats,full,lora,prefix,qlora,bnb,sft,dpo")
@@ -98,7 +100,7 @@ def test_every_screen_shows_its_words_whole(monkeypatch, runs_dir, tmp_path, siz
     async def scenario():
         with every_status(runs_dir) as made:
             monitored = write_run(runs_dir, "261122-140000-lora-sft-aaaa", memory_events(recorded()))
-            app = app_for(runs_dir, registry, tmp_path)
+            app = app_for(runs_dir, registry, tmp_path, nvml_lib=fake_gpus)
             async with app.run_test(size=size) as pilot:
                 # Runs: every header and cell, the footer
                 table = app.screen.query_one("#runs-table", DataTable)
@@ -177,15 +179,49 @@ def test_every_screen_shows_its_words_whole(monkeypatch, runs_dir, tmp_path, siz
                     await settle(pilot)
                     await expect_whole(pilot, [w for t in tabs for w in t.split()] + footer_words(monitor),
                                        f"Monitor tab {tab}")
+                # the Memory tab: the chart's title, the legend (the crossing, its policy), the process table
+                memory = monitor.query_one("#memory-gpu-0")
+                processes = memory.query_one(ProcessTable)
+                await settle(pilot, lambda: processes.rows_shown)
+                legend = str(memory.query_one(".legend").render())
+                assert "watermark crossed" in legend and "policy checkpoint" in legend, legend
+                await expect_whole(pilot, ["GPU0", "NVIDIA", "L4"] + legend.split() + table_words(processes),
+                                   "Monitor tab memory")
                 checked.append("monitor")
 
-                # the GPU view (g on Runs): its footer
+                # the GPU view (g on Runs): each GPU's head, its process table, the footer
                 await pilot.press("escape")
                 await settle(pilot, lambda: type(app.screen).__name__ == "RunsScreen")
                 await pilot.press("g")
                 await settle(pilot, lambda: type(app.screen).__name__ == "GpuScreen")
-                await expect_whole(pilot, footer_words(app.screen), "GPU view")
+                view = app.screen
+                await settle(pilot, lambda: len([t for t in view.query(ProcessTable) if t.rows_shown]) == 2)
+                heads = [word for head in view.query(".gpu-head") for line in str(head.render()).splitlines()
+                         if "█" not in line and "░" not in line for word in line.split()]  # (not the bar)
+                await expect_whole(pilot, heads + [w for t in view.query(ProcessTable) for w in table_words(t)]
+                                   + str(view.query_one("#gpu-status").render()).split() + footer_words(view),
+                                   "GPU view")
                 checked.append("gpus")
 
+                # Results (t): each tab's title, its status and choices, the footer
+                await pilot.press("escape")
+                await settle(pilot, lambda: type(app.screen).__name__ == "RunsScreen")
+                app.open_results(monitored)
+                await settle(pilot, lambda: isinstance(app.screen, ResultsScreen))
+                results = app.screen
+                tabs = [str(pane._title) for pane in results.query("TabPane")]
+                assert tabs == ["Eval", "Export", "Serve"], tabs
+                shown = {"tab-eval": ["#eval-status"], "tab-export": ["#export-kind RadioButton"],
+                         "tab-serve": ["#serve-status", "#serve-snippets"]}
+                for tab, parts in shown.items():
+                    results.query_one("#results-tabs", TabbedContent).active = tab
+                    await settle(pilot)
+                    words = [w for part in parts for widget in results.query(part)
+                             for w in str(widget.render() if part[0] == "#" and " " not in part
+                                          else widget.label).split()]
+                    assert words, tab
+                    await expect_whole(pilot, tabs + words + footer_words(results), f"Results tab {tab}")
+                checked.append("results")
+
     asyncio.run(scenario())
-    assert checked == ["runs", "confirm", "plugins", "new run", "monitor", "gpus"]
+    assert checked == ["runs", "confirm", "plugins", "new run", "monitor", "gpus", "results"]
