@@ -28,6 +28,15 @@ GIB = 1024 ** 3
 LEAST_COMMAND = 16
 #: the most process rows a table shows before it scrolls (and its vertical scrollbar takes two columns)
 MOST_ROWS = 11
+#: what a chart draws: (plotext's colour, the same ANSI colour as rich names it, the key's mark). The key is
+#: drawn under the chart in these colours: plotext's own legend is a box over the plot's top left corner, where
+#: the watermark line runs and where a run's memory stands while the model loads, and it hid both.
+DRAWN = {
+    "all processes": ("orange", "yellow", "━"),
+    "this run": ("cyan", "cyan", "━"),
+    "watermark": ("magenta", "magenta", "─"),
+    "crossing": ("red", "red", "│"),
+}
 
 
 def gib(value: int | None) -> str:
@@ -106,19 +115,32 @@ class MemoryChart(PlotextPlot):
         total = max(p.total for p in self.points) / GIB
         xs = [x for line in self.lines.values() for x, _ in line] + [x for x, _ in self.marks]
         left, right = min(xs), max(max(xs), min(xs) + 1e-3)
-        for label, colour, marker in (("all processes", "orange", "braille"), ("this run", "cyan", "braille")):
+        for label in ("all processes", "this run"):
             line = self.lines.get(label)
             if line:
-                plt.plot([x for x, _ in line], [y for _, y in line], label=label, marker=marker, color=colour)
+                plt.plot([x for x, _ in line], [y for _, y in line], marker="braille", color=DRAWN[label][0])
         if self.watermark is not None:
             level = self.watermark * total
-            plt.plot([left, right], [level, level], label=f"watermark {self.watermark:.0%}", marker="-",
-                     color="magenta")
+            plt.plot([left, right], [level, level], marker="-", color=DRAWN["watermark"][0])
         for x, _ in self.marks:
-            plt.plot([x, x], [0, total], marker="│", color="red")
+            plt.plot([x, x], [0, total], marker="│", color=DRAWN["crossing"][0])
         plt.xlim(left, right)
         plt.ylim(0, total)
         self.refresh()
+
+    def key(self) -> Text:
+        """``━ all processes  ━ this run  ─ watermark 90%  │ crossing``: each line drawn, in its colour."""
+        names = [name for name in ("all processes", "this run") if self.lines.get(name)]
+        if self.points and self.watermark is not None:
+            names.append("watermark")
+        if self.marks:
+            names.append("crossing")
+        key = Text()
+        for name in names:
+            _, colour, mark = DRAWN[name]
+            key.append(("  " if key else "") + mark, style=f"bold {colour}")
+            key.append(f" {name}" + (f" {self.watermark:.0%}" if name == "watermark" else ""))
+        return key
 
 
 def thin(points: list, most: int = 600) -> list:
@@ -216,8 +238,11 @@ class DevicePanel(Vertical):
 
     def show_memory(self, title: str, points: Sequence, watermark: float | None, crossings: list[dict],
                     start: float | None, note: str = "") -> None:
-        self.query_one(MemoryChart).show(title, points, watermark, crossings, start)
-        legend = Text()
+        chart = self.query_one(MemoryChart)
+        chart.show(title, points, watermark, crossings, start)
+        legend = chart.key()
+        if legend:
+            legend.append("\n")
         last = points[-1] if points else None
         if last is not None:
             legend.append(f"now {gib(last.used)} of {gib(last.total)}")
