@@ -16,7 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from .tui_runs import FROZEN, START, make_runs, memory_events, recorded, upto, with_broken_plugin, workers_done, write_run
+from .tui_runs import (
+    FROZEN,
+    START,
+    make_runs,
+    memory_events,
+    recorded,
+    upto,
+    with_broken_plugin,
+    workers_done,
+    write_run,
+)
 
 SIZES = [(80, 24), (120, 40)]
 PLUGINS = "formats,full,lora,sft"
