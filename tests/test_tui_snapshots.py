@@ -278,7 +278,6 @@ def test_save_recipe_prompt(snap_compare, stable, runs_dir, tmp_path, size, demo
     assert snap_compare(app_for(runs_dir, stable, tmp_path), terminal_size=size, run_before=ready)
 
 
-
 PROCESSES = {
     4242: ("alice", "/home/alice/.venv/bin/python -m finetty.core.train.worker "
                     "/home/alice/runs/261122-130000-lora-sft-1234/recipe.yaml"),
@@ -291,8 +290,9 @@ PROCESSES = {
 @pytest.fixture
 def fake_gpus(monkeypatch):
     """Two 24 GiB GPUs that NVML reads with fixed numbers and processes: GPU0 above the 90% watermark, shared
-    by a finetty worker's rank (a child of this process: what a live run held here is found by) and bob's
-    server; GPU1 nearly free. Nothing of the machine's own GPUs or processes reaches a picture."""
+    by a finetty worker's rank and bob's server; GPU1 nearly free. The rank's parent is this process, so a run
+    whose lock this process holds is the run training on GPU0. Nothing of the machine's own GPUs or processes
+    (psutil is not asked) reaches a picture."""
     import os
 
     from finetty.core.memory import gpu
