@@ -2,8 +2,10 @@
 
 Each screen is rendered to plain text (the compositor's own frame, as a terminal shows it) and every word a
 person must be able to read is looked for whole in it: each footer key's description, each table's column
-headers and cells, each New run label (scrolled into view in turn), each picker's title and choices. A line
-that is merely not too long would pass with ``finishe`` in it; these checks do not.
+headers and cells, each New run label (scrolled into view in turn), each picker's title and choices, the
+Memory tab's legend, each GPU's head in the GPU view, each Results tab's status and choices (GPUs from the fake
+NVML). A process table's command is cut to fit, ending in ``…``: what is left of it is whole. A line that is
+merely not too long would pass with ``finishe`` in it; these checks do not.
 """
 
 from __future__ import annotations
