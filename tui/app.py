@@ -25,6 +25,10 @@ from .notify import Notifier
 from .settings import Settings
 
 
+#: the screens' modules, imported after the first frame (:meth:`FinettyApp.discover`)
+SCREEN_MODULES = ("new_run", "monitor", "help", "gpu", "plugins", "chat", "results")
+
+
 class FinettyApp(App):
     """Runs, New run, Run monitor, Plugins, Help; the command palette lists every binding."""
 
@@ -85,19 +89,31 @@ class FinettyApp(App):
     def on_mount(self) -> None:
         from .screens.runs import RunsScreen
 
-        self.push_screen(RunsScreen())
         self.refresh_runs()
         self.set_interval(self.poll_interval, self.refresh_runs)
+        # the first frame is one screen's: the monitor of ``open_run``, a newcomer's New run, or Runs (which the
+        # other two compose only when they are left, see action_back)
         if self.open_run is not None:
             self.open_monitor(self.open_run)
         elif self.first_run or (self.first_run is None and not self._has_runs()):
             self.new_run()
+        else:
+            self.push_screen(RunsScreen())
         self.call_after_refresh(self.discover)  # the first frame first; then the plugins, in a thread
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="discover")
     def discover(self) -> None:
-        """Discover the plugins off the event loop, so New run and Plugins find them ready."""
+        """Discover the plugins off the event loop, so New run and Plugins find them ready; then import the
+        screens a key opens, so that key's first frame waits for none of their imports (New run's alone,
+        which Help reads its key names from, is a tenth of a second)."""
         self.registry
+        import importlib
+
+        for name in SCREEN_MODULES:
+            try:
+                importlib.import_module(f"{__package__}.screens.{name}")
+            except ImportError:  # (chat without its extras: the screen says so when it is asked for)
+                pass
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="standby")
     def warm_standby(self) -> None:
@@ -199,6 +215,16 @@ class FinettyApp(App):
 
         self.push_screen(LoadingScreen("new run", "the plugins and the GPUs", prepare,
                                        lambda: NewRunScreen(recipe, base_dir=self.base_dir)))
+
+    def action_back(self) -> None:
+        """Leave the current screen: to the one under it, or to Runs where the app was opened on a run or on
+        a newcomer's New run (Runs is composed then, not before the first frame)."""
+        from .screens.runs import RunsScreen
+
+        if len(self.screen_stack) > 2:
+            self.pop_screen()
+        else:
+            self.switch_screen(RunsScreen())
 
     def open_monitor(self, run_dir: Path) -> None:
         from .screens.monitor import MonitorScreen

@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from finetty.core import paths
 
 FILE = "tui.yaml"
@@ -25,12 +23,20 @@ class Settings:
     path: Path | None = None
 
     @classmethod
-    def load(cls, path: Path | None = None) -> "Settings":
+    def load(cls, path: Path | None = None) -> Settings:
         path = path or paths.home() / FILE
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError):
-            data = {}
+            text = path.read_text(encoding="utf-8")
+        except OSError:
+            text = ""
+        data = {}
+        if text.strip():  # (yaml is imported only for a file that says something: the app's first frame waits)
+            import yaml
+
+            try:
+                data = yaml.safe_load(text) or {}
+            except yaml.YAMLError:
+                data = {}
         if not isinstance(data, dict):
             data = {}
         keys = data.get("keys") if isinstance(data.get("keys"), dict) else {}
@@ -41,6 +47,8 @@ class Settings:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        import yaml
+
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(yaml.safe_dump({"notifications": self.notifications, "keys": self.keys}), encoding="utf-8")
         tmp.replace(self.path)

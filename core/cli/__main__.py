@@ -1,5 +1,5 @@
 import sys
 
-from finetty.core.cli.commands import main
+from finetty.core.cli import main
 
 sys.exit(main())

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from typing import TYPE_CHECKING
 
 from finetty.core.run import rundir
 from finetty.core.run import summary as summary_mod
 from finetty.core.run.events import TERMINAL, EventReader
 from finetty.core.run.status import ENDED
 from finetty.core.text import as_markup, one_line
+
+if TYPE_CHECKING:  # (rich's progress bars are imported by follow() alone: the app imports this module too)
+    from rich.console import Console
+    from rich.progress import Progress
 
 QUIET = 2.0
 """seconds without an event before the worker's liveness is asked (a launch, and a final event just written,
@@ -34,6 +36,15 @@ def follow(run_dir: Path, console: Console, poll_interval: float = 0.2, on_wait=
     the bar starts where the run is, and what is written after is followed. ``on_interrupt()`` is called
     on a Ctrl-C between reads: following goes on with the same reader and bar (no line is printed twice)
     while it returns true; otherwise KeyboardInterrupt is raised."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     run_dir = Path(run_dir)
     if history:
         summary = summary_mod.RunSummary(id=run_dir.name, path=run_dir, status="starting")

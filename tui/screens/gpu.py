@@ -59,7 +59,7 @@ class GpuScreen(Screen):
     GpuScreen .gpu-head { height: auto; }
     """
     BINDINGS = [
-        Binding("escape,b,g", "app.pop_screen", "Back", id="gpus.back"),
+        Binding("escape,b,g", "app.back", "Back", id="gpus.back"),
         Binding("r", "reread", "Read again", id="gpus.reread", tooltip="read the GPUs now"),
     ]
 

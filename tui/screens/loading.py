@@ -31,7 +31,7 @@ class LoadingScreen(Screen):
                                     background: $panel; color: $foreground; }
     LoadingScreen #loading-status { height: auto; padding: 0 1; background: $boost; }
     """
-    BINDINGS = [Binding("escape", "app.pop_screen", "Back", id="loading.back")]
+    BINDINGS = [Binding("escape", "app.back", "Back", id="loading.back")]
 
     def __init__(self, sub_title: str, what: str, prepare: Callable[[], object], make: Callable[[], Screen]):
         super().__init__()

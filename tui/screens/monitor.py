@@ -21,7 +21,6 @@ from finetty.core.text import clean, one_line
 from ..history import RunFollower
 from ..widgets.loss_chart import LossChart
 from ..widgets.memory import MemoryGauges
-from ..widgets.memory_chart import DevicePanel
 
 #: seconds between two readings of the GPUs' process tables while the Memory tab is shown
 PROCESS_INTERVAL = 2.0
@@ -34,7 +33,7 @@ class MonitorScreen(Screen):
     CSS_PATH = "monitor.tcss"
     SUB_TITLE = "run monitor"
     BINDINGS = [
-        Binding("escape,b", "app.pop_screen", "Back", id="monitor.back"),
+        Binding("escape,b", "app.back", "Back", id="monitor.back"),
         Binding("s", "stop", "Stop", id="monitor.stop", tooltip="save a checkpoint, then stop the worker"),
         Binding("k", "checkpoint", "Checkpoint now", id="monitor.checkpoint"),
         Binding("c", "chat", "Chat", id="monitor.chat",
@@ -253,6 +252,8 @@ class MonitorScreen(Screen):
         """One panel per GPU of the run's memory samples (host RAM where there is none), lowest index first.
 
         The watermark is the one the samples carry: the run's configured ``monitor.watermark``."""
+        from ..widgets.memory_chart import DevicePanel  # (plotext: imported once the Memory tab has samples)
+
         history = self.history
         box = self.query_one("#memory-panels", VerticalScroll)
         start = history.summary.started

@@ -142,7 +142,7 @@ class NewRunScreen(Screen):
         Binding("ctrl+o,f6", "queue", "Queue", id="new_run.queue", priority=True,
                 tooltip="start it when nothing else trains (the queue goes on after the app closes)"),
         Binding("ctrl+s,f7", "save", "Save recipe", id="new_run.save", priority=True),
-        Binding("escape", "app.pop_screen", "Back", id="new_run.back"),
+        Binding("escape", "app.back", "Back", id="new_run.back"),
     ]
 
     def __init__(self, recipe: dict | None = None, base_dir: Path | None = None):
@@ -765,7 +765,7 @@ class NewRunScreen(Screen):
     def _started(self, run_dir: Path | None, message: str) -> None:
         self.notify(message)
         app = self.app
-        app.pop_screen()
+        app.action_back()
         app.refresh_runs()
         if run_dir is not None:
             app.open_monitor(run_dir)

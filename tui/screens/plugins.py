@@ -42,7 +42,7 @@ class PluginsScreen(Screen):
     PluginsScreen #plugin-table { height: auto; max-height: 60%; }
     PluginsScreen #plugin-details { height: 1fr; padding: 0 1; border-top: solid $primary; }
     """
-    BINDINGS = [Binding("escape,b", "app.pop_screen", "Back", id="plugins.back")]
+    BINDINGS = [Binding("escape,b", "app.back", "Back", id="plugins.back")]
 
     def compose(self) -> ComposeResult:
         yield Header()

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from textual_plotext import PlotextPlot
+from textual.widget import Widget
 
 
-class LossChart(PlotextPlot):
-    """Set :meth:`show` with ``[(step, loss)]`` lists; it redraws once per call, however many points arrived."""
+class LossChart(Widget):
+    """Set :meth:`show` with ``[(step, loss)]`` lists; it redraws once per call, however many points arrived.
+
+    The plot itself (textual-plotext, with plotext under it) is imported and mounted just after the first
+    frame: its import is a twentieth of a second that the monitor's first frame does not wait for. Points
+    given before then are kept and drawn when it comes."""
 
     DEFAULT_CSS = """
     LossChart { height: 1fr; min-height: 8; }
+    LossChart > * { height: 1fr; }
     """
 
     def __init__(self, *, id: str | None = None, classes: str | None = None):
@@ -17,10 +22,23 @@ class LossChart(PlotextPlot):
         self.train: list[tuple[int, float]] = []
         self.eval: list[tuple[int, float]] = []
         self.total: int | None = None
+        self._plot = None
 
     def on_mount(self) -> None:
-        super().on_mount()
+        self.call_after_refresh(self._mount_plot)
+
+    async def _mount_plot(self) -> None:
+        from textual_plotext import PlotextPlot
+
+        plot = PlotextPlot()
+        await self.mount(plot)
+        self._plot = plot
         self._draw()
+
+    @property
+    def plt(self):
+        """plotext's figure of the mounted plot (None before it is mounted)."""
+        return self._plot.plt if self._plot is not None else None
 
     def show(self, train: list[tuple[int, float]], eval_: list[tuple[int, float]], total: int | None = None) -> None:
         self.train, self.eval, self.total = self.thin(train), self.thin(eval_), total
@@ -35,7 +53,9 @@ class LossChart(PlotextPlot):
         return points[::k] + ([points[-1]] if (len(points) - 1) % k else [])
 
     def _draw(self) -> None:
-        plt = self.plt
+        if self._plot is None:
+            return
+        plt = self._plot.plt
         plt.clear_data()
         plt.clear_figure()
         plt.xlabel("step")
@@ -50,4 +70,4 @@ class LossChart(PlotextPlot):
             plt.xlim(0, max(self.total, self.train[-1][0] if self.train else 0))
         if not self.train and not self.eval:
             plt.title("loss (no steps yet)")
-        self.refresh()
+        self._plot.refresh()
