@@ -67,6 +67,9 @@ class MonitorScreen(Screen):
         """GPU index -> its processes (core.memory.gpu.GpuProcess), read by a thread while the Memory tab shows"""
         self._own_pids: set[int] = set()
         self._memory_busy = self._memory_again = False
+        self._tabs_ready = False
+        self._tab_wanted = "checkpoints"
+        """the tab a key chose (shown when the tabs are mounted, after the first frame)"""
 
     @property
     def history(self):
@@ -80,23 +83,32 @@ class MonitorScreen(Screen):
             with VerticalScroll(id="monitor-side"):
                 yield Static(id="monitor-stats")
                 yield MemoryGauges(id="memory")
-        with TabbedContent(id="monitor-tabs", initial="checkpoints"):
-            with TabPane("Checkpoints", id="checkpoints"):
-                yield OptionList(id="checkpoint-list")
-            with TabPane("Log", id="log"):
-                yield Static(id="log-tail")
-            with TabPane("Recipe", id="recipe"):
-                with VerticalScroll():
-                    yield Static(id="recipe-text")
-            with TabPane("Warnings", id="warnings"):
-                yield Static(id="warning-list")
-            with TabPane("Memory", id="memory-tab"):
-                with VerticalScroll(id="memory-panels"):
-                    yield Static(Text("no memory samples in this run yet", style="dim"), id="memory-note")
         yield Footer(compact=True, show_command_palette=False)  # every key whole at 80 columns (F1 names ^p)
+
+    def _tabs(self) -> TabbedContent:
+        """Checkpoints, Log, Recipe, Warnings and Memory: mounted just after the first frame (:meth:`_mount_tabs`),
+        which five panes and their tab bar would otherwise delay by a tenth of a second."""
+        tabs = TabbedContent(id="monitor-tabs", initial=self._tab_wanted)
+        for pane in (TabPane("Checkpoints", OptionList(id="checkpoint-list"), id="checkpoints"),
+                     TabPane("Log", Static(id="log-tail"), id="log"),
+                     TabPane("Recipe", VerticalScroll(Static(id="recipe-text")), id="recipe"),
+                     TabPane("Warnings", Static(id="warning-list"), id="warnings"),
+                     TabPane("Memory", VerticalScroll(Static(Text("no memory samples in this run yet", style="dim"),
+                                                             id="memory-note"), id="memory-panels"),
+                             id="memory-tab")):
+            tabs.compose_add_child(pane)
+        return tabs
+
+    async def _mount_tabs(self) -> None:
+        if not self.is_attached:  # (left before its first frame was drawn)
+            return
+        await self.mount(self._tabs(), after="#monitor-top")
+        self._tabs_ready = True
+        self._draw()
 
     def on_mount(self) -> None:
         self.sub_title = f"run {one_line(self.run_dir.name)}"
+        self.call_after_refresh(self._mount_tabs)
         self._draw()
         self.poll()
         interval = self.poll_interval or getattr(self.app, "poll_interval", 1.0) / 2
@@ -183,6 +195,11 @@ class MonitorScreen(Screen):
         self.query_one("#monitor-stats", Static).update(stats)
         self.query_one(MemoryGauges).show(sorted(history.gpus.values(), key=lambda g: g.index), history.host,
                                           history.watermark, history.watermark_policy)
+        if self._tabs_ready:
+            self._draw_tabs()
+
+    def _draw_tabs(self) -> None:
+        history, summary = self.history, self.history.summary
         self._draw_checkpoints()
         log = Text()
         for event in summary.extra.get("downloads", {}).values():  # (what it took from the hub, before it began)
@@ -223,7 +240,7 @@ class MonitorScreen(Screen):
     # -- memory: charts from the events, process tables from NVML ---------------------------------------
 
     def _memory_shown(self) -> bool:
-        return self.query_one("#monitor-tabs", TabbedContent).active == "memory-tab"
+        return self._tabs_ready and self.query_one("#monitor-tabs", TabbedContent).active == "memory-tab"
 
     @on(TabbedContent.TabActivated, "#monitor-tabs")
     def _tab_changed(self) -> None:
@@ -302,9 +319,13 @@ class MonitorScreen(Screen):
     # -- actions ----------------------------------------------------------------------------------------
 
     def action_tab(self, tab: str) -> None:
-        self.query_one("#monitor-tabs", TabbedContent).active = "memory-tab" if tab == "memory" else tab
+        self._tab_wanted = "memory-tab" if tab == "memory" else tab  # (a key typed before the tabs are mounted)
+        if self._tabs_ready:
+            self.query_one("#monitor-tabs", TabbedContent).active = self._tab_wanted
 
     def _chosen_checkpoint(self) -> str | None:
+        if not self._tabs_ready:
+            return None
         options = self.query_one("#checkpoint-list", OptionList)
         if options.highlighted is not None and options.option_count:
             key = options.get_option_at_index(options.highlighted).id

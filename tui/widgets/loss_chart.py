@@ -28,6 +28,8 @@ class LossChart(Widget):
         self.call_after_refresh(self._mount_plot)
 
     async def _mount_plot(self) -> None:
+        if not self.is_attached:  # (its screen was left before its first frame was drawn)
+            return
         from textual_plotext import PlotextPlot
 
         plot = PlotextPlot()

@@ -165,7 +165,7 @@ class ProcessTable(DataTable):
     ``{pid: label}`` of the ones to mark (this run's, or which run a process trains)."""
 
     DEFAULT_CSS = f"""
-    ProcessTable {{ height: auto; max-height: {MOST_ROWS + 1}; width: 1fr; }}
+    ProcessTable {{ height: auto; max-height: {MOST_ROWS + 1}; width: 1fr; overflow-x: hidden; }}
     """
 
     def __init__(self, *, runs_column: bool = False, id: str | None = None, classes: str | None = None):
@@ -199,6 +199,9 @@ class ProcessTable(DataTable):
         padding = 2 * self.cell_padding  # each column's cells are padded on both sides
         beside = sum(max([len(name)] + [len(str(row[i])) for row in rows]) + padding for name, i in columns)
         scrollbar = self.styles.scrollbar_size_vertical if len(rows) > MOST_ROWS else 0
+        # a scrollbar only where the rows are more than the table shows (a table shown mid-layout, a row taller
+        # for a moment, would otherwise draw one over the commands' ends)
+        self.styles.overflow_y = "auto" if len(rows) > MOST_ROWS else "hidden"
         most = max(LEAST_COMMAND, (self.size.width or 80) - beside - padding - scrollbar)
         rows = [row[:4] + ((row[4][: most - 1] + "…") if len(row[4]) > most else row[4],) for row in rows]
         if rows == self.rows_shown:
