@@ -88,7 +88,8 @@ def test_finetty_in_tmux_lists_runs_and_opens_one_at_80x24(runs_dir, finetty_env
             row = next(line for line in screen.splitlines() if run.name in line)
             assert re.search(rf"\b{status}\b", row) and re.search(r"\b\d+/60\b", row), (status, row)
         subprocess.run(["tmux", "send-keys", "-t", session, "Enter"], check=True)
-        screen = _wait_for(session, "step 60/60")
+        _wait_for(session, "step 60/60")
+        screen = _wait_for(session, "step-000060")  # (the tabs come just after the monitor's first frame)
         assert "Checkpoints" in screen and "step-000060" in screen and "loss" in screen
         subprocess.run(["tmux", "send-keys", "-t", session, "Escape"], check=True)
         _wait_for(session, "New")

@@ -61,13 +61,13 @@ class LossChart(Widget):
         plt.clear_data()
         plt.clear_figure()
         plt.xlabel("step")
-        plt.title("loss")
+        # which line is which, in the title: plotext's legend is a box over the plot's top left corner, where
+        # a loss curve starts (its highest point), and it hid the first steps
+        plt.title("loss: train ⣀ (cyan), eval • (orange)" if self.eval else "loss")
         if self.train:
-            plt.plot([s for s, _ in self.train], [v for _, v in self.train], label="train", marker="braille",
-                     color="cyan")
+            plt.plot([s for s, _ in self.train], [v for _, v in self.train], marker="braille", color="cyan")
         if self.eval:
-            plt.plot([s for s, _ in self.eval], [v for _, v in self.eval], label="eval", marker="dot",
-                     color="orange")
+            plt.plot([s for s, _ in self.eval], [v for _, v in self.eval], marker="dot", color="orange")
         if self.total:
             plt.xlim(0, max(self.total, self.train[-1][0] if self.train else 0))
         if not self.train and not self.eval:
