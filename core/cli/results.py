@@ -243,8 +243,8 @@ def _export_gguf(args, run_dir: Path, out: Path) -> int:
                   f"as GGUF {converted.quant} ({converted.architecture}, {converted.tensors} tensors, "
                   f"{converted.vocab_size} tokens) to {as_markup(result.path)}")
     console.print(f"  {as_markup(', '.join(result.files))}")
-    console.print(f"  llama.cpp: llama-cli -m {as_markup(converted.path)} -cnv")
-    console.print(f"  Ollama:    ollama create NAME -f {as_markup(result.path / 'Modelfile')}")
+    for tool, command in gguf.how_to_run(result):
+        console.print(f"  {tool + ':':<10} {as_markup(command)}")
     return 0
 
 

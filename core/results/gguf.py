@@ -441,6 +441,14 @@ def export_gguf(run_dir: Path, out: Path, checkpoint: str | None = None, quant: 
                       notes + converted.notes, modelfile.warnings)
 
 
+def how_to_run(result: GGUFExport) -> list[tuple[str, str]]:
+    """``(tool, command)`` for each way to run a GGUF export: llama.cpp's chat on the file, and Ollama's
+    ``create`` from the Modelfile beside it. ``finetty export --gguf`` prints these and the app's Results
+    screen shows them, so the two say the same."""
+    return [("llama.cpp", f"llama-cli -m {result.converted.path} -cnv"),
+            ("Ollama", f"ollama create NAME -f {result.path / 'Modelfile'}")]
+
+
 def card_section(quant: str, template: str | None, whole_model: bool = False) -> str:
     """The model card's GGUF part: what the file is and how llama.cpp and Ollama run it."""
     translated = (f"its `TEMPLATE` is the run's chat template ({template} layout) in Ollama's syntax"

@@ -229,14 +229,20 @@ class ModelSession:
                 "worst": worst_examples(report.samples)}
 
     def export(self, params: dict, reply: Reply) -> dict:
-        """``{run_dir, out, checkpoint, ...}``: ``finetty export``'s own function; its keyword options pass through."""
-        from finetty.core.results import export
+        """``{run_dir, out, checkpoint, ...}``: ``finetty export``'s own function; its keyword options pass through.
+        ``gguf: true`` (with ``quant``) is ``finetty export --gguf``'s function instead, and its result carries the
+        commands that run the file (``how_to_run``: the CLI prints the same)."""
+        from finetty.core.results import export, gguf
 
-        options = {k: v for k, v in params.items() if k not in ("run_dir", "out")}
+        options = {k: v for k, v in params.items() if k not in ("run_dir", "out", "gguf")}
+        write = gguf.export_gguf if params.get("gguf") else export.export
         with self.loading:  # (one model-loading job at a time, see load)
             reply.send("progress", stage="exporting")
-            result = export.export(Path(params["run_dir"]), Path(params["out"]), **options)
-        return {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(result).items()}
+            result = write(Path(params["run_dir"]), Path(params["out"]), **options)
+        found = json.loads(json.dumps(asdict(result), default=str))  # (Paths, nested ones too, as strings)
+        if params.get("gguf"):
+            found["how_to_run"] = gguf.how_to_run(result)
+        return found
 
 
 def main() -> int:
