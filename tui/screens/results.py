@@ -6,9 +6,10 @@
   (``finetty.tui.child``): progress per model, then base against tuned on each
   metric, and the examples the tuned model got most wrong. The newest report
   in ``<run>/eval/`` is shown when the screen opens.
-- **Export** writes the adapter, the merged model, or whatever else
-  ``finetty export`` offers (its function's keyword options decide the list),
-  in the same child, into a new folder.
+- **Export** writes the adapter, the merged model, or the GGUF file with its
+  Ollama Modelfile (``finetty export --gguf``, with the quantisations it can
+  make), in the same child, through the same functions as ``finetty export``,
+  into a new folder.
 - **Serve** starts ``finetty serve`` as a child process of its own, shows the
   URL it listens on and snippets to paste (``openai``, ``curl``); stopping it
   (or leaving the screen) sends it Ctrl-C.
@@ -18,7 +19,6 @@ The app process never imports torch: every model is in a child.
 
 from __future__ import annotations
 
-import inspect
 import json
 import re
 import signal
@@ -36,29 +36,23 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import (Button, DataTable, Footer, Header, Input, ProgressBar, RadioButton, RadioSet, Static,
-                             TabbedContent, TabPane)
+from textual.widgets import (Button, DataTable, Footer, Header, Input, ProgressBar, RadioButton, RadioSet, Select,
+                             Static, TabbedContent, TabPane)
 
+from finetty.core.results import gguf
 from finetty.core.text import as_text, one_line
 
 from ..child import Call, Child
 
-#: What the Export tab offers: (key, label, the keyword options of ``export.export`` it needs). A kind is offered
-#: when ``export.export`` accepts every option it names.
+#: What the Export tab offers: (key, label, the options the session's ``export`` operation gets for it: keyword
+#: options of ``export.export``, or ``gguf`` for ``gguf.export_gguf``, as ``finetty export --gguf``; the GGUF kind
+#: adds the quantisation chosen beside the folder).
 EXPORT_KINDS = (
     ("adapter", "adapter, as trained", {}),
     ("merged", "merged into the base", {"merge": True}),
     ("gguf", "GGUF (llama.cpp, Ollama)", {"gguf": True}),
 )
 SERVING = re.compile(r"as model (?P<model>\S+) at (?P<url>https?://\S+)")
-
-
-def export_kinds() -> list[tuple[str, str, dict]]:
-    """The kinds this install's ``finetty export`` can write."""
-    from finetty.core.results import export
-
-    accepted = inspect.signature(export.export).parameters
-    return [kind for kind in EXPORT_KINDS if all(name in accepted for name in kind[2])]
 
 
 def newest_report(run_dir: Path) -> dict | None:
@@ -128,7 +122,7 @@ class ResultsScreen(Screen):
         self.serving: dict[str, str] | None = None
         self.serve_said = ""
         """the server's last line of output (the reason, when it ends before serving)"""
-        self.kinds = export_kinds()
+        self.kinds = list(EXPORT_KINDS)
 
     # -- layout -------------------------------------------------------------------------------------
 
@@ -152,6 +146,10 @@ class ResultsScreen(Screen):
                         yield RadioButton(label, value=number == 0, id=f"export-{key}")
                 with Horizontal(classes="results-bar"):
                     yield Input(id="export-out", tooltip="a new folder: export never overwrites")
+                    yield Select([(quant, quant) for quant in gguf.QUANTS], value=gguf.DEFAULT_QUANT,
+                                 allow_blank=False, id="export-quant",
+                                 tooltip="the GGUF's tensor type, as finetty export --quant (k-quants need "
+                                         "llama.cpp's llama-quantize)")
                     yield Button("Export (x)", id="export-start")
                 yield Static("", id="export-status", classes="results-status")
                 yield ProgressBar(id="export-progress", show_eta=False)
@@ -177,6 +175,7 @@ class ResultsScreen(Screen):
         self.query_one("#results-title", Static).update(title)
         self.query_one("#eval-limit", Input).border_title = "examples"
         self.query_one("#export-out", Input).border_title = "folder"
+        self.query_one("#export-quant > SelectCurrent").border_title = "quant"  # (the Select draws no border)
         self.query_one("#serve-port", Input).border_title = "port"
         table = self.query_one("#eval-metrics", DataTable)
         table.add_columns("metric", "base", "tuned")
@@ -210,11 +209,21 @@ class ResultsScreen(Screen):
     def _exports_dir(self) -> Path:
         return Path(getattr(self.app, "base_dir", None) or Path.cwd()) / "exports"
 
+    def _quant(self) -> str | None:
+        """The GGUF quantisation chosen, when the GGUF kind is."""
+        return str(self.query_one("#export-quant", Select).value) if self._kind()[2].get("gguf") else None
+
     def _default_out(self) -> None:
-        self.query_one("#export-out", Input).value = str(self._exports_dir() / f"{self.run_dir.name}-"
-                                                         f"{self._kind()[0]}")
+        """The folder named after the run and the kind (and the quantisation: one run's f16 and q8_0 files
+        side by side); the quantisation is offered only for the GGUF kind."""
+        quant = self._quant()
+        self.query_one("#export-quant", Select).display = quant is not None
+        name = f"{self.run_dir.name}-{self._kind()[0]}" + (f"-{quant}" if quant else "")
+        self.query_one("#export-out", Input).value = str(self._exports_dir() / name)
+        self.call_after_refresh(self._folder_end)  # (the new name's end is what differs)
 
     @on(RadioSet.Changed, "#export-kind")
+    @on(Select.Changed, "#export-quant")
     def _kind_changed(self) -> None:
         self._default_out()
 
@@ -336,6 +345,9 @@ class ResultsScreen(Screen):
         if Path(out).expanduser().parent == self._exports_dir():
             self._exports_dir().mkdir(exist_ok=True)  # the default place; any other folder must exist
         key, label, options = self._kind()
+        quant = self._quant()
+        if quant is not None:
+            options = {**options, "quant": quant}
         self._busy("export", True)
         self._set_status("export", f"starting the export of the {label}...")
         self.query_one("#export-result", Static).update("")
@@ -347,13 +359,24 @@ class ResultsScreen(Screen):
 
     def _show_export(self, result: dict) -> None:
         self.exported = result
-        what = "merged model" if result.get("merged") else "export"
-        self._set_status("export", f"wrote the {what} of {result.get('label')} to {result.get('path')}", "green")
+        converted = result.get("converted")
+        if converted:  # a GGUF export: where the file is, and (below) the commands that run it
+            self._set_status("export", f"wrote GGUF {converted.get('quant')} ({converted.get('architecture')}, "
+                                       f"{converted.get('tensors')} tensors) of {result.get('label')} to "
+                                       f"{converted.get('path')}", "green")
+        else:
+            what = "merged model" if result.get("merged") else "export"
+            self._set_status("export", f"wrote the {what} of {result.get('label')} to {result.get('path')}", "green")
         text = Text()
         text.append("files: ", style="bold")
         text.append_text(as_text(", ".join(result.get("files") or []), one_line=True))
+        for tool, command in result.get("how_to_run") or []:
+            text.append(f"\n{tool + ':':<10} ", style="bold")
+            text.append_text(as_text(command, one_line=True))
         for note in result.get("notes") or []:
             text.append_text(as_text(f"\nnote: {note}", "yellow"))
+        for warning in result.get("warnings") or []:
+            text.append_text(as_text(f"\nwarning: {warning}", "red"))
         self.query_one("#export-result", Static).update(text)
 
     # -- serve --------------------------------------------------------------------------------------
